@@ -1,0 +1,26 @@
+"""Celery Beat entries. Each names its queue explicitly, so a schedule never lands by default."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from workers.queues import WORK_QUEUES
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.canary_interval_seconds
+    if not interval:
+        return {}
+    # A canary on every queue: its jobs rows prove each queue is being served.
+    return {
+        f"canary-{queue}": {
+            "task": f"{queue}.canary",
+            "schedule": float(interval),
+            "kwargs": {"message": "beat"},
+            "options": {"queue": queue, "expires": float(interval)},
+        }
+        for queue in WORK_QUEUES
+    }

@@ -1,0 +1,249 @@
+"""The producer's side: enqueue by task name, and replay or purge dead letters.
+
+A producer imports this module and nothing of the workers' task code: the payload is validated
+against ``tasks.catalog``, the job is recorded in PostgreSQL, and the message is sent by name.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from models import jobs as job_store
+from models.db import session_scope
+from models.tables import Job
+from tasks.catalog import TaskSpec, spec_for
+from workers import dead_letter
+from workers.app import app
+from workers.errors import (
+    BrokerUnavailableError,
+    DrydockError,
+    FieldProblem,
+    NotFoundError,
+    PayloadInvalidError,
+    ReplayRefusedError,
+)
+from workers.queues import ENQUEUED_AT_HEADER
+from workers.redaction import REDACTED, restore_secrets, seal, split_secrets, unseal
+from workers.settings import get_settings
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+class IdempotencyConflictError(DrydockError):
+    """The key was already used for a different task or payload."""
+
+
+@dataclass(frozen=True)
+class EnqueuedJob:
+    id: uuid.UUID
+    task_name: str
+    queue: str
+    status: str
+    # False when the idempotency key had been used: this is the first job, and nothing was sent.
+    created: bool
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    spec: TaskSpec
+    payload: dict[str, Any]
+    redacted: dict[str, Any]
+    sealed: str | None
+
+
+def validate_payload(task_name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as the task will see it (defaults filled in), or PayloadInvalidError."""
+    spec = spec_for(task_name)
+    if not isinstance(payload, Mapping):
+        raise PayloadInvalidError(task_name, [FieldProblem("(payload)", "must be a JSON object")])
+    try:
+        model = spec.payload.model_validate(dict(payload))
+    except ValidationError as exc:
+        raise PayloadInvalidError.from_validation(task_name, exc) from None
+    return model.model_dump(mode="json")
+
+
+def enqueue(
+    task_name: str,
+    payload: Mapping[str, Any],
+    idempotency_key: str | None = None,
+    *,
+    enqueued_by: str = "python",
+) -> EnqueuedJob:
+    """Validate, record and send one job. The same idempotency key twice returns the first job
+    and sends nothing."""
+    _check_key(idempotency_key)
+    prepared = _prepare(task_name, payload)
+    job_id = uuid.uuid4()
+    with session_scope() as session:
+        job, created = job_store.create_job(
+            session,
+            job_store.NewJob(
+                id=job_id,
+                task_name=task_name,
+                queue=prepared.spec.queue,
+                payload=prepared.redacted,
+                sealed_secrets=prepared.sealed,
+                idempotency_key=idempotency_key,
+                enqueued_by=enqueued_by,
+            ),
+        )
+        if not created:
+            if job.task_name != task_name or job.payload != prepared.redacted:
+                raise IdempotencyConflictError(
+                    f"idempotency key {idempotency_key!r} was already used by job {job.id} "
+                    f"({job.task_name}) with a different task or payload"
+                )
+            return _enqueued(job, created=False)
+    _send_or_forget(prepared, job_id)
+    return EnqueuedJob(job_id, task_name, prepared.spec.queue, "queued", created=True)
+
+
+def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
+    """Enqueue a new job with the dead job's original payload, and record who replayed it."""
+    if not by.strip():
+        raise ReplayRefusedError("say who is replaying (--by NAME)")
+    with session_scope() as session:
+        letter = job_store.get_dead_letter(session, job_id, lock=True)
+        if letter is None:
+            raise NotFoundError(f"no dead letter for job {job_id}")
+        if letter.replayed_at is not None:
+            raise ReplayRefusedError(
+                f"job {job_id} was already replayed by {letter.replayed_by} at "
+                f"{letter.replayed_at:%Y-%m-%d %H:%M:%S} as job {letter.replay_job_id}"
+            )
+        original = job_store.get_job(session, job_id)
+        assert original is not None  # dead_letters.job_id is a foreign key
+        payload = _original_payload(original)
+        prepared = _prepare(original.task_name, payload)
+        new_id = uuid.uuid4()
+        job_store.create_job(
+            session,
+            job_store.NewJob(
+                id=new_id,
+                task_name=original.task_name,
+                queue=prepared.spec.queue,
+                payload=prepared.redacted,
+                sealed_secrets=prepared.sealed,
+                enqueued_by=f"replay:{by}",
+                replay_of=original.id,
+            ),
+        )
+        job_store.mark_replayed(session, letter, by=by, replay_job_id=new_id, at=datetime.now(UTC))
+    try:
+        _send(prepared, new_id)
+    except BrokerUnavailableError:
+        with session_scope() as session:
+            letter = job_store.get_dead_letter(session, job_id, lock=True)
+            if letter is not None:
+                letter.replayed_at = letter.replayed_by = letter.replay_job_id = None
+            job_store.forget_unsent_job(session, new_id)
+        raise
+    dead_letter.remove_parked(app, [job_id])
+    return EnqueuedJob(new_id, original.task_name, prepared.spec.queue, "queued", created=True)
+
+
+def purge_dead_letters(
+    *, job_ids: Sequence[uuid.UUID] | None = None, older_than: datetime | None = None
+) -> int:
+    """Delete dead letters (all, the given jobs', or those older than a time) and their parked
+    messages. The jobs and their events stay as the record of what happened."""
+    with session_scope() as session:
+        letters = job_store.dead_letters_to_purge(session, job_ids=job_ids, older_than=older_than)
+        if job_ids is not None:
+            missing = set(job_ids) - {letter.job_id for letter in letters}
+            if missing:
+                raise NotFoundError(
+                    "no dead letter for job " + ", ".join(sorted(str(m) for m in missing))
+                )
+        purged = [letter.job_id for letter in letters]
+        job_store.delete_dead_letters(session, letters)
+    dead_letter.remove_parked(app, purged)
+    return len(purged)
+
+
+def _prepare(task_name: str, payload: Mapping[str, Any]) -> _Prepared:
+    spec = spec_for(task_name)
+    normalized = validate_payload(task_name, payload)
+    settings = get_settings()
+    redacted, secrets = split_secrets(normalized, settings.extra_secret_fields)
+    sealed = None
+    if secrets and settings.secret_key is not None:
+        sealed = seal(secrets, settings.secret_key.get_secret_value())
+    return _Prepared(spec, normalized, redacted, sealed)
+
+
+def _send(prepared: _Prepared, job_id: uuid.UUID) -> None:
+    try:
+        app.send_task(
+            prepared.spec.name,
+            kwargs=prepared.payload,
+            task_id=str(job_id),
+            queue=prepared.spec.queue,
+            routing_key=prepared.spec.queue,
+            # What Flower and Celery's own logs show instead of the real arguments.
+            kwargsrepr=repr(prepared.redacted),
+            argsrepr="()",
+            headers={ENQUEUED_AT_HEADER: time.time()},
+        )
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        raise BrokerUnavailableError(
+            f"could not send {prepared.spec.name} to the broker ({exc}); nothing was recorded, "
+            "enqueue it again once Redis is reachable"
+        ) from None
+
+
+def _send_or_forget(prepared: _Prepared, job_id: uuid.UUID) -> None:
+    try:
+        _send(prepared, job_id)
+    except BrokerUnavailableError:
+        with session_scope() as session:
+            job_store.forget_unsent_job(session, job_id)
+        raise
+
+
+def _original_payload(job: Job) -> dict[str, Any]:
+    if job.sealed_secrets:
+        key = get_settings().secret_key
+        if key is None:
+            raise ReplayRefusedError(
+                f"job {job.id} has sealed secrets and DRYDOCK_SECRET_KEY is not set"
+            )
+        return dict(
+            restore_secrets(job.payload, unseal(job.sealed_secrets, key.get_secret_value()))
+        )
+    _, lost = split_secrets(job.payload, get_settings().extra_secret_fields)
+    if any(value == REDACTED for value in lost.values()):
+        raise ReplayRefusedError(
+            f"job {job.id} had secret fields ({', '.join(sorted(lost))}) that were not kept "
+            "because no DRYDOCK_SECRET_KEY was set when it was enqueued; enqueue it again with "
+            "its secrets"
+        )
+    return dict(job.payload)
+
+
+def _check_key(key: str | None) -> None:
+    if key is None:
+        return
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise PayloadInvalidError(
+            "(idempotency key)",
+            [
+                FieldProblem(
+                    "idempotency_key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+                )
+            ],
+        )
+
+
+def _enqueued(job: Job, *, created: bool) -> EnqueuedJob:
+    return EnqueuedJob(job.id, job.task_name, job.queue, job.status, created=created)

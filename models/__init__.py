@@ -1,0 +1,1 @@
+"""SQLAlchemy models of the outcome store and the queries that read and write them."""

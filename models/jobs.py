@@ -1,0 +1,390 @@
+"""Every query on jobs, their events and dead letters. Tasks and the CLI call these; no SQL
+lives anywhere else.
+
+Writes that record an outcome are guarded by the job's status, and the database allows one
+outcome event of each kind per job, so a redelivered message can never duplicate an outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from models.tables import (
+    TERMINAL_STATUSES,
+    DeadLetter,
+    EventKind,
+    Job,
+    JobEvent,
+    JobStatus,
+)
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    hostname: str
+    pid: int
+    queue: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"worker": self.hostname, "worker_pid": self.pid, "queue": self.queue}
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: uuid.UUID
+    task_name: str
+    queue: str
+    payload: dict[str, Any]
+    sealed_secrets: str | None = None
+    idempotency_key: str | None = None
+    enqueued_by: str | None = None
+    replay_of: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class AlreadyFinished:
+    status: str
+    result: Any
+
+
+_terminal = [s.value for s in TERMINAL_STATUSES]
+
+
+def create_job(session: Session, job: NewJob) -> tuple[Job, bool]:
+    """Insert a queued job and its ``enqueued`` event.
+
+    Returns ``(job, created)``; with an idempotency key already used, the first job and False.
+    """
+    stmt = (
+        pg_insert(Job)
+        .values(
+            id=job.id,
+            task_name=job.task_name,
+            queue=job.queue,
+            payload=job.payload,
+            sealed_secrets=job.sealed_secrets,
+            idempotency_key=job.idempotency_key,
+            enqueued_by=job.enqueued_by,
+            replay_of=job.replay_of,
+            status=JobStatus.QUEUED.value,
+        )
+        # Either unique column may collide: the idempotency key (a second enqueue) or the id (two
+        # deliveries of a message that bypassed enqueue, racing to record it).
+        .on_conflict_do_nothing()
+        .returning(Job.id)
+    )
+    created_id = session.execute(stmt).scalar_one_or_none()
+    if created_id is None:
+        same = Job.id == job.id
+        if job.idempotency_key is not None:
+            same = same | (Job.idempotency_key == job.idempotency_key)
+        existing = session.execute(select(Job).where(same).limit(1)).scalar_one()
+        return existing, False
+    session.execute(
+        insert(JobEvent).values(
+            job_id=job.id,
+            kind=EventKind.ENQUEUED.value,
+            attempt=0,
+            queue=job.queue,
+            detail={"enqueued_by": job.enqueued_by, "replay_of": _str(job.replay_of)},
+        )
+    )
+    created = session.get(Job, job.id)
+    assert created is not None
+    return created, True
+
+
+def forget_unsent_job(session: Session, job_id: uuid.UUID) -> None:
+    """Remove a job whose message never reached the broker, so its key can be used again."""
+    session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value))
+
+
+def start_attempt(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    task_name: str,
+    payload: dict[str, Any],
+    who: WorkerIdentity,
+    queue_wait_ms: float | None,
+) -> Started | AlreadyFinished:
+    """Mark the job running and count the attempt, unless it already has an outcome.
+
+    A message sent without ``enqueue`` (Beat, or a producer speaking Celery's protocol directly)
+    has no row yet: one is created here, so every job that runs is recorded.
+    """
+    attempt = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(_terminal))
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            started_at=func.now(),
+            worker=who.hostname,
+            worker_pid=who.pid,
+        )
+        .returning(Job.attempts)
+    ).scalar_one_or_none()
+    if attempt is None:
+        finished = session.execute(
+            select(Job.status, Job.result).where(Job.id == job_id)
+        ).one_or_none()
+        if finished is not None:
+            return AlreadyFinished(status=finished.status, result=finished.result)
+        create_job(
+            session,
+            NewJob(
+                id=job_id,
+                task_name=task_name,
+                queue=who.queue,
+                payload=payload,
+                enqueued_by="broker-message",
+            ),
+        )
+        return start_attempt(
+            session,
+            job_id,
+            task_name=task_name,
+            payload=payload,
+            who=who,
+            queue_wait_ms=queue_wait_ms,
+        )
+    _event(session, job_id, EventKind.STARTED, attempt, who, queue_wait_ms=queue_wait_ms)
+    return Started(attempt=attempt)
+
+
+def record_progress(
+    session: Session, job_id: uuid.UUID, attempt: int, who: WorkerIdentity, detail: dict[str, Any]
+) -> None:
+    _event(session, job_id, EventKind.PROGRESS, attempt, who, detail=detail)
+
+
+def record_success(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    who: WorkerIdentity,
+    *,
+    result: Any,
+    latency_ms: float,
+) -> bool:
+    """Record the outcome; False when another delivery of the same job already recorded one."""
+    updated = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(_terminal))
+        .values(
+            status=JobStatus.SUCCEEDED.value,
+            result=result,
+            finished_at=func.now(),
+            error=None,
+            error_class=None,
+        )
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    if updated is None:
+        return False
+    _event(session, job_id, EventKind.SUCCEEDED, attempt, who, latency_ms=latency_ms)
+    return True
+
+
+def record_retry(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    who: WorkerIdentity,
+    *,
+    error_class: str,
+    message: str,
+    delay_seconds: float,
+    latency_ms: float,
+) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(_terminal))
+        .values(status=JobStatus.RETRYING.value, error=message, error_class=error_class)
+    )
+    _event(
+        session,
+        job_id,
+        EventKind.RETRY,
+        attempt,
+        who,
+        latency_ms=latency_ms,
+        detail={
+            "error_class": error_class,
+            "message": message,
+            "delay_seconds": round(delay_seconds, 3),
+            "next_attempt": attempt + 1,
+        },
+    )
+
+
+def record_dead_letter(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    who: WorkerIdentity,
+    *,
+    error_class: str,
+    message: str,
+    traceback: str | None,
+    reason: str,
+    latency_ms: float | None,
+) -> DeadLetter | None:
+    """Fail the job and park it: a ``failed`` and a ``dead_lettered`` event, a dead_letters row.
+
+    None when the job already had an outcome (a redelivered message).
+    """
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(_terminal))
+        .values(
+            status=JobStatus.DEAD_LETTERED.value,
+            finished_at=func.now(),
+            error=message,
+            error_class=error_class,
+        )
+        .returning(Job.task_name, Job.queue, Job.payload)
+    ).one_or_none()
+    if row is None:
+        return None
+    detail = {"error_class": error_class, "message": message, "reason": reason}
+    _event(session, job_id, EventKind.FAILED, attempt, who, latency_ms=latency_ms, detail=detail)
+    _event(session, job_id, EventKind.DEAD_LETTERED, attempt, who, detail={"reason": reason})
+    letter = DeadLetter(
+        job_id=job_id,
+        task_name=row.task_name,
+        queue=row.queue,
+        error_class=error_class,
+        message=message,
+        traceback=traceback,
+        payload=row.payload,
+        attempts=attempt,
+        reason=reason,
+    )
+    session.add(letter)
+    session.flush()
+    return letter
+
+
+def _event(
+    session: Session,
+    job_id: uuid.UUID,
+    kind: EventKind,
+    attempt: int,
+    who: WorkerIdentity,
+    *,
+    latency_ms: float | None = None,
+    queue_wait_ms: float | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    session.execute(
+        insert(JobEvent).values(
+            job_id=job_id,
+            kind=kind.value,
+            attempt=attempt,
+            latency_ms=latency_ms,
+            queue_wait_ms=queue_wait_ms,
+            detail=detail or {},
+            **who.as_dict(),
+        )
+    )
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    task_name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> Sequence[Job]:
+    query = select(Job).order_by(Job.enqueued_at.desc(), Job.id).limit(limit).offset(offset)
+    if status:
+        query = query.where(Job.status == status)
+    if queue:
+        query = query.where(Job.queue == queue)
+    if task_name:
+        query = query.where(Job.task_name == task_name)
+    return session.execute(query).scalars().all()
+
+
+def job_events(session: Session, job_id: uuid.UUID) -> Sequence[JobEvent]:
+    return (
+        session.execute(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def list_dead_letters(
+    session: Session, *, include_replayed: bool = False, limit: int = 50, offset: int = 0
+) -> Sequence[DeadLetter]:
+    query = (
+        select(DeadLetter)
+        .order_by(DeadLetter.dead_lettered_at.desc(), DeadLetter.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    if not include_replayed:
+        query = query.where(DeadLetter.replayed_at.is_(None))
+    return session.execute(query).scalars().all()
+
+
+def get_dead_letter(
+    session: Session, job_id: uuid.UUID, *, lock: bool = False
+) -> DeadLetter | None:
+    query = select(DeadLetter).where(DeadLetter.job_id == job_id)
+    if lock:
+        query = query.with_for_update()
+    return session.execute(query).scalar_one_or_none()
+
+
+def mark_replayed(
+    session: Session, letter: DeadLetter, *, by: str, replay_job_id: uuid.UUID, at: datetime
+) -> None:
+    letter.replayed_at = at
+    letter.replayed_by = by
+    letter.replay_job_id = replay_job_id
+
+
+def dead_letters_to_purge(
+    session: Session, *, job_ids: Sequence[uuid.UUID] | None, older_than: datetime | None
+) -> Sequence[DeadLetter]:
+    query = select(DeadLetter).with_for_update()
+    if job_ids is not None:
+        query = query.where(DeadLetter.job_id.in_(job_ids))
+    if older_than is not None:
+        query = query.where(DeadLetter.dead_lettered_at < older_than)
+    return session.execute(query).scalars().all()
+
+
+def delete_dead_letters(session: Session, letters: Sequence[DeadLetter]) -> None:
+    session.execute(delete(DeadLetter).where(DeadLetter.id.in_([d.id for d in letters])))
+
+
+def _str(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)

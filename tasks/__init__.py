@@ -1,0 +1,1 @@
+"""One room per queue: payload models and pure domain logic, with thin Celery tasks beside them."""

@@ -1,0 +1,1 @@
+"""The Celery app, queue topology, settings, and the base task every Drydock task uses."""

@@ -1,0 +1,73 @@
+"""The Celery app. Producers import it to send by name; only workers import task modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+
+from beat_schedules import beat_schedule
+from workers.queues import celery_queues, route_task
+from workers.settings import Settings, get_settings
+
+# Imported by workers only (Celery's ``include``), never by producers.
+TASK_MODULES = ["tasks.canary.celery_tasks"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Redis redelivers an unacknowledged message after this long; see Settings for the rule.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # JSON only: pickle would let whoever can write to Redis run code on every worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Outcomes live in PostgreSQL; Celery's result backend would be a second, weaker copy.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A job is acknowledged only once it has an outcome; a worker that dies gives it back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": celery_queues(),
+        "task_create_missing_queues": False,
+        "task_routes": (route_task,),
+        # Flower sees every task: sent, received, started, retried, succeeded, failed.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
+        "include": TASK_MODULES,
+        "beat_schedule": beat_schedule(settings),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+app = Celery("drydock")
+app.conf.update(celery_config(get_settings()))
+
+
+@worker_init.connect
+def _configure_worker_logging(**_: Any) -> None:
+    from workers.logs import configure_logging
+
+    configure_logging()
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    from models.db import dispose_engines
+
+    dispose_engines()

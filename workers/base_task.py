@@ -1,0 +1,326 @@
+"""The base every Drydock task uses: validation, attempts, retries, dead letters and events.
+
+A task is a plain handler ``(payload, ctx) -> result`` registered with ``@drydock_task(name)``.
+For each delivery of its message the base task:
+
+1. records the attempt (``started`` event, queue wait, worker identity), or, when the job already
+   has an outcome (a redelivered message), returns that outcome and writes nothing;
+2. validates the keyword arguments with the payload model from ``tasks.catalog``; an invalid
+   payload is dead-lettered at once, with zero retries and a message naming each bad field;
+3. runs the handler; on success records the result (redacted);
+4. on an error the task declared transient, asks ``workers.retry.decide`` and either schedules
+   the next attempt with backoff (``retry`` event) or, with the budget spent, dead-letters the job;
+   any other error is dead-lettered at once (it would fail the same way again).
+
+Every transition is one ``job_events`` row and one JSON log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from models import jobs as job_store
+from models.db import session_scope
+from tasks.catalog import spec_for
+from workers import dead_letter
+from workers.app import app
+from workers.errors import DeadLetteredError, PayloadInvalidError
+from workers.logs import get_logger
+from workers.payload import Payload
+from workers.queues import ENQUEUED_AT_HEADER
+from workers.redaction import redact, scrub_text, secret_strings, split_secrets
+from workers.retry import RetryPolicy, Verdict, backoff_seconds, decide
+from workers.settings import get_settings
+
+# Seconds between the soft limit (the task is told to stop and is dead-lettered cleanly) and the
+# hard limit (the pool process is killed).
+SOFT_LIMIT_GRACE_SECONDS = 30
+
+
+@dataclass
+class JobContext:
+    """What a handler knows about the job it runs."""
+
+    job_id: uuid.UUID
+    attempt: int
+    who: job_store.WorkerIdentity
+    secret_names: tuple[str, ...] = ()
+    _log: Any = field(default=None, repr=False)
+
+    def progress(self, percent: float | None, message: str, **detail: Any) -> None:
+        """Record a ``progress`` event (shown by ``drydock job ID``); secrets are redacted."""
+        data = redact(
+            {
+                "percent": None if percent is None else round(percent, 1),
+                "message": message,
+                **detail,
+            },
+            self.secret_names,
+        )
+        with session_scope() as session:
+            job_store.record_progress(session, self.job_id, self.attempt, self.who, data)
+        if self._log is not None:
+            self._log.info("job.progress", **data)
+
+
+Handler = Callable[[Any, JobContext], Any]
+
+
+class DrydockTask(Task):  # type: ignore[misc]
+    acks_late = True
+    reject_on_worker_lost = True
+    # Retries are decided by workers.retry within the settings' budget, not by Celery's counter.
+    max_retries = None
+    ignore_result = True
+    typing = False
+
+    payload_model: type[Payload]
+    transient: tuple[type[BaseException], ...] = ()
+    handler: Handler
+
+    def execute(self, kwargs: dict[str, Any]) -> Any:
+        try:
+            return self._execute(kwargs)
+        except OperationalError as exc:
+            # The outcome store is unreachable: nothing about this attempt can be recorded, and a
+            # failed task would be acknowledged and lost. Hand the message back with backoff.
+            settings = get_settings()
+            delay = backoff_seconds(
+                min(self.request.retries + 1, 20),
+                RetryPolicy(1, settings.retry_base_seconds, settings.retry_max_seconds),
+            )
+            get_logger(job_id=self.request.id, task=self.name).error(
+                "job.store_unavailable",
+                action="requeue",
+                error=str(exc.orig or exc)[:300],
+                delay_seconds=round(delay, 3),
+            )
+            raise self.retry(
+                countdown=delay,
+                exc=None,
+                kwargsrepr=repr(redact(kwargs, settings.extra_secret_fields)),
+            ) from None
+
+    def _execute(self, kwargs: dict[str, Any]) -> Any:
+        settings = get_settings()
+        extra = tuple(settings.extra_secret_fields)
+        job_id = uuid.UUID(self.request.id)
+        redacted, secrets = split_secrets(kwargs, extra)
+        scrub_values = secret_strings(secrets)
+        delivery = self.request.delivery_info or {}
+        who = job_store.WorkerIdentity(
+            hostname=self.request.hostname or "unknown",
+            pid=os.getpid(),
+            queue=delivery.get("routing_key") or spec_for(self.name).queue,
+        )
+        log = get_logger(
+            job_id=str(job_id), task=self.name, worker=who.hostname, pid=who.pid, queue=who.queue
+        )
+
+        with session_scope() as session:
+            start = job_store.start_attempt(
+                session,
+                job_id,
+                task_name=self.name,
+                payload=redacted,
+                who=who,
+                queue_wait_ms=self._queue_wait_ms(),
+            )
+        if isinstance(start, job_store.AlreadyFinished):
+            # A redelivery of a job that already has its outcome: nothing to do, nothing to add.
+            log.info("job.redelivered_after_outcome", action="skip", status=start.status)
+            return start.result
+        attempt = start.attempt
+        log = log.bind(attempt=attempt)
+        log.info("job.started", action="started")
+        started = time.monotonic()
+        policy = RetryPolicy(
+            settings.retry_max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+        )
+
+        def dead_letter_job(error: BaseException, reason: str, tb: str | None) -> DeadLetteredError:
+            message = scrub_text(str(error), scrub_values)
+            error_class = type(error).__name__
+            with session_scope() as session:
+                letter = job_store.record_dead_letter(
+                    session,
+                    job_id,
+                    attempt,
+                    who,
+                    error_class=error_class,
+                    message=message,
+                    traceback=scrub_text(tb, scrub_values) if tb else None,
+                    reason=reason,
+                    latency_ms=_ms_since(started),
+                )
+            if letter is not None:
+                dead_letter.park(
+                    app,
+                    job_id,
+                    {
+                        "job_id": str(job_id),
+                        "task_name": self.name,
+                        "queue": who.queue,
+                        "error_class": error_class,
+                        "message": message,
+                        "reason": reason,
+                        "attempts": attempt,
+                        "payload": letter.payload,
+                    },
+                )
+                log.error(
+                    "job.dead_lettered",
+                    action="dead_lettered",
+                    reason=reason,
+                    error_class=error_class,
+                    error=message,
+                )
+            return DeadLetteredError(f"{reason}: {error_class}: {message}")
+
+        if attempt > policy.max_attempts:
+            # More deliveries than the budget allows can only come from workers dying mid-job
+            # (reject_on_worker_lost requeues them). Stop the loop: this job kills its worker.
+            lost = RuntimeError(
+                f"delivered {attempt} times without finishing: the worker running it was lost "
+                "each time (killed, out of memory, or the hard time limit)"
+            )
+            raise dead_letter_job(lost, "worker_lost", None) from None
+
+        try:
+            payload = self.payload_model.model_validate(kwargs)
+        except ValidationError as exc:
+            invalid = PayloadInvalidError.from_validation(self.name, exc)
+            raise dead_letter_job(invalid, "invalid_payload", None) from None
+
+        ctx = JobContext(job_id=job_id, attempt=attempt, who=who, secret_names=extra, _log=log)
+        try:
+            result = self.handler(payload, ctx)
+        except Retry:
+            raise
+        except SoftTimeLimitExceeded as exc:
+            limit = self.soft_time_limit
+            timeout = TimeoutError(f"exceeded the time limit of {limit}s for this queue")
+            raise dead_letter_job(timeout, "time_limit", _format_tb(exc)) from None
+        except Exception as exc:
+            decision = decide(exc, attempt, self.transient, policy)
+            if decision.verdict is Verdict.RETRY:
+                message = scrub_text(str(exc), scrub_values)
+                with session_scope() as session:
+                    job_store.record_retry(
+                        session,
+                        job_id,
+                        attempt,
+                        who,
+                        error_class=type(exc).__name__,
+                        message=message,
+                        delay_seconds=decision.delay_seconds,
+                        latency_ms=_ms_since(started),
+                    )
+                log.warning(
+                    "job.retry",
+                    action="retry",
+                    error_class=type(exc).__name__,
+                    error=message,
+                    delay_seconds=round(decision.delay_seconds, 3),
+                )
+                # The retried message carries the same kwargs; Flower is shown a redacted repr.
+                raise self.retry(
+                    countdown=decision.delay_seconds,
+                    exc=DeadLetteredError(f"{type(exc).__name__}: {message}"),
+                    kwargsrepr=repr(redacted),
+                    argsrepr="()",
+                ) from None
+            reason = (
+                "retry_budget_exhausted"
+                if decision.verdict is Verdict.BUDGET_EXHAUSTED
+                else "permanent_error"
+            )
+            raise dead_letter_job(exc, reason, _format_tb(exc)) from None
+
+        try:
+            stored = redact(json.loads(json.dumps(_jsonable(result))), extra)
+        except (TypeError, ValueError) as exc:
+            bad = TypeError(f"the task returned a result that is not JSON: {exc}")
+            raise dead_letter_job(bad, "invalid_result", _format_tb(exc)) from None
+        with session_scope() as session:
+            recorded = job_store.record_success(
+                session, job_id, attempt, who, result=stored, latency_ms=_ms_since(started)
+            )
+        log.info(
+            "job.succeeded" if recorded else "job.outcome_already_recorded",
+            action="succeeded",
+            duration_ms=round(_ms_since(started), 1),
+        )
+        return stored
+
+    def _queue_wait_ms(self) -> float | None:
+        """How long the message waited: since enqueue, or since its retry was due."""
+        eta = self.request.eta
+        if eta:
+            from datetime import datetime
+
+            due = datetime.fromisoformat(eta).timestamp()
+        else:
+            headers = self.request.headers or {}
+            raw = headers.get(ENQUEUED_AT_HEADER) or getattr(self.request, ENQUEUED_AT_HEADER, None)
+            if raw is None:
+                return None
+            due = float(raw)
+        return max(0.0, (time.time() - due) * 1000)
+
+
+def drydock_task(
+    name: str, *, transient: tuple[type[BaseException], ...] = ()
+) -> Callable[[Handler], DrydockTask]:
+    """Register ``handler`` as the Celery task ``name`` (which must be in ``tasks.catalog``)."""
+    spec = spec_for(name)
+    hard_limit = get_settings().time_limit(spec.queue)
+    soft_limit = (
+        max(1, hard_limit - SOFT_LIMIT_GRACE_SECONDS)
+        if hard_limit > 60
+        else max(1, int(hard_limit * 0.8))
+    )
+
+    def register(handler: Handler) -> DrydockTask:
+        def run(self: DrydockTask, **kwargs: Any) -> Any:
+            return self.execute(kwargs)
+
+        task: DrydockTask = app.task(
+            name=name,
+            base=DrydockTask,
+            bind=True,
+            payload_model=spec.payload,
+            transient=tuple(transient),
+            handler=staticmethod(handler),
+            time_limit=hard_limit,
+            soft_time_limit=soft_limit,
+        )(run)
+        return task
+
+    return register
+
+
+def _ms_since(start: float) -> float:
+    return (time.monotonic() - start) * 1000
+
+
+def _format_tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Payload):
+        return value.model_dump(mode="json")
+    return value

@@ -1,0 +1,61 @@
+"""The ``dead_letter`` queue: a parking lot in Redis, one message per dead-lettered job.
+
+No worker consumes it. The ``dead_letters`` table is the record operators list, replay and
+purge; the queue's depth is what monitoring watches. Messages carry only redacted data.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from workers.queues import DEAD_LETTER_JOB_HEADER, DEAD_LETTER_QUEUE
+
+_exchange = Exchange(DEAD_LETTER_QUEUE, type="direct")
+_queue = Queue(DEAD_LETTER_QUEUE, _exchange, routing_key=DEAD_LETTER_QUEUE)
+
+
+def park(app: Celery, job_id: uuid.UUID, body: dict[str, Any]) -> None:
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            body,
+            exchange=_exchange,
+            routing_key=DEAD_LETTER_QUEUE,
+            serializer="json",
+            headers={DEAD_LETTER_JOB_HEADER: str(job_id)},
+            declare=[_queue],
+            retry=True,
+            retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+
+def remove_parked(app: Celery, job_ids: Iterable[uuid.UUID]) -> int:
+    """Remove the parked messages of these jobs; returns how many were removed.
+
+    Scans the Redis list (LRANGE) and removes exact entries (LREM): the DLQ is meant to be
+    small and drained by operators, so a linear scan is the simple, safe choice.
+    """
+    wanted = {str(j) for j in job_ids}
+    if not wanted:
+        return 0
+    removed = 0
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
+            try:
+                headers = json.loads(raw).get("headers") or {}
+            except (ValueError, AttributeError):
+                continue
+            if headers.get(DEAD_LETTER_JOB_HEADER) in wanted:
+                removed += int(client.lrem(DEAD_LETTER_QUEUE, 1, raw))
+    return removed
+
+
+def parked_count(app: Celery) -> int:
+    with app.connection_for_read() as conn:
+        return int(conn.default_channel.client.llen(DEAD_LETTER_QUEUE))

@@ -1,0 +1,56 @@
+"""Structured logging: one JSON object per line, every record with an ``action``.
+
+Any key that looks like a secret is redacted by a processor, so a careless ``log.info(...,
+password=...)`` still never reaches the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from workers.redaction import redact
+from workers.settings import get_settings
+
+
+def _redact_processor(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    redacted: MutableMapping[str, Any] = redact(
+        dict(event_dict), get_settings().extra_secret_fields
+    )
+    return redacted
+
+
+def configure_logging(level: str | None = None, json: bool | None = None) -> None:
+    settings = get_settings()
+    level_name = (level or settings.log_level).upper()
+    use_json = settings.log_json if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_processor,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level_name, logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    return structlog.get_logger("drydock").bind(**bound)

@@ -1,0 +1,133 @@
+"""Keeping secrets out of rows, events, logs, the DLQ and Flower.
+
+A field is secret when its name looks like one (password, token, api_key, ...), at any depth.
+Stored payloads keep the shape with the value replaced by ``REDACTED``; the secret values
+themselves are, if a fleet key is configured, sealed with Fernet so that a dead-letter replay can
+restore them. Error messages are scrubbed of the payload's secret values before they are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+REDACTED = "[REDACTED]"
+
+_SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?$|^pwd$|secret|token|api[_-]?key|private[_-]?key|access[_-]?key|"
+    r"signing[_-]?key|ssh[_-]?key|credential|authorization|cookie",
+    re.IGNORECASE,
+)
+# Shorter values are too likely to occur by chance in unrelated text to be scrubbed from it.
+_MIN_SCRUB_LENGTH = 4
+
+
+class SealError(Exception):
+    """Sealed secrets could not be opened (wrong or missing key, or tampered data)."""
+
+
+def is_secret_name(name: str, extra: Iterable[str] = ()) -> bool:
+    lowered = name.lower()
+    return bool(_SECRET_NAME.search(name)) or lowered in {e.lower() for e in extra}
+
+
+def split_secrets(value: Any, extra: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """Return ``(redacted copy, {json-pointer: secret value})``."""
+    extra = tuple(extra)
+    found: dict[str, Any] = {}
+
+    def walk(node: Any, pointer: str) -> Any:
+        if isinstance(node, Mapping):
+            out: dict[str, Any] = {}
+            for key, child in node.items():
+                path = f"{pointer}/{_escape(str(key))}"
+                if is_secret_name(str(key), extra) and child not in (None, ""):
+                    found[path] = child
+                    out[key] = REDACTED
+                else:
+                    out[key] = walk(child, path)
+            return out
+        if isinstance(node, list | tuple):
+            return [walk(child, f"{pointer}/{i}") for i, child in enumerate(node)]
+        return node
+
+    return walk(value, ""), found
+
+
+def redact(value: Any, extra: Iterable[str] = ()) -> Any:
+    return split_secrets(value, extra)[0]
+
+
+def restore_secrets(redacted: Any, secrets: Mapping[str, Any]) -> Any:
+    """Put sealed secret values back at their pointers in a redacted payload (a copy)."""
+    restored = json.loads(json.dumps(redacted))
+    for pointer, secret in secrets.items():
+        parts = [_unescape(p) for p in pointer.split("/")[1:]]
+        node = restored
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = secret
+        else:
+            node[last] = secret
+    return restored
+
+
+def secret_strings(secrets: Mapping[str, Any]) -> list[str]:
+    """Every string inside the secret values, longest first, for scrubbing free text."""
+    strings: list[str] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, str) and len(node) >= _MIN_SCRUB_LENGTH:
+            strings.append(node)
+        elif isinstance(node, Mapping):
+            for child in node.values():
+                collect(child)
+        elif isinstance(node, list | tuple):
+            for child in node:
+                collect(child)
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            if len(str(node)) >= _MIN_SCRUB_LENGTH:
+                strings.append(str(node))
+
+    for value in secrets.values():
+        collect(value)
+    return sorted(set(strings), key=len, reverse=True)
+
+
+def scrub_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def seal(secrets: Mapping[str, Any], key: str) -> str:
+    return Fernet(key.encode()).encrypt(json.dumps(dict(secrets)).encode()).decode()
+
+
+def unseal(token: str, key: str) -> dict[str, Any]:
+    try:
+        data = Fernet(key.encode()).decrypt(token.encode())
+    except (InvalidToken, ValueError) as exc:
+        raise SealError(
+            "sealed secrets cannot be opened with DRYDOCK_SECRET_KEY (wrong key?)"
+        ) from exc
+    loaded: dict[str, Any] = json.loads(data)
+    return loaded
+
+
+def new_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def _escape(part: str) -> str:
+    return part.replace("~", "~0").replace("/", "~1")
+
+
+def _unescape(part: str) -> str:
+    return part.replace("~1", "/").replace("~0", "~")

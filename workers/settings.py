@@ -1,0 +1,102 @@
+"""The one typed settings object. Every knob is an environment variable prefixed ``DRYDOCK_``.
+
+The README's configuration table is generated from this class's fields and descriptions, so a
+setting documented there is a setting that exists here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.queues import WORK_QUEUES
+
+# Defaults per work queue, in seconds. Builds and remediation may run for an hour; attestation is
+# a burst of short verifications.
+DEFAULT_TIME_LIMITS: dict[str, int] = {
+    "builds": 3600,
+    "pushes": 1800,
+    "attestation": 300,
+    "remediation": 3600,
+    "evaluation": 3600,
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRYDOCK_", extra="ignore")
+
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL of the Celery broker."
+    )
+    database_url: str = Field(
+        "postgresql+psycopg://drydock@127.0.0.1:5432/drydock",
+        description="SQLAlchemy URL of the PostgreSQL outcome store.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Fernet key (`drydock keygen`) sealing the secret fields of stored payloads so that "
+            "DLQ replay can restore them. Unset: secrets are redacted and not kept, and replaying "
+            "a job that had any is refused."
+        ),
+    )
+    visibility_timeout: Annotated[int, Field(gt=0)] = Field(
+        7500,
+        description=(
+            "Seconds Redis waits for an unacknowledged message before redelivering it. Must "
+            "exceed the longest task time limit plus the longest retry delay, or a slow job "
+            "runs twice."
+        ),
+    )
+    time_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_TIME_LIMITS),
+        description="Hard time limit per work queue in seconds, as JSON.",
+    )
+    retry_max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        5, description="Retry budget: attempts in all (first run included) for transient errors."
+    )
+    retry_base_seconds: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="Backoff multiplier: the first retry waits up to this long (full jitter)."
+    )
+    retry_max_seconds: Annotated[float, Field(gt=0)] = Field(
+        600.0, description="Cap on a single retry delay."
+    )
+    worker_concurrency: Annotated[int, Field(ge=0)] = Field(
+        0, description="Worker processes per `drydock worker`; 0 means one per CPU core."
+    )
+    canary_interval_seconds: Annotated[int, Field(ge=0)] = Field(
+        300, description="Beat sends a canary to every queue this often; 0 turns it off."
+    )
+    log_level: str = Field("INFO", description="Log level of workers and the CLI.")
+    log_json: bool = Field(True, description="Log one JSON object per line (structlog).")
+    extra_secret_fields: list[str] = Field(
+        default_factory=list,
+        description="More field names to redact, beyond password/token/secret/key-like names.",
+    )
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        unknown = set(self.time_limits) - set(WORK_QUEUES)
+        if unknown:
+            raise ValueError(f"time_limits names unknown queues: {sorted(unknown)}")
+        limits = {**DEFAULT_TIME_LIMITS, **self.time_limits}
+        self.time_limits = limits
+        longest = max(limits.values())
+        if self.visibility_timeout <= longest + self.retry_max_seconds:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout}s) must exceed the longest task "
+                f"time limit ({longest}s) plus retry_max_seconds ({self.retry_max_seconds:g}s); "
+                "otherwise Redis redelivers jobs that are still running or waiting to retry"
+            )
+        return self
+
+    def time_limit(self, queue: str) -> int:
+        return self.time_limits[queue]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
