@@ -4,22 +4,31 @@ Upstream Python services enqueue by task name::
 
     from drydock import enqueue
     job = enqueue("builds.canary", {"message": "hello"}, idempotency_key="req-42")
+
+Imports are lazy so that ``drydock --help`` and a bad setting never fail before the CLI can
+explain them.
 """
 
-from drydock.client import EnqueuedJob, IdempotencyConflictError, enqueue
-from workers.errors import (
-    BrokerUnavailableError,
-    DrydockError,
-    PayloadInvalidError,
-    UnknownTaskError,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BrokerUnavailableError",
-    "DrydockError",
-    "EnqueuedJob",
-    "IdempotencyConflictError",
-    "PayloadInvalidError",
-    "UnknownTaskError",
-    "enqueue",
-]
+from typing import Any
+
+_EXPORTS = {
+    "enqueue": "drydock.client",
+    "EnqueuedJob": "drydock.client",
+    "IdempotencyConflictError": "drydock.client",
+    "BrokerUnavailableError": "workers.errors",
+    "DrydockError": "workers.errors",
+    "PayloadInvalidError": "workers.errors",
+    "UnknownTaskError": "workers.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'drydock' has no attribute {name!r}")

@@ -388,7 +388,8 @@ def main() -> None:
         message = _explain(exc)
         if message is None:
             message = f"unexpected {type(exc).__name__}: {exc}"
-        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+        one_line = " ".join(message.split())
+        err.print(f"error: {one_line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

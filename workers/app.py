@@ -20,7 +20,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         # Redis redelivers an unacknowledged message after this long; see Settings for the rule.
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": settings.restore_sweep_seconds,
+            "unacked_restore_throttle": 1,
+        },
         # JSON only: pickle would let whoever can write to Redis run code on every worker.
         "task_serializer": "json",
         "result_serializer": "json",

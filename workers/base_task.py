@@ -72,7 +72,7 @@ class JobContext:
         with session_scope() as session:
             job_store.record_progress(session, self.job_id, self.attempt, self.who, data)
         if self._log is not None:
-            self._log.info("job.progress", **data)
+            self._log.info("job.progress", action="progress", **data)
 
 
 Handler = Callable[[Any, JobContext], Any]

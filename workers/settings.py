@@ -51,6 +51,14 @@ class Settings(BaseSettings):
             "runs twice."
         ),
     )
+    restore_sweep_seconds: Annotated[int, Field(ge=1)] = Field(
+        60,
+        description=(
+            "How often each worker looks for messages whose visibility timeout has passed (a "
+            "worker died holding them) and puts them back: a lost job returns after "
+            "visibility_timeout plus up to this long."
+        ),
+    )
     time_limits: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_TIME_LIMITS),
         description="Hard time limit per work queue in seconds, as JSON.",

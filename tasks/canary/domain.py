@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ def run_canary(
     attempt: int,
     progress: Callable[[float, str], None],
     sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dict[str, Any]:
     if payload.fail_permanently:
         raise CanaryPermanentError("canary asked to fail permanently")
@@ -30,6 +32,10 @@ def run_canary(
         raise CanaryTransientError(
             f"canary rehearsing a transient failure on attempt {attempt} of "
             f"{payload.fail_attempts} planned"
+        )
+    if payload.fail_until is not None and now() < _aware(payload.fail_until):
+        raise CanaryTransientError(
+            f"canary rehearsing an outage until {payload.fail_until.isoformat()}"
         )
     remaining = payload.sleep_seconds
     while remaining > 0:
@@ -39,3 +45,7 @@ def run_canary(
         done = payload.sleep_seconds - remaining
         progress(done / payload.sleep_seconds * 100, f"slept {done:.1f}s")
     return {"message": payload.message, "attempt": attempt, "data": payload.data}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

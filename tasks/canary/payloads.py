@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import Field
@@ -17,6 +18,10 @@ class CanaryPayload(Payload):
         ge=0,
         le=100,
         description="Fail the first N attempts with a transient error (rehearses retries).",
+    )
+    fail_until: datetime | None = Field(
+        None,
+        description="Fail with a transient error until this time (rehearses an outage that ends).",
     )
     fail_permanently: bool = Field(
         False, description="Fail with a non-transient error (rehearses the dead-letter path)."

@@ -1,0 +1,71 @@
+"""Nothing is lost when a worker dies: its job comes back and completes exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select
+
+from drydock.client import enqueue
+from models.db import session_scope
+from models.tables import Job, JobEvent
+from tests.conftest import TEST_VISIBILITY_TIMEOUT, WorkerProcess, wait_for_job
+
+pytestmark = pytest.mark.fleet
+
+
+def wait_until_running(job_id: object, timeout: float = 30) -> Job:
+    return wait_for_job(job_id, statuses=("running",), timeout=timeout)
+
+
+def outcome_events(job_id: object) -> list[tuple[str, int]]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(JobEvent.kind, JobEvent.attempt)
+            .where(JobEvent.job_id == job_id)
+            .order_by(JobEvent.id)
+        ).all()
+    return [(kind, attempt) for kind, attempt in rows if kind not in ("progress",)]
+
+
+def test_a_worker_killed_mid_job_gives_the_job_back_and_it_completes_once(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    doomed = worker_factory("doomed")
+    job = enqueue("remediation.canary", {"sleep_seconds": 3, "message": "survive"})
+    running = wait_until_running(job.id)
+    assert running.worker == doomed.hostname
+    time.sleep(0.5)
+    doomed.kill()  # SIGKILL to the whole worker: no warm shutdown, no ack
+
+    rescuer = worker_factory("rescuer")
+    # Redis hands the unacknowledged message out again once the visibility timeout passes.
+    row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT * 4)
+    assert row.status == "succeeded"
+    assert row.worker == rescuer.hostname
+    assert row.attempts == 2
+    events = outcome_events(job.id)
+    assert events == [("enqueued", 0), ("started", 1), ("started", 2), ("succeeded", 2)]
+    with session_scope() as session:
+        assert len(session.execute(select(Job)).scalars().all()) == 1
+    # Still exactly one outcome after the rescuer has had time to see any stray redelivery.
+    time.sleep(2)
+    assert outcome_events(job.id).count(("succeeded", 2)) == 1
+
+
+def test_a_pool_process_killed_mid_job_is_requeued_at_once(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    worker = worker_factory("survivor")
+    job = enqueue("remediation.canary", {"sleep_seconds": 2})
+    running = wait_until_running(job.id)
+    assert running.worker_pid is not None and running.worker_pid != worker.proc.pid
+    os.kill(running.worker_pid, signal.SIGKILL)  # only the pool process that runs the job
+    # reject_on_worker_lost: the message is requeued now, not after the visibility timeout.
+    row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT - 2)
+    assert row.status == "succeeded" and row.attempts == 2
+    assert [k for k, _ in outcome_events(job.id)].count("succeeded") == 1
