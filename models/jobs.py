@@ -7,6 +7,7 @@ outcome event of each kind per job, so a redelivered message can never duplicate
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from models.db import hot_connection, session_scope
 from models.tables import (
     TERMINAL_STATUSES,
     DeadLetter,
@@ -112,8 +114,25 @@ def forget_unsent_job(session: Session, job_id: uuid.UUID) -> None:
     session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value))
 
 
+_START_ATTEMPT = """
+    WITH attempt AS (
+        UPDATE jobs
+           SET status = 'running', attempts = attempts + 1, started_at = now(),
+               worker = CAST(%(worker)s AS varchar), worker_pid = CAST(%(worker_pid)s AS integer)
+         WHERE id = CAST(%(job_id)s AS uuid) AND status NOT IN ('succeeded', 'dead_lettered')
+     RETURNING attempts
+    )
+    INSERT INTO job_events (job_id, kind, attempt, at, queue_wait_ms, queue, worker, worker_pid,
+                            detail)
+    SELECT CAST(%(job_id)s AS uuid), 'started', attempts, now(),
+           CAST(%(queue_wait_ms)s AS double precision), CAST(%(queue)s AS varchar),
+           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{}'::jsonb
+      FROM attempt
+    RETURNING attempt
+    """
+
+
 def start_attempt(
-    session: Session,
     job_id: uuid.UUID,
     *,
     task_name: str,
@@ -121,29 +140,24 @@ def start_attempt(
     who: WorkerIdentity,
     queue_wait_ms: float | None,
 ) -> Started | AlreadyFinished:
-    """Mark the job running and count the attempt, unless it already has an outcome.
+    """Mark the job running, count the attempt and record ``started``, unless it already has an
+    outcome. One statement, committed on its own: this runs once per job on every worker.
 
     A message sent without ``enqueue`` (Beat, or a producer speaking Celery's protocol directly)
     has no row yet: one is created here, so every job that runs is recorded.
     """
-    attempt = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.not_in(_terminal))
-        .values(
-            status=JobStatus.RUNNING.value,
-            attempts=Job.attempts + 1,
-            started_at=func.now(),
-            worker=who.hostname,
-            worker_pid=who.pid,
-        )
-        .returning(Job.attempts)
-    ).scalar_one_or_none()
-    if attempt is None:
+    params = {"job_id": job_id, "queue_wait_ms": queue_wait_ms, **who.as_dict()}
+    attempt = _hot_statement(_START_ATTEMPT, params, relaxed=True)
+    if attempt is not None:
+        return Started(attempt=attempt)
+    with session_scope() as session:
         finished = session.execute(
             select(Job.status, Job.result).where(Job.id == job_id)
         ).one_or_none()
         if finished is not None:
-            return AlreadyFinished(status=finished.status, result=finished.result)
+            if finished.status in _terminal:
+                return AlreadyFinished(status=finished.status, result=finished.result)
+            raise RuntimeError(f"job {job_id} changed state while starting; try again")
         create_job(
             session,
             NewJob(
@@ -154,16 +168,22 @@ def start_attempt(
                 enqueued_by="broker-message",
             ),
         )
-        return start_attempt(
-            session,
-            job_id,
-            task_name=task_name,
-            payload=payload,
-            who=who,
-            queue_wait_ms=queue_wait_ms,
-        )
-    _event(session, job_id, EventKind.STARTED, attempt, who, queue_wait_ms=queue_wait_ms)
+    attempt = _hot_statement(_START_ATTEMPT, params, relaxed=True)
+    if attempt is None:
+        raise RuntimeError(f"job {job_id} could not be started")
     return Started(attempt=attempt)
+
+
+def _hot_statement(sql: str, params: dict[str, Any], *, relaxed: bool = False) -> Any:
+    """Run one of the per-job statements straight on the driver, as a prepared statement.
+
+    These run twice for every job on every worker; SQLAlchemy's statement machinery would cost
+    more than the database does. The SQL is static and fully parameterised.
+    """
+    with hot_connection(relaxed=relaxed).cursor() as cursor:
+        cursor.execute(sql, params, prepare=True)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def record_progress(
@@ -172,8 +192,25 @@ def record_progress(
     _event(session, job_id, EventKind.PROGRESS, attempt, who, detail=detail)
 
 
+_RECORD_SUCCESS = """
+    WITH done AS (
+        UPDATE jobs
+           SET status = 'succeeded', result = CAST(%(result)s AS jsonb), finished_at = now(),
+               error = NULL, error_class = NULL
+         WHERE id = %(job_id)s AND status NOT IN ('succeeded', 'dead_lettered')
+     RETURNING id
+    )
+    INSERT INTO job_events (job_id, kind, attempt, at, latency_ms, queue, worker, worker_pid,
+                            detail)
+    SELECT id, 'succeeded', CAST(%(attempt)s AS integer), now(),
+           CAST(%(latency_ms)s AS double precision), CAST(%(queue)s AS varchar),
+           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{}'::jsonb
+      FROM done
+    RETURNING id
+    """
+
+
 def record_success(
-    session: Session,
     job_id: uuid.UUID,
     attempt: int,
     who: WorkerIdentity,
@@ -181,23 +218,19 @@ def record_success(
     result: Any,
     latency_ms: float,
 ) -> bool:
-    """Record the outcome; False when another delivery of the same job already recorded one."""
-    updated = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.not_in(_terminal))
-        .values(
-            status=JobStatus.SUCCEEDED.value,
-            result=result,
-            finished_at=func.now(),
-            error=None,
-            error_class=None,
-        )
-        .returning(Job.id)
-    ).scalar_one_or_none()
-    if updated is None:
-        return False
-    _event(session, job_id, EventKind.SUCCEEDED, attempt, who, latency_ms=latency_ms)
-    return True
+    """Record the outcome in one statement; False when another delivery of the same job already
+    recorded one (the status guard, backed by the one-outcome unique index)."""
+    recorded = _hot_statement(
+        _RECORD_SUCCESS,
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            "result": json.dumps(result),
+            "latency_ms": latency_ms,
+            **who.as_dict(),
+        },
+    )
+    return recorded is not None
 
 
 def record_retry(

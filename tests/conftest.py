@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,8 @@ from typing import Any
 
 import pytest
 
-PG_BIN_DIRS = ["/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]
+from drydock import localservers
+
 # The session worker serves every queue but this one: tests that start and kill their own
 # workers use it, so the session worker can never take their jobs.
 PRIVATE_QUEUE = "remediation"
@@ -35,17 +35,11 @@ TEST_TIME_LIMIT = 8
 _state: dict[str, Any] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def pytest_configure(config: pytest.Config) -> None:
     from cryptography.fernet import Fernet
 
     base = Path(tempfile.mkdtemp(prefix="drydock-tests-"))
-    redis_port, pg_port = _free_port(), _free_port()
+    redis_port, pg_port = localservers.free_port(), localservers.free_port()
     _state.update(base=base, redis_port=redis_port, pg_port=pg_port)
     os.environ.update(
         {
@@ -85,99 +79,30 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001,S110  not up yet
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not come up within {timeout}s")
-
-
 def _register_stop(stop: Callable[[], None]) -> None:
     _state.setdefault("stops", []).append(stop)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if not localservers.redis_available():
         _missing("redis-server")
-    port = _state["redis_port"]
-    workdir = _state["base"] / "redis"
-    workdir.mkdir()
-    proc = subprocess.Popen(
-        [binary or "", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _register_stop(lambda: (proc.terminate(), proc.wait(10)))
-    import redis
-
-    client = redis.Redis(port=port)
-    _wait_for(lambda: bool(client.ping()), 15, "redis-server")
-    return os.environ["DRYDOCK_BROKER_URL"]
-
-
-def _pg_bin(name: str) -> str | None:
-    for directory in PG_BIN_DIRS:
-        candidate = Path(directory) / name
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which(name)
+    server = localservers.start_redis(_state["base"] / "redis", _state["redis_port"])
+    _register_stop(server.stop)
+    assert server.url == os.environ["DRYDOCK_BROKER_URL"]
+    return server.url
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if initdb is None or pg_ctl is None:
+    if not localservers.postgres_available():
         _missing("PostgreSQL (initdb, pg_ctl)")
-    port = _state["pg_port"]
-    workdir = _state["base"] / "postgres"
-    workdir.mkdir()
-    # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(workdir, "postgres")
-        os.chmod(_state["base"], 0o755)
-    data = workdir / "data"
-    subprocess.run(
-        [*as_user, initdb or "", "-D", str(data), "-A", "trust", "-U", "drydock", "-E", "UTF8"],
-        check=True,
-        stdout=subprocess.DEVNULL,
+    server = localservers.start_postgres(
+        _state["base"] / "postgres", _state["pg_port"], fast=True
     )
-    options = (
-        f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
-    subprocess.run(
-        [*as_user, pg_ctl or "", "-D", str(data), "-o", options, "-l", str(workdir / "log"),
-         "-w", "start"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    _register_stop(
-        lambda: subprocess.run(
-            [*as_user, pg_ctl or "", "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
-    )
-    import psycopg
-
-    def create_db() -> bool:
-        with psycopg.connect(f"host=127.0.0.1 port={port} user=drydock dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute("CREATE DATABASE drydock")
-        return True
-
-    _wait_for(create_db, 20, "PostgreSQL")
-    return os.environ["DRYDOCK_DATABASE_URL"]
+    _register_stop(server.stop)
+    assert server.url == os.environ["DRYDOCK_DATABASE_URL"]
+    return server.url
 
 
 @pytest.fixture(scope="session")
@@ -248,8 +173,8 @@ def start_worker(queues: str, name: str, concurrency: int = 2) -> WorkerProcess:
         )
     worker = WorkerProcess(proc, log_path, hostname)
     try:
-        _wait_for(lambda: "ready." in worker.log(), 60, f"worker {name}")
-    except RuntimeError:
+        localservers.wait_for(lambda: "ready." in worker.log(), 60, f"worker {name}")
+    except localservers.ServerUnavailableError:
         worker.stop()
         raise RuntimeError(f"worker {name} did not start:\n{worker.log()[-3000:]}") from None
     return worker

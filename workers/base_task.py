@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
@@ -93,7 +94,7 @@ class DrydockTask(Task):  # type: ignore[misc]
     def execute(self, kwargs: dict[str, Any]) -> Any:
         try:
             return self._execute(kwargs)
-        except OperationalError as exc:
+        except (OperationalError, psycopg.OperationalError) as exc:
             # The outcome store is unreachable: nothing about this attempt can be recorded, and a
             # failed task would be acknowledged and lost. Hand the message back with backoff.
             settings = get_settings()
@@ -104,7 +105,7 @@ class DrydockTask(Task):  # type: ignore[misc]
             get_logger(job_id=self.request.id, task=self.name).error(
                 "job.store_unavailable",
                 action="requeue",
-                error=str(exc.orig or exc)[:300],
+                error=str(getattr(exc, "orig", None) or exc)[:300],
                 delay_seconds=round(delay, 3),
             )
             raise self.retry(
@@ -129,19 +130,17 @@ class DrydockTask(Task):  # type: ignore[misc]
             job_id=str(job_id), task=self.name, worker=who.hostname, pid=who.pid, queue=who.queue
         )
 
-        with session_scope() as session:
-            start = job_store.start_attempt(
-                session,
-                job_id,
-                task_name=self.name,
-                payload=redacted,
-                who=who,
-                queue_wait_ms=self._queue_wait_ms(),
-            )
+        start = job_store.start_attempt(
+            job_id,
+            task_name=self.name,
+            payload=redacted,
+            who=who,
+            queue_wait_ms=self._queue_wait_ms(),
+        )
         if isinstance(start, job_store.AlreadyFinished):
             # A redelivery of a job that already has its outcome: nothing to do, nothing to add.
             log.info("job.redelivered_after_outcome", action="skip", status=start.status)
-            return start.result
+            return None
         attempt = start.attempt
         log = log.bind(attempt=attempt)
         log.info("job.started", action="started")
@@ -254,16 +253,15 @@ class DrydockTask(Task):  # type: ignore[misc]
         except (TypeError, ValueError) as exc:
             bad = TypeError(f"the task returned a result that is not JSON: {exc}")
             raise dead_letter_job(bad, "invalid_result", _format_tb(exc)) from None
-        with session_scope() as session:
-            recorded = job_store.record_success(
-                session, job_id, attempt, who, result=stored, latency_ms=_ms_since(started)
-            )
+        recorded = job_store.record_success(
+            job_id, attempt, who, result=stored, latency_ms=_ms_since(started)
+        )
         log.info(
             "job.succeeded" if recorded else "job.outcome_already_recorded",
             action="succeeded",
             duration_ms=round(_ms_since(started), 1),
         )
-        return stored
+        return None
 
     def _queue_wait_ms(self) -> float | None:
         """How long the message waited: since enqueue, or since its retry was due."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -31,31 +32,38 @@ class SealError(Exception):
 
 
 def is_secret_name(name: str, extra: Iterable[str] = ()) -> bool:
-    lowered = name.lower()
-    return bool(_SECRET_NAME.search(name)) or lowered in {e.lower() for e in extra}
+    return _is_secret_name(name, frozenset(e.lower() for e in extra))
+
+
+@lru_cache(maxsize=4096)
+def _is_secret_name(name: str, extra: frozenset[str]) -> bool:
+    # Field names repeat endlessly (every job, every log line): decide each one once.
+    return bool(_SECRET_NAME.search(name)) or name.lower() in extra
 
 
 def split_secrets(value: Any, extra: Iterable[str] = ()) -> tuple[Any, dict[str, Any]]:
     """Return ``(redacted copy, {json-pointer: secret value})``."""
-    extra = tuple(extra)
+    extra_names = frozenset(e.lower() for e in extra)
     found: dict[str, Any] = {}
 
-    def walk(node: Any, pointer: str) -> Any:
+    def walk(node: Any, path: tuple[str, ...]) -> Any:
         if isinstance(node, Mapping):
             out: dict[str, Any] = {}
             for key, child in node.items():
-                path = f"{pointer}/{_escape(str(key))}"
-                if is_secret_name(str(key), extra) and child not in (None, ""):
-                    found[path] = child
+                name = str(key)
+                if _is_secret_name(name, extra_names) and child not in (None, ""):
+                    found["".join(f"/{_escape(p)}" for p in (*path, name))] = child
                     out[key] = REDACTED
+                elif isinstance(child, Mapping | list | tuple):
+                    out[key] = walk(child, (*path, name))
                 else:
-                    out[key] = walk(child, path)
+                    out[key] = child
             return out
         if isinstance(node, list | tuple):
-            return [walk(child, f"{pointer}/{i}") for i, child in enumerate(node)]
+            return [walk(child, (*path, str(i))) for i, child in enumerate(node)]
         return node
 
-    return walk(value, ""), found
+    return walk(value, ()), found
 
 
 def redact(value: Any, extra: Iterable[str] = ()) -> Any:

@@ -1,0 +1,8 @@
+# Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
+.PHONY: test bench
+
+test:
+	scripts/test
+
+bench:
+	.venv/bin/python bench/throughput.py

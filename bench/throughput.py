@@ -1,0 +1,251 @@
+"""Throughput of Drydock against bare Celery, on the same Redis and worker settings.
+
+    python bench/throughput.py [--jobs 20000] [--concurrency 2] [--probes 1000]
+
+It starts its own Redis and PostgreSQL (default durability settings: fsync on), then for each of
+(a) bare Celery with a no-op task and (b) Drydock's canary with its outcome and event rows:
+
+1. fills the ``attestation`` queue with N jobs through each one's own producer path (bare:
+   ``send_task``; Drydock: ``enqueue``, which validates and writes the job row) and reports the
+   enqueue rate;
+2. starts one worker with the same settings (``drydock worker`` defaults for the queue) and
+   times it from ready until the queue is drained and every message acknowledged: jobs/s;
+3. sends latency probes at a steady rate below capacity to the running worker and reports
+   enqueue→start latency p50/p99 (from the producer's call to the moment the job started).
+
+The target is a ratio (Drydock / bare jobs/s) of at least 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from drydock import localservers  # noqa: E402
+
+QUEUE = "attestation"
+
+
+def configure(redis_url: str, db_url: str) -> None:
+    os.environ.update(
+        {
+            "DRYDOCK_BROKER_URL": redis_url,
+            "DRYDOCK_DATABASE_URL": db_url,
+            "DRYDOCK_CANARY_INTERVAL_SECONDS": "0",
+        }
+    )
+
+
+def start_worker(kind: str, concurrency: int, log_path: Path) -> subprocess.Popen[bytes]:
+    from workers.queues import prefetch_for
+
+    common = [
+        f"--concurrency={concurrency}",
+        f"--prefetch-multiplier={prefetch_for([QUEUE])}",
+        "--loglevel=INFO",
+        "--task-events",
+        "-O",
+        "fair",
+        f"--hostname=bench-{kind}@%h",
+        f"--queues={QUEUE}",
+    ]
+    if kind == "bare":
+        argv = [sys.executable, "-m", "celery", "-A", "bench.bare_app", "worker", *common]
+    else:
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", *common]
+    log = open(log_path, "wb")  # noqa: SIM115  closed with the process
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+    )
+    localservers.wait_for(
+        lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, 60, kind
+    )
+    if proc.poll() is not None:
+        raise RuntimeError(f"{kind} worker exited:\n{log_path.read_text()[-2000:]}")
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def drained(client: Any) -> bool:
+    return client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+
+
+def run_mode(kind: str, jobs: int, probes: int, concurrency: int, workdir: Path) -> dict[str, Any]:
+    import redis
+
+    from workers.settings import get_settings
+
+    client = redis.Redis.from_url(get_settings().broker_url)
+    client.delete(QUEUE, "unacked", "unacked_index", "bench:starts")
+    send = producer(kind)
+
+    started = time.perf_counter()
+    for _ in range(jobs):
+        send(False)
+    enqueue_seconds = time.perf_counter() - started
+    print(f"  {kind}: enqueued {jobs} jobs at {jobs / enqueue_seconds:,.0f} jobs/s", flush=True)
+
+    proc = start_worker(kind, concurrency, workdir / f"worker-{kind}.log")
+    try:
+        began = time.perf_counter()
+        while not drained(client):
+            time.sleep(0.02)
+        run_seconds = time.perf_counter() - began
+        rate = jobs / run_seconds
+        print(f"  {kind}: ran {jobs} jobs in {run_seconds:.1f}s: {rate:,.0f} jobs/s", flush=True)
+        latencies = probe_latency(kind, send, probes, rate)
+    finally:
+        stop_worker(proc)
+    if kind == "drydock":
+        verify_drydock_records(jobs + probes)
+    return {"rate": rate, "enqueue_rate": jobs / enqueue_seconds, "latencies": latencies}
+
+
+def producer(kind: str) -> Any:
+    if kind == "bare":
+        from bench.bare_app import app
+
+        def send_bare(probe: bool) -> str:
+            task_id = str(uuid.uuid4())
+            app.send_task("attestation.noop", kwargs={"probe": probe}, task_id=task_id,
+                          queue=QUEUE)
+            return task_id
+
+        return send_bare
+
+    from drydock.client import enqueue
+
+    def send_drydock(probe: bool) -> str:
+        return str(enqueue("attestation.canary", {"message": "bench"}).id)
+
+    return send_drydock
+
+
+def probe_latency(kind: str, send: Any, probes: int, capacity: float) -> list[float]:
+    """Send probes at half the measured capacity; return enqueue→start latencies in ms."""
+    import redis
+
+    from workers.settings import get_settings
+
+    interval = 2.0 / capacity
+    called: dict[str, float] = {}
+    next_at = time.time()
+    for _ in range(probes):
+        now = time.time()
+        if now < next_at:
+            time.sleep(next_at - now)
+        next_at += interval
+        at = time.time()
+        called[send(True)] = at
+    client = redis.Redis.from_url(get_settings().broker_url)
+    while not drained(client):
+        time.sleep(0.02)
+    time.sleep(0.5)
+    if kind == "bare":
+        starts = {k.decode(): float(v) for k, v in client.hgetall("bench:starts").items()}
+    else:
+        starts = drydock_start_times(list(called))
+    return [(starts[job_id] - at) * 1000 for job_id, at in called.items() if job_id in starts]
+
+
+def drydock_start_times(job_ids: list[str]) -> dict[str, float]:
+    from sqlalchemy import select
+
+    from models.db import session_scope
+    from models.tables import JobEvent
+
+    with session_scope() as session:
+        rows = session.execute(
+            select(JobEvent.job_id, JobEvent.at).where(
+                JobEvent.kind == "started", JobEvent.job_id.in_([uuid.UUID(j) for j in job_ids])
+            )
+        ).all()
+    return {str(job_id): at.timestamp() for job_id, at in rows}
+
+
+def verify_drydock_records(expected: int) -> None:
+    """Every job has its outcome and its four events: nothing was dropped to go faster."""
+    from sqlalchemy import func, select
+
+    from models.db import session_scope
+    from models.tables import Job, JobEvent
+
+    with session_scope() as session:
+        succeeded = session.scalar(
+            select(func.count()).select_from(Job).where(Job.status == "succeeded")
+        )
+        events = session.scalar(select(func.count()).select_from(JobEvent))
+    print(f"  drydock: {succeeded} succeeded job rows, {events} event rows", flush=True)
+    if succeeded != expected or events != expected * 3:
+        raise SystemExit(
+            f"records missing: expected {expected} succeeded jobs and {expected * 3} events"
+        )
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--probes", type=int, default=1_000)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="drydock-bench-"))
+    redis_server = localservers.start_redis(workdir / "redis")
+    pg_server = localservers.start_postgres(workdir / "postgres")
+    try:
+        configure(redis_server.url, pg_server.url)
+        from models.migrate import upgrade
+
+        upgrade("head")
+        print(f"{args.jobs} jobs each, concurrency {args.concurrency}, queue {QUEUE}", flush=True)
+        results = {
+            kind: run_mode(kind, args.jobs, args.probes, args.concurrency, workdir)
+            for kind in ("bare", "drydock")
+        }
+    finally:
+        pg_server.stop()
+        redis_server.stop()
+
+    print()
+    print(f"{'':10}{'jobs/s':>10}{'enqueue/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    for kind, result in results.items():
+        lat = result["latencies"]
+        print(
+            f"{kind:10}{result['rate']:>10,.0f}{result['enqueue_rate']:>12,.0f}"
+            f"{percentile(lat, 50):>10.1f}{percentile(lat, 99):>10.1f}"
+        )
+    ratio = results["drydock"]["rate"] / results["bare"]["rate"]
+    print(f"ratio drydock/bare: {ratio:.2f} (target >= 0.80){'' if ratio >= 0.8 else '  MISSED'}")
+    print(f"median of {len(results['drydock']['latencies'])} drydock probes: "
+          f"{statistics.median(results['drydock']['latencies']):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
