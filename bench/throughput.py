@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,6 +45,8 @@ def configure(redis_url: str, db_url: str) -> None:
             "DRYDOCK_BROKER_URL": redis_url,
             "DRYDOCK_DATABASE_URL": db_url,
             "DRYDOCK_CANARY_INTERVAL_SECONDS": "0",
+            # The producer (this process) stays quiet; workers log at INFO like production.
+            "DRYDOCK_LOG_LEVEL": "WARNING",
         }
     )
 
@@ -67,7 +70,12 @@ def start_worker(kind: str, concurrency: int, log_path: Path) -> subprocess.Pope
         argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", *common]
     log = open(log_path, "wb")  # noqa: SIM115  closed with the process
     proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+        env={**os.environ, "DRYDOCK_LOG_LEVEL": "INFO"},
     )
     localservers.wait_for(
         lambda: b"ready." in log_path.read_bytes() or proc.poll() is not None, 60, kind
@@ -86,11 +94,41 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of one process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # utime, stime, cutime, cstime are fields 14-17 (1-based); after the comm they start at 11.
+    return sum(int(f) for f in fields[11:15]) / _TICKS
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def cpu_snapshot(worker_pid: int, servers: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far per role: the worker's main process, its pool, and each server."""
+    snap = {"worker main": cpu_seconds(worker_pid)}
+    snap["worker pool"] = sum(cpu_seconds(c) for c in children(worker_pid))
+    for name, roots in servers.items():
+        snap[name] = sum(cpu_seconds(r) + sum(cpu_seconds(c) for c in children(r)) for r in roots)
+    return snap
+
+
 def drained(client: Any) -> bool:
     return client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
 
 
-def run_mode(kind: str, jobs: int, probes: int, concurrency: int, workdir: Path) -> dict[str, Any]:
+def run_mode(
+    kind: str, jobs: int, probes: int, concurrency: int, workdir: Path,
+    servers: dict[str, list[int]],
+) -> dict[str, Any]:
     import redis
 
     from workers.settings import get_settings
@@ -107,10 +145,13 @@ def run_mode(kind: str, jobs: int, probes: int, concurrency: int, workdir: Path)
 
     proc = start_worker(kind, concurrency, workdir / f"worker-{kind}.log")
     try:
+        before = cpu_snapshot(proc.pid, servers)
         began = time.perf_counter()
         while not drained(client):
             time.sleep(0.02)
         run_seconds = time.perf_counter() - began
+        after = cpu_snapshot(proc.pid, servers)
+        cpu_ms = {role: (after[role] - before[role]) * 1000 / jobs for role in after}
         rate = jobs / run_seconds
         print(f"  {kind}: ran {jobs} jobs in {run_seconds:.1f}s: {rate:,.0f} jobs/s", flush=True)
         latencies = probe_latency(kind, send, probes, rate)
@@ -118,7 +159,12 @@ def run_mode(kind: str, jobs: int, probes: int, concurrency: int, workdir: Path)
         stop_worker(proc)
     if kind == "drydock":
         verify_drydock_records(jobs + probes)
-    return {"rate": rate, "enqueue_rate": jobs / enqueue_seconds, "latencies": latencies}
+    return {
+        "rate": rate,
+        "enqueue_rate": jobs / enqueue_seconds,
+        "latencies": latencies,
+        "cpu_ms": cpu_ms,
+    }
 
 
 def producer(kind: str) -> Any:
@@ -225,13 +271,18 @@ def main() -> None:
 
         upgrade("head")
         print(f"{args.jobs} jobs each, concurrency {args.concurrency}, queue {QUEUE}", flush=True)
+        servers = {
+            "postgres": [pg_server.pid or 0],
+            "redis": [redis_server.pid or 0],
+        }
         results = {
-            kind: run_mode(kind, args.jobs, args.probes, args.concurrency, workdir)
+            kind: run_mode(kind, args.jobs, args.probes, args.concurrency, workdir, servers)
             for kind in ("bare", "drydock")
         }
     finally:
         pg_server.stop()
         redis_server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     print()
     print(f"{'':10}{'jobs/s':>10}{'enqueue/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
@@ -241,6 +292,11 @@ def main() -> None:
             f"{kind:10}{result['rate']:>10,.0f}{result['enqueue_rate']:>12,.0f}"
             f"{percentile(lat, 50):>10.1f}{percentile(lat, 99):>10.1f}"
         )
+    print()
+    roles = list(results["bare"]["cpu_ms"])
+    print("CPU ms per job while draining: " + ", ".join(roles))
+    for kind, result in results.items():
+        print(f"{kind:10}" + "".join(f"{result['cpu_ms'][r]:>13.3f}" for r in roles))
     ratio = results["drydock"]["rate"] / results["bare"]["rate"]
     print(f"ratio drydock/bare: {ratio:.2f} (target >= 0.80){'' if ratio >= 0.8 else '  MISSED'}")
     print(f"median of {len(results['drydock']['latencies'])} drydock probes: "

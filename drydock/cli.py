@@ -168,16 +168,18 @@ def jobs(
         rows = job_store.list_jobs(
             session, status=status, queue=queue, task_name=task, limit=limit, offset=offset
         )
-        table = Table("id", "task", "status", "attempts", "enqueued", "finished", "error")
+        table = Table("task", "status", "attempts", "enqueued", "finished", "error")
+        # Ids are what operators copy into the next command: never wrapped or cut.
+        table.add_column("id", no_wrap=True, min_width=36)
         for job in rows:
             table.add_row(
-                str(job.id),
                 job.task_name,
                 job.status,
                 str(job.attempts),
                 _when(job.enqueued_at),
                 _when(job.finished_at),
-                _short(job.error),
+                _short(job.error, 40),
+                str(job.id),
             )
     out.print(table)
 
@@ -232,16 +234,17 @@ def dlq_list(
     from models.db import session_scope
 
     with session_scope() as session:
-        table = Table("job", "task", "reason", "error", "attempts", "when", "replayed")
+        table = Table("task", "reason", "error", "attempts", "when", "replayed")
+        table.add_column("job", no_wrap=True, min_width=36)
         for letter in job_store.list_dead_letters(session, include_replayed=all_, limit=limit):
             table.add_row(
-                str(letter.job_id),
                 letter.task_name,
                 letter.reason,
                 _short(f"{letter.error_class}: {letter.message}"),
                 str(letter.attempts),
                 _when(letter.dead_lettered_at),
-                f"{letter.replayed_by} → {letter.replay_job_id}" if letter.replayed_at else "",
+                f"by {letter.replayed_by}" if letter.replayed_at else "",
+                str(letter.job_id),
             )
     out.print(table)
 

@@ -31,6 +31,7 @@ from workers.errors import (
     PayloadInvalidError,
     ReplayRefusedError,
 )
+from workers.logs import get_logger
 from workers.queues import ENQUEUED_AT_HEADER
 from workers.redaction import REDACTED, restore_secrets, seal, split_secrets, unseal
 from workers.settings import get_settings
@@ -61,7 +62,9 @@ class _Prepared:
 
 
 def validate_payload(task_name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The payload as the task will see it (defaults filled in), or PayloadInvalidError."""
+    """The payload as it will be sent: the fields given, in their JSON form, or
+    PayloadInvalidError. Defaults are left for the worker's own validation to fill in, which
+    keeps messages, Flower's events and stored rows small."""
     spec = spec_for(task_name)
     if not isinstance(payload, Mapping):
         raise PayloadInvalidError(task_name, [FieldProblem("(payload)", "must be a JSON object")])
@@ -69,7 +72,7 @@ def validate_payload(task_name: str, payload: Mapping[str, Any]) -> dict[str, An
         model = spec.payload.model_validate(dict(payload))
     except ValidationError as exc:
         raise PayloadInvalidError.from_validation(task_name, exc) from None
-    return model.model_dump(mode="json")
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
 def enqueue(
@@ -105,6 +108,9 @@ def enqueue(
                 )
             return _enqueued(job, created=False)
     _send_or_forget(prepared, job_id)
+    get_logger(job_id=str(job_id), task=task_name, queue=prepared.spec.queue).info(
+        "job.enqueued", action="enqueued", enqueued_by=enqueued_by
+    )
     return EnqueuedJob(job_id, task_name, prepared.spec.queue, "queued", created=True)
 
 

@@ -26,6 +26,8 @@ class ServerUnavailableError(RuntimeError):
 class LocalServer:
     url: str
     stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
+    # The server's main process, for whoever wants to watch it (the benchmark reads its CPU).
+    pid: int | None = None
 
     def stop(self) -> None:
         for callback in reversed(self.stop_callbacks):
@@ -90,7 +92,7 @@ def start_redis(workdir: Path, port: int | None = None) -> LocalServer:
             proc.kill()
             proc.wait(5)
 
-    server = LocalServer(f"redis://127.0.0.1:{port}/0", [stop])
+    server = LocalServer(f"redis://127.0.0.1:{port}/0", [stop], pid=proc.pid)
     import redis
 
     client = redis.Redis(port=port)
@@ -174,4 +176,5 @@ def start_postgres(
     except ServerUnavailableError:
         server.stop()
         raise
+    server.pid = int((data / "postmaster.pid").read_text().split()[0])
     return server

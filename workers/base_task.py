@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 from celery import Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
@@ -108,7 +108,7 @@ class DrydockTask(Task):  # type: ignore[misc]
                 error=str(getattr(exc, "orig", None) or exc)[:300],
                 delay_seconds=round(delay, 3),
             )
-            raise self.retry(
+            raise self._retry_or_requeue(
                 countdown=delay,
                 exc=None,
                 kwargsrepr=repr(redact(kwargs, settings.extra_secret_fields)),
@@ -235,11 +235,10 @@ class DrydockTask(Task):  # type: ignore[misc]
                     delay_seconds=round(decision.delay_seconds, 3),
                 )
                 # The retried message carries the same kwargs; Flower is shown a redacted repr.
-                raise self.retry(
+                raise self._retry_or_requeue(
                     countdown=decision.delay_seconds,
                     exc=DeadLetteredError(f"{type(exc).__name__}: {message}"),
                     kwargsrepr=repr(redacted),
-                    argsrepr="()",
                 ) from None
             reason = (
                 "retry_budget_exhausted"
@@ -262,6 +261,26 @@ class DrydockTask(Task):  # type: ignore[misc]
             duration_ms=round(_ms_since(started), 1),
         )
         return None
+
+    def _retry_or_requeue(
+        self, *, countdown: float, exc: BaseException | None, kwargsrepr: str
+    ) -> BaseException:
+        """Schedule the next attempt. If the retry message cannot be published (the broker is
+        failing), reject the delivery back to the queue instead: a failed task would be
+        acknowledged, and the job lost."""
+        try:
+            return self.retry(
+                countdown=countdown, exc=exc, kwargsrepr=kwargsrepr, argsrepr="()"
+            )
+        except Retry as retry:
+            return retry
+        except Exception as publish_error:  # noqa: BLE001  any publish failure: keep the job
+            get_logger(job_id=self.request.id, task=self.name).error(
+                "job.retry_publish_failed",
+                action="requeue",
+                error=f"{type(publish_error).__name__}: {publish_error}"[:300],
+            )
+            return Reject(publish_error, requeue=True)
 
     def _queue_wait_ms(self) -> float | None:
         """How long the message waited: since enqueue, or since its retry was due."""

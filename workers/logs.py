@@ -11,10 +11,16 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from workers.redaction import redact
 from workers.settings import get_settings
+
+
+def _dumps(value: Any, **_: Any) -> str:
+    # orjson: several times faster than json.dumps, and log lines are written for every job.
+    return orjson.dumps(value, default=str).decode()
 
 
 def _redact_processor(
@@ -31,7 +37,7 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
     level_name = (level or settings.log_level).upper()
     use_json = settings.log_json if json is None else json
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -48,9 +54,14 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        # Two lines per job on the hot path: resolve the processor chain once.
+        cache_logger_on_first_use=True,
     )
 
 
 def get_logger(**bound: Any) -> Any:
+    # A producer that never configured logging still gets Drydock's JSON lines on stderr,
+    # never structlog's development output on stdout.
+    if not structlog.is_configured():
+        configure_logging()
     return structlog.get_logger("drydock").bind(**bound)
