@@ -21,8 +21,6 @@ _starts: Any = None
 
 @app.task(name="attestation.noop", acks_late=True, ignore_result=True)
 def noop(probe: bool = False) -> None:
-    import os
-    if os.environ.get("BENCH_SLEEP"): time.sleep(float(os.environ["BENCH_SLEEP"]))
     # Latency probes note when they started; throughput jobs do nothing at all.
     if probe:
         global _starts

@@ -122,11 +122,15 @@ def cpu_snapshot(worker_pid: int, servers: dict[str, list[int]]) -> dict[str, fl
 
 
 def drained(client: Any) -> bool:
-    return client.llen(QUEUE) == 0 and client.hlen("unacked") == 0
+    return bool(client.llen(QUEUE) == 0 and client.hlen("unacked") == 0)
 
 
 def run_mode(
-    kind: str, jobs: int, probes: int, concurrency: int, workdir: Path,
+    kind: str,
+    jobs: int,
+    probes: int,
+    concurrency: int,
+    workdir: Path,
     servers: dict[str, list[int]],
 ) -> dict[str, Any]:
     import redis
@@ -173,8 +177,7 @@ def producer(kind: str) -> Any:
 
         def send_bare(probe: bool) -> str:
             task_id = str(uuid.uuid4())
-            app.send_task("attestation.noop", kwargs={"probe": probe}, task_id=task_id,
-                          queue=QUEUE)
+            app.send_task("attestation.noop", kwargs={"probe": probe}, task_id=task_id, queue=QUEUE)
             return task_id
 
         return send_bare
@@ -299,8 +302,10 @@ def main() -> None:
         print(f"{kind:10}" + "".join(f"{result['cpu_ms'][r]:>13.3f}" for r in roles))
     ratio = results["drydock"]["rate"] / results["bare"]["rate"]
     print(f"ratio drydock/bare: {ratio:.2f} (target >= 0.80){'' if ratio >= 0.8 else '  MISSED'}")
-    print(f"median of {len(results['drydock']['latencies'])} drydock probes: "
-          f"{statistics.median(results['drydock']['latencies']):.1f} ms")
+    print(
+        f"median of {len(results['drydock']['latencies'])} drydock probes: "
+        f"{statistics.median(results['drydock']['latencies']):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         try:
             if check():
                 return
-        except Exception as exc:  # noqa: BLE001  not up yet
+        except Exception as exc:
             last = exc
         time.sleep(0.1)
     raise ServerUnavailableError(f"{what} did not come up within {timeout}s ({last})")
@@ -77,8 +77,19 @@ def start_redis(workdir: Path, port: int | None = None) -> LocalServer:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
@@ -142,8 +153,18 @@ def start_postgres(
     if fast:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(workdir / "log"), "-w",
-         "start"],
+        [
+            *as_user,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(workdir / "log"),
+            "-w",
+            "start",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

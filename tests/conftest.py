@@ -8,6 +8,8 @@ the tests that need it skip locally and fail in CI (``CI`` set).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from drydock import localservers
+from workers.queues import WORK_QUEUES
 
 # The session worker serves every queue but this one: tests that start and kill their own
 # workers use it, so the session worker can never take their jobs.
@@ -50,10 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_RETRY_BASE_SECONDS": "0.05",
             "DRYDOCK_RETRY_MAX_SECONDS": "1",
             "DRYDOCK_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT),
-            "DRYDOCK_TIME_LIMITS": (
-                '{"builds": %d, "pushes": %d, "attestation": %d, "remediation": %d, '
-                '"evaluation": %d}' % ((TEST_TIME_LIMIT,) * 5)
-            ),
+            "DRYDOCK_TIME_LIMITS": json.dumps(dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT)),
             "DRYDOCK_RESTORE_SWEEP_SECONDS": "1",
             "DRYDOCK_CANARY_INTERVAL_SECONDS": "0",
             "DRYDOCK_LOG_JSON": "true",
@@ -65,7 +65,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     for stop in reversed(_state.get("stops", [])):
         try:
             stop()
-        except Exception as exc:  # noqa: BLE001  keep stopping the others
+        except Exception as exc:
             print(f"warning: stopping a test server failed: {exc}", file=sys.stderr)
     base = _state.get("base")
     if base:
@@ -97,9 +97,7 @@ def redis_server() -> str:
 def postgres_server() -> str:
     if not localservers.postgres_available():
         _missing("PostgreSQL (initdb, pg_ctl)")
-    server = localservers.start_postgres(
-        _state["base"] / "postgres", _state["pg_port"], fast=True
-    )
+    server = localservers.start_postgres(_state["base"] / "postgres", _state["pg_port"], fast=True)
     _register_stop(server.stop)
     assert server.url == os.environ["DRYDOCK_DATABASE_URL"]
     return server.url
@@ -114,8 +112,14 @@ def migrated_db(postgres_server: str) -> str:
 
 
 QUEUE_KEYS = [
-    "builds", "pushes", "attestation", "remediation", "evaluation", "dead_letter",
-    "unacked", "unacked_index",
+    "builds",
+    "pushes",
+    "attestation",
+    "remediation",
+    "evaluation",
+    "dead_letter",
+    "unacked",
+    "unacked_index",
 ]
 
 
@@ -144,10 +148,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes: no warm shutdown, no acks."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(10)
 
     def stop(self) -> None:
@@ -164,8 +166,17 @@ def start_worker(queues: str, name: str, concurrency: int = 2) -> WorkerProcess:
     hostname = f"{name}@test"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "drydock.cli", "worker", "-Q", queues,
-             f"--concurrency={concurrency}", f"--hostname={hostname}", "--loglevel=INFO"],
+            [
+                sys.executable,
+                "-m",
+                "drydock.cli",
+                "worker",
+                "-Q",
+                queues,
+                f"--concurrency={concurrency}",
+                f"--hostname={hostname}",
+                "--loglevel=INFO",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,8 +218,9 @@ def worker_factory(clean_state: None) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
-def wait_for_job(job_id: Any, statuses: tuple[str, ...] = ("succeeded", "dead_lettered"),
-                 timeout: float = 30) -> Any:
+def wait_for_job(
+    job_id: Any, statuses: tuple[str, ...] = ("succeeded", "dead_lettered"), timeout: float = 30
+) -> Any:
     """Poll the outcome store until the job reaches one of ``statuses``; return the row."""
     from models.db import session_scope
     from models.tables import Job

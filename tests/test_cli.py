@@ -54,7 +54,8 @@ def test_enqueue_then_inspect_the_job_and_its_timeline(fleet: WorkerProcess) -> 
 def test_bad_input_gets_one_clear_line(fleet: WorkerProcess) -> None:
     assert_one_line_error(
         drydock("enqueue", "builds.canary", "--json", '{"mesage": 1}'),
-        "invalid payload for builds.canary", "mesage: Extra inputs are not permitted",
+        "invalid payload for builds.canary",
+        "mesage: Extra inputs are not permitted",
     )
     assert_one_line_error(drydock("enqueue", "builds.canary", "--json", "{oops"), "not valid JSON")
     assert_one_line_error(drydock("enqueue", "bulds.canary"), "unknown task 'bulds.canary'")
@@ -69,7 +70,8 @@ def test_bad_input_gets_one_clear_line(fleet: WorkerProcess) -> None:
 def test_unreachable_servers_and_bad_settings_are_named(clean_state: None) -> None:
     assert_one_line_error(
         drydock("enqueue", "builds.canary", env={"DRYDOCK_BROKER_URL": "redis://127.0.0.1:1/0"}),
-        "could not send builds.canary to the broker", "nothing was recorded",
+        "could not send builds.canary to the broker",
+        "nothing was recorded",
     )
     listing = drydock("jobs")
     assert "builds.canary" not in listing.stdout  # the unsent job was not left behind
@@ -79,7 +81,8 @@ def test_unreachable_servers_and_bad_settings_are_named(clean_state: None) -> No
     )
     assert_one_line_error(
         drydock("jobs", env={"DRYDOCK_VISIBILITY_TIMEOUT": "5"}),
-        "invalid settings", "visibility_timeout",
+        "invalid settings",
+        "visibility_timeout",
     )
 
 
@@ -107,8 +110,13 @@ def test_dead_letters_can_be_listed_shown_replayed_and_purged(fleet: WorkerProce
 
 def test_schema_is_published_as_json_for_other_languages() -> None:
     everything = json.loads(drydock("schema").stdout)
-    assert {"builds.canary", "pushes.canary", "attestation.canary", "remediation.canary",
-            "evaluation.canary"} <= set(everything)
+    assert {
+        "builds.canary",
+        "pushes.canary",
+        "attestation.canary",
+        "remediation.canary",
+        "evaluation.canary",
+    } <= set(everything)
     one = json.loads(drydock("schema", "builds.canary").stdout)
     assert one["additionalProperties"] is False and "message" in one["properties"]
 

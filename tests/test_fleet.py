@@ -74,7 +74,9 @@ def test_an_invalid_payload_is_dead_lettered_at_once_without_retries(fleet: Work
     # A producer that bypasses enqueue's validation (raw Celery protocol) meets the task's own.
     job_id = uuid.uuid4()
     app.send_task(
-        "pushes.canary", kwargs={"sleep_seconds": "soon", "colour": "red"}, task_id=str(job_id),
+        "pushes.canary",
+        kwargs={"sleep_seconds": "soon", "colour": "red"},
+        task_id=str(job_id),
         queue="pushes",
     )
     row = wait_for_job(job_id)
@@ -105,8 +107,13 @@ def test_a_transient_failure_succeeds_on_attempt_three(fleet: WorkerProcess) -> 
     row = wait_for_job(job.id)
     assert row.status == "succeeded" and row.attempts == 3
     assert kinds(job.id) == [
-        ("enqueued", 0), ("started", 1), ("retry", 1), ("started", 2), ("retry", 2),
-        ("started", 3), ("succeeded", 3),
+        ("enqueued", 0),
+        ("started", 1),
+        ("retry", 1),
+        ("started", 2),
+        ("retry", 2),
+        ("started", 3),
+        ("succeeded", 3),
     ]
     retries = [e for e in events_of(job.id) if e.kind == "retry"]
     for event in retries:
@@ -173,7 +180,8 @@ def test_purge_removes_letters_and_parked_messages_but_keeps_the_record(
     assert parked_messages() == []
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(DeadLetter)) == 0
-        assert session.get(Job, first.id).status == "dead_lettered"
+        kept = session.get(Job, first.id)
+        assert kept is not None and kept.status == "dead_lettered"
 
 
 def test_the_same_idempotency_key_twice_returns_the_first_job_and_sends_nothing(
@@ -199,8 +207,12 @@ def test_secrets_never_reach_rows_events_dead_letters_logs_or_flower(
     secret, token = "hunter2-correct-horse", "tok-0123456789"
     job = enqueue(
         "builds.canary",
-        {"fail_attempts": 1, "fail_permanently": False, "sleep_seconds": 1.0,
-         "data": {"password": secret, "nested": [{"api_token": token}], "user": "bob"}},
+        {
+            "fail_attempts": 1,
+            "fail_permanently": False,
+            "sleep_seconds": 1.0,
+            "data": {"password": secret, "nested": [{"api_token": token}], "user": "bob"},
+        },
     )
     wait_for_job(job.id)
     dead = enqueue(
@@ -220,8 +232,12 @@ def test_secrets_never_reach_rows_events_dead_letters_logs_or_flower(
         for letter in session.execute(select(DeadLetter)).scalars():
             stored += [letter.payload, letter.message, letter.traceback]
     client = redis.Redis.from_url(get_settings().broker_url)
-    flower_view = [json.loads(raw)["headers"]["kwargsrepr"] for raw in client.lrange(PRIVATE_QUEUE, 0, -1)]
-    everything = json.dumps(stored) + json.dumps(parked_messages()) + fleet.log() + json.dumps(flower_view)
+    flower_view = [
+        json.loads(raw)["headers"]["kwargsrepr"] for raw in client.lrange(PRIVATE_QUEUE, 0, -1)
+    ]
+    everything = (
+        json.dumps(stored) + json.dumps(parked_messages()) + fleet.log() + json.dumps(flower_view)
+    )
     assert secret not in everything
     assert token not in everything
     assert REDACTED in json.dumps(stored) and REDACTED in flower_view[0]

@@ -38,7 +38,7 @@ def test_a_bad_value_names_the_field_and_the_problem_but_not_the_value() -> None
 
 
 def test_unknown_tasks_are_refused_with_the_known_ones_listed() -> None:
-    with pytest.raises(UnknownTaskError, match="builds.canary"):
+    with pytest.raises(UnknownTaskError, match=r"builds\.canary"):
         spec_for("builds.cannary")
 
 
@@ -96,6 +96,7 @@ def test_canary_domain_rehearses_each_failure_mode() -> None:
 
 def test_canary_reports_progress_while_it_works() -> None:
     seen: list[float] = []
-    run_canary(CanaryPayload(sleep_seconds=2.5), 1, lambda pct, msg: seen.append(pct),
-               sleep=lambda s: None)
+    run_canary(
+        CanaryPayload(sleep_seconds=2.5), 1, lambda pct, msg: seen.append(pct), sleep=lambda s: None
+    )
     assert seen == [40.0, 80.0, 100.0]

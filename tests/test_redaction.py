@@ -67,10 +67,13 @@ def test_secret_values_are_scrubbed_from_free_text() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(
-        st.sampled_from(["a", "b", "token", "password", "x/y", "t~0", "items"]), children,
-        max_size=4,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["a", "b", "token", "password", "x/y", "t~0", "items"]),
+            children,
+            max_size=4,
+        )
     ),
     max_leaves=20,
 )

@@ -26,7 +26,9 @@ def test_declared_transient_errors_retry_until_the_budget_is_spent() -> None:
     assert last.verdict is Verdict.BUDGET_EXHAUSTED
 
 
-@pytest.mark.parametrize(("attempt", "ceiling"), [(1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (9, 10.0)])
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"), [(1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (9, 10.0)]
+)
 def test_backoff_is_full_jitter_under_an_exponential_ceiling(attempt: int, ceiling: float) -> None:
     delays = [backoff_seconds(attempt, POLICY) for _ in range(400)]
     assert all(0 <= d <= ceiling for d in delays)

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.fleet
 
 
 def wait_until_running(job_id: object, timeout: float = 30) -> Job:
-    return wait_for_job(job_id, statuses=("running",), timeout=timeout)
+    job: Job = wait_for_job(job_id, statuses=("running",), timeout=timeout)
+    return job
 
 
 def outcome_events(job_id: object) -> list[tuple[str, int]]:

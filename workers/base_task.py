@@ -24,6 +24,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -79,7 +80,7 @@ class JobContext:
 Handler = Callable[[Any, JobContext], Any]
 
 
-class DrydockTask(Task):  # type: ignore[misc]
+class DrydockTask(Task[..., Any]):
     acks_late = True
     reject_on_worker_lost = True
     # Retries are decided by workers.retry within the settings' budget, not by Celery's counter.
@@ -263,18 +264,21 @@ class DrydockTask(Task):  # type: ignore[misc]
         return None
 
     def _retry_or_requeue(
-        self, *, countdown: float, exc: BaseException | None, kwargsrepr: str
+        self, *, countdown: float, exc: Exception | None, kwargsrepr: str
     ) -> BaseException:
         """Schedule the next attempt. If the retry message cannot be published (the broker is
         failing), reject the delivery back to the queue instead: a failed task would be
         acknowledged, and the job lost."""
+        # Celery passes kwargsrepr/argsrepr on to apply_async; its stubs do not know that.
+        schedule: Any = self.retry
         try:
-            return self.retry(
+            scheduled: BaseException = schedule(
                 countdown=countdown, exc=exc, kwargsrepr=kwargsrepr, argsrepr="()"
             )
-        except Retry as retry:
-            return retry
-        except Exception as publish_error:  # noqa: BLE001  any publish failure: keep the job
+            return scheduled
+        except Retry as raised:
+            return raised
+        except Exception as publish_error:
             get_logger(job_id=self.request.id, task=self.name).error(
                 "job.retry_publish_failed",
                 action="requeue",
@@ -286,9 +290,7 @@ class DrydockTask(Task):  # type: ignore[misc]
         """How long the message waited: since enqueue, or since its retry was due."""
         eta = self.request.eta
         if eta:
-            from datetime import datetime
-
-            due = datetime.fromisoformat(eta).timestamp()
+            due = datetime.fromisoformat(str(eta)).timestamp()
         else:
             headers = self.request.headers or {}
             raw = headers.get(ENQUEUED_AT_HEADER) or getattr(self.request, ENQUEUED_AT_HEADER, None)
@@ -311,7 +313,7 @@ def drydock_task(
     )
 
     def register(handler: Handler) -> DrydockTask:
-        def run(self: DrydockTask, **kwargs: Any) -> Any:
+        def run(self: DrydockTask, /, **kwargs: Any) -> Any:
             return self.execute(kwargs)
 
         task: DrydockTask = app.task(

@@ -45,7 +45,7 @@ def remove_parked(app: Celery, job_ids: Iterable[uuid.UUID]) -> int:
         return 0
     removed = 0
     with app.connection_for_write() as conn:
-        client = conn.default_channel.client
+        client = _redis_client(conn)
         for raw in client.lrange(DEAD_LETTER_QUEUE, 0, -1):
             try:
                 headers = json.loads(raw).get("headers") or {}
@@ -58,4 +58,9 @@ def remove_parked(app: Celery, job_ids: Iterable[uuid.UUID]) -> int:
 
 def parked_count(app: Celery) -> int:
     with app.connection_for_read() as conn:
-        return int(conn.default_channel.client.llen(DEAD_LETTER_QUEUE))
+        return int(_redis_client(conn).llen(DEAD_LETTER_QUEUE))
+
+
+def _redis_client(conn: Any) -> Any:
+    # The Redis transport's channel holds a redis-py client; kombu's types do not say so.
+    return conn.default_channel.client

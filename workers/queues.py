@@ -62,7 +62,7 @@ def route_task(
 
 
 def parse_queue_list(text: str) -> list[str]:
-    """``"builds, pushes"`` -> ``["builds", "pushes"]``, refusing unknown or served-by-nobody queues."""
+    """``"builds, pushes"`` -> ``["builds", "pushes"]``; unknown or unserved queues refused."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError("no queues given")

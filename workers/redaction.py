@@ -99,9 +99,12 @@ def secret_strings(secrets: Mapping[str, Any]) -> list[str]:
         elif isinstance(node, list | tuple):
             for child in node:
                 collect(child)
-        elif isinstance(node, int | float) and not isinstance(node, bool):
-            if len(str(node)) >= _MIN_SCRUB_LENGTH:
-                strings.append(str(node))
+        elif (
+            isinstance(node, int | float)
+            and not isinstance(node, bool)
+            and len(str(node)) >= _MIN_SCRUB_LENGTH
+        ):
+            strings.append(str(node))
 
     for value in secrets.values():
         collect(value)

@@ -112,7 +112,8 @@ def upgrade() -> None:
             "detail", postgresql.JSONB(astext_type=sa.Text()), server_default="{}", nullable=False
         ),
         sa.CheckConstraint(
-            "kind IN ('enqueued', 'started', 'progress', 'retry', 'succeeded', 'failed', 'dead_lettered')",
+            "kind IN ('enqueued', 'started', 'progress', 'retry', 'succeeded', 'failed', "
+            "'dead_lettered')",
             name=op.f("ck_job_events_kind"),
         ),
         sa.ForeignKeyConstraint(
