@@ -42,6 +42,10 @@ def kinds(job_id: uuid.UUID) -> list[tuple[str, int]]:
     return [(e.kind, e.attempt) for e in events_of(job_id)]
 
 
+def worker_log_lines(worker: WorkerProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+
+
 def parked_messages() -> list[dict[str, Any]]:
     client = redis.Redis.from_url(get_settings().broker_url)
     return [json.loads(raw) for raw in client.lrange("dead_letter", 0, -1)]
@@ -64,8 +68,7 @@ def test_a_job_records_its_outcome_and_every_event(fleet: WorkerProcess) -> None
     assert succeeded.latency_ms is not None and succeeded.latency_ms >= 1500
     assert events[3].detail["percent"] == 100.0
 
-    log_lines = [json.loads(line) for line in fleet.log().splitlines() if line.startswith("{")]
-    mine = [line for line in log_lines if line.get("job_id") == str(job.id)]
+    mine = [line for line in worker_log_lines(fleet) if line.get("job_id") == str(job.id)]
     assert [line["action"] for line in mine] == ["started", "progress", "progress", "succeeded"]
     assert all(line["pid"] == row.worker_pid and line["queue"] == "builds" for line in mine)
 
@@ -85,6 +88,10 @@ def test_an_invalid_payload_is_dead_lettered_at_once_without_retries(fleet: Work
     assert "sleep_seconds: Input should be a valid number" in row.error
     assert "colour: Extra inputs are not permitted" in row.error
     assert kinds(job_id) == [("enqueued", 0), ("started", 1), ("failed", 1), ("dead_lettered", 1)]
+    actions = [
+        line["action"] for line in worker_log_lines(fleet) if line.get("job_id") == str(job_id)
+    ]
+    assert actions == ["started", "failed", "dead_lettered"]
     with session_scope() as session:
         letter = session.execute(select(DeadLetter)).scalar_one()
         assert letter.reason == "invalid_payload" and letter.attempts == 1

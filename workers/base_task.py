@@ -181,12 +181,13 @@ class DrydockTask(Task[..., Any]):
                     },
                 )
                 log.error(
-                    "job.dead_lettered",
-                    action="dead_lettered",
+                    "job.failed",
+                    action="failed",
                     reason=reason,
                     error_class=error_class,
                     error=message,
                 )
+                log.error("job.dead_lettered", action="dead_lettered", reason=reason)
             return DeadLetteredError(f"{reason}: {error_class}: {message}")
 
         if attempt > policy.max_attempts:
