@@ -46,10 +46,6 @@ from workers.redaction import redact, scrub_text, secret_strings, split_secrets
 from workers.retry import RetryPolicy, Verdict, backoff_seconds, decide
 from workers.settings import get_settings
 
-# Seconds between the soft limit (the task is told to stop and is dead-lettered cleanly) and the
-# hard limit (the pool process is killed).
-SOFT_LIMIT_GRACE_SECONDS = 30
-
 
 @dataclass
 class JobContext:
@@ -306,12 +302,7 @@ def drydock_task(
 ) -> Callable[[Handler], DrydockTask]:
     """Register ``handler`` as the Celery task ``name`` (which must be in ``tasks.catalog``)."""
     spec = spec_for(name)
-    hard_limit = get_settings().time_limit(spec.queue)
-    soft_limit = (
-        max(1, hard_limit - SOFT_LIMIT_GRACE_SECONDS)
-        if hard_limit > 60
-        else max(1, int(hard_limit * 0.8))
-    )
+    soft_limit, hard_limit = get_settings().time_limits_for(spec.queue)
 
     def register(handler: Handler) -> DrydockTask:
         def run(self: DrydockTask, /, **kwargs: Any) -> Any:

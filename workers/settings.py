@@ -25,6 +25,10 @@ DEFAULT_TIME_LIMITS: dict[str, int] = {
 }
 
 
+# Seconds between a task's soft and hard time limits (for limits over a minute).
+SOFT_LIMIT_GRACE_SECONDS = 30
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRYDOCK_", extra="ignore")
 
@@ -103,6 +107,13 @@ class Settings(BaseSettings):
 
     def time_limit(self, queue: str) -> int:
         return self.time_limits[queue]
+
+    def time_limits_for(self, queue: str) -> tuple[int, int]:
+        """``(soft, hard)`` limits of a queue's tasks. At the soft limit the task is told to stop
+        and is dead-lettered cleanly; at the hard limit its pool process is killed."""
+        hard = self.time_limits[queue]
+        soft = hard - SOFT_LIMIT_GRACE_SECONDS if hard > 60 else int(hard * 0.8)
+        return max(1, soft), hard
 
 
 @lru_cache(maxsize=1)
