@@ -44,7 +44,7 @@ from drydock import localservers  # noqa: E402
 
 QUEUE = "attestation"
 # Bare Celery without the time limits Drydock's tasks run under: shown, not compared.
-BARE_NO_LIMITS = "bare, no limits"
+BARE_NO_LIMITS = "bare-no-limits"
 MODES = ("bare", "drydock", BARE_NO_LIMITS)
 
 
@@ -181,12 +181,14 @@ def run_mode(
 
 
 def producer(kind: str) -> Any:
-    if kind == "bare":
+    if kind.startswith("bare"):
         from bench.bare_app import app
+
+        task_name = "attestation.noop_unlimited" if kind == BARE_NO_LIMITS else "attestation.noop"
 
         def send_bare(probe: bool) -> str:
             task_id = str(uuid.uuid4())
-            app.send_task("attestation.noop", kwargs={"probe": probe}, task_id=task_id, queue=QUEUE)
+            app.send_task(task_name, kwargs={"probe": probe}, task_id=task_id, queue=QUEUE)
             return task_id
 
         return send_bare
@@ -272,6 +274,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--probes", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (worker logs)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="drydock-bench-"))
@@ -294,7 +297,10 @@ def main() -> None:
     finally:
         pg_server.stop()
         redis_server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     print()
     print(f"{'':16}{'jobs/s':>10}{'enqueue/s':>12}{'p50 ms':>10}{'p99 ms':>10}")

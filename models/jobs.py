@@ -365,9 +365,7 @@ def list_jobs(
 
 def job_events(session: Session, job_id: uuid.UUID) -> Sequence[JobEvent]:
     return (
-        session.execute(
-            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
-        )
+        session.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
         .scalars()
         .all()
     )

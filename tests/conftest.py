@@ -161,7 +161,9 @@ class WorkerProcess:
                 self.kill()
 
 
-def start_worker(queues: str, name: str, concurrency: int = 2) -> WorkerProcess:
+def start_worker(
+    queues: str, name: str, concurrency: int = 2, env: dict[str, str] | None = None
+) -> WorkerProcess:
     log_path = _state["base"] / f"worker-{name}-{time.monotonic_ns()}.log"
     hostname = f"{name}@test"
     with open(log_path, "wb") as log:
@@ -180,7 +182,7 @@ def start_worker(queues: str, name: str, concurrency: int = 2) -> WorkerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=os.environ.copy(),
+            env={**os.environ, **(env or {})},
         )
     worker = WorkerProcess(proc, log_path, hostname)
     try:
@@ -208,8 +210,13 @@ def fleet(clean_state: None, session_worker: WorkerProcess) -> WorkerProcess:
 def worker_factory(clean_state: None) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def factory(name: str, queues: str = PRIVATE_QUEUE, concurrency: int = 1) -> WorkerProcess:
-        worker = start_worker(queues, name, concurrency)
+    def factory(
+        name: str,
+        queues: str = PRIVATE_QUEUE,
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        worker = start_worker(queues, name, concurrency, env)
         started.append(worker)
         return worker
 

@@ -249,3 +249,30 @@ def test_secrets_never_reach_rows_events_dead_letters_logs_or_flower(
     assert token not in everything
     assert REDACTED in json.dumps(stored) and REDACTED in flower_view[0]
     assert '"user": "bob"' in json.dumps(stored)  # only secret-looking fields are touched
+
+
+def test_a_job_past_its_time_limit_is_stopped_and_dead_lettered(fleet: WorkerProcess) -> None:
+    soft, hard = get_settings().time_limits_for("builds")
+    job = enqueue("builds.canary", {"sleep_seconds": hard + 5})
+    row = wait_for_job(job.id, timeout=hard + 20)
+    assert row.status == "dead_lettered" and row.attempts == 1
+    assert row.error_class == "TimeoutError"
+    assert f"time limit of {soft}s" in row.error
+    with session_scope() as session:
+        letter = session.execute(select(DeadLetter)).scalar_one()
+    assert letter.reason == "time_limit"
+    # It was stopped, not left to run: progress stops at the soft limit.
+    progress = [e for e in events_of(job.id) if e.kind == "progress"]
+    assert len(progress) <= soft
+
+
+def test_a_message_sent_around_enqueue_with_its_own_id_is_still_recorded(
+    fleet: WorkerProcess,
+) -> None:
+    from workers.base_task import job_uuid
+
+    app.send_task("builds.canary", kwargs={"message": "raw"}, task_id="order-77", queue="builds")
+    row = wait_for_job(job_uuid("order-77"))
+    assert row.status == "succeeded" and row.enqueued_by == "broker-message"
+    assert row.payload == {"message": "raw"}
+    assert [k for k, _ in kinds(row.id)] == ["enqueued", "started", "succeeded"]

@@ -70,3 +70,23 @@ def test_a_pool_process_killed_mid_job_is_requeued_at_once(
     row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT - 2)
     assert row.status == "succeeded" and row.attempts == 2
     assert [k for k, _ in outcome_events(job.id)].count("succeeded") == 1
+
+
+def test_a_worker_that_cannot_reach_the_store_hands_jobs_back(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    job = enqueue("remediation.canary", {"message": "patience"})
+    unreachable = "postgresql+psycopg://drydock@127.0.0.1:1/drydock"
+    blind = worker_factory("blind", env={"DRYDOCK_DATABASE_URL": unreachable})
+    deadline = time.monotonic() + 30
+    while blind.log().count("job.store_unavailable") < 3:
+        assert time.monotonic() < deadline, blind.log()[-2000:]
+        time.sleep(0.2)
+    with session_scope() as session:
+        untouched = session.get(Job, job.id)
+        assert untouched is not None and untouched.status == "queued"
+    blind.stop()  # warm shutdown gives its held message back to Redis
+
+    worker_factory("sighted")
+    row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT * 3)
+    assert row.status == "succeeded" and row.attempts == 1

@@ -114,7 +114,7 @@ class DrydockTask(Task[..., Any]):
     def _execute(self, kwargs: dict[str, Any]) -> Any:
         settings = get_settings()
         extra = tuple(settings.extra_secret_fields)
-        job_id = uuid.UUID(self.request.id)
+        job_id = job_uuid(self.request.id or "")
         redacted, secrets = split_secrets(kwargs, extra)
         scrub_values = secret_strings(secrets)
         delivery = self.request.delivery_info or {}
@@ -321,6 +321,20 @@ def drydock_task(
         return task
 
     return register
+
+
+# Ids of jobs whose producer chose a task id that is not a UUID are derived from it in this
+# namespace: the same message always maps to the same job.
+FOREIGN_ID_NAMESPACE = uuid.UUID("5b0e8a4e-6c4f-4d8e-9a55-8f2b1c9d7e31")
+
+
+def job_uuid(task_id: str) -> uuid.UUID:
+    """The job id of a Celery task id: itself when it is a UUID (every ``enqueue``), else a
+    stable UUID derived from it (producers speaking Celery's protocol with ids of their own)."""
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        return uuid.uuid5(FOREIGN_ID_NAMESPACE, task_id)
 
 
 def _ms_since(start: float) -> float:

@@ -60,8 +60,8 @@ def upgrade() -> None:
     op.create_index(op.f("ix_jobs_enqueued_at"), "jobs", ["enqueued_at"], unique=False)
     op.create_table(
         "dead_letters",
-        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("job_id", sa.Uuid(), nullable=False),
+        sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
         sa.Column("task_name", sa.String(length=200), nullable=False),
         sa.Column("queue", sa.String(length=50), nullable=False),
         sa.Column("error_class", sa.String(length=200), nullable=False),
@@ -119,9 +119,8 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_job_events_job_id_jobs"), ondelete="CASCADE"
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_events")),
+        sa.PrimaryKeyConstraint("job_id", "id", name=op.f("pk_job_events")),
     )
-    op.create_index(op.f("ix_job_events_job_id_at"), "job_events", ["job_id", "at"], unique=False)
     op.create_index(
         "uq_job_events_one_outcome",
         "job_events",
@@ -137,7 +136,6 @@ def downgrade() -> None:
         table_name="job_events",
         postgresql_where=sa.text("kind IN ('succeeded', 'failed', 'dead_lettered')"),
     )
-    op.drop_index(op.f("ix_job_events_job_id_at"), table_name="job_events")
     op.drop_table("job_events")
     op.drop_index(op.f("ix_dead_letters_dead_lettered_at"), table_name="dead_letters")
     op.drop_table("dead_letters")
