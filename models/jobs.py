@@ -7,7 +7,6 @@ outcome event of each kind per job, so a redelivered message can never duplicate
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,7 +214,7 @@ def record_success(
     attempt: int,
     who: WorkerIdentity,
     *,
-    result: Any,
+    result_json: str,
     latency_ms: float,
 ) -> bool:
     """Record the outcome in one statement; False when another delivery of the same job already
@@ -225,7 +224,7 @@ def record_success(
         {
             "job_id": job_id,
             "attempt": attempt,
-            "result": json.dumps(result),
+            "result": result_json,
             "latency_ms": latency_ms,
             **who.as_dict(),
         },

@@ -17,7 +17,6 @@ Every transition is one ``job_events`` row and one JSON log line.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
@@ -246,12 +246,12 @@ class DrydockTask(Task[..., Any]):
             raise dead_letter_job(exc, reason, _format_tb(exc)) from None
 
         try:
-            stored = redact(json.loads(json.dumps(_jsonable(result))), extra)
-        except (TypeError, ValueError) as exc:
+            stored = orjson.dumps(redact(_jsonable(result), extra), option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
             bad = TypeError(f"the task returned a result that is not JSON: {exc}")
             raise dead_letter_job(bad, "invalid_result", _format_tb(exc)) from None
         recorded = job_store.record_success(
-            job_id, attempt, who, result=stored, latency_ms=_ms_since(started)
+            job_id, attempt, who, result_json=stored.decode(), latency_ms=_ms_since(started)
         )
         log.info(
             "job.succeeded" if recorded else "job.outcome_already_recorded",
