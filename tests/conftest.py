@@ -76,7 +76,7 @@ def _missing(what: str) -> None:
     message = f"{what} is not available on this machine"
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI must provide it (see .ci/run)")
-    pytest.skip(message)
+    pytest.skip(f"{message} (in CI, with CI set, this fails instead)")
 
 
 def _register_stop(stop: Callable[[], None]) -> None:
