@@ -1,5 +1,7 @@
-"""One engine per process. Celery's prefork pool forks after import, and a pooled connection
-must never cross a fork, so the engine is created lazily and re-created when the pid changes."""
+"""Database connections, per process: a pooled SQLAlchemy engine for everything, and kept driver
+connections for the two statements every job runs. Celery's prefork pool forks after import,
+and a connection must never cross a fork, so both are made lazily and remade when the pid
+changes."""
 
 from __future__ import annotations
 
@@ -10,35 +12,28 @@ from threading import Lock
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.settings import get_settings
 
 _lock = Lock()
-_engines: dict[tuple[int, str, bool], Engine] = {}
+_engines: dict[tuple[int, str], Engine] = {}
 
 
-def get_engine(url: str | None = None, *, relaxed: bool = False) -> Engine:
-    """The process's engine for ``url``.
-
-    ``relaxed`` connections commit asynchronously (``synchronous_commit=off``): PostgreSQL
-    confirms before its WAL reaches disk. They carry only records that a later synchronous
-    commit makes durable anyway (an attempt's ``started`` row is flushed by the same job's
-    outcome commit, WAL being sequential); a database crash in between loses only the start of
-    an attempt that could not record its outcome either, and is retried.
-    """
+def get_engine(url: str | None = None) -> Engine:
+    """The process's pooled engine for ``url``: everything but the per-job statements."""
     url = url or get_settings().database_url
-    key = (os.getpid(), url, relaxed)
+    key = (os.getpid(), url)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                connect_args = {"options": "-c synchronous_commit=off"} if relaxed else {}
-                # No pre-ping: it would cost a round trip per checkout on the hot path. A dead
-                # connection fails its statement, is dropped by the pool, and the job is retried.
-                engine = create_engine(url, pool_size=5, max_overflow=5, connect_args=connect_args)
+                # Pre-ping: a pooled connection that died with a database restart is replaced
+                # before use instead of failing the caller. The per-job statements do not come
+                # through here, so the extra round trip stays off the hot path.
+                engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
                 _engines[key] = engine
     return engine
 
@@ -50,7 +45,7 @@ def dispose_engines() -> None:
             if pid == os.getpid():
                 hot.close()
         _hot.clear()
-        for (pid, _, _), engine in list(_engines.items()):
+        for (pid, _), engine in list(_engines.items()):
             # A child must not close its parent's sockets: close=False just forgets them.
             engine.dispose(close=pid == os.getpid())
         _engines.clear()
@@ -73,6 +68,12 @@ def hot_connection(*, relaxed: bool = False, url: str | None = None) -> psycopg.
     Kept open (no pool checkout, no isolation-level dance) because these statements run twice
     for every job. A broken connection is replaced on the next call; the statement that found
     it broken raises, and the job is handed back to the broker to try again.
+
+    ``relaxed`` connections commit asynchronously (``synchronous_commit=off``): PostgreSQL
+    confirms before its WAL reaches disk. They carry only records that a later synchronous
+    commit makes durable anyway (an attempt's ``started`` row is flushed by the same job's
+    outcome commit, WAL being sequential); a database crash in between loses only the start of
+    an attempt that could not record its outcome either, and is retried.
     """
     url = url or get_settings().database_url
     key = (os.getpid(), url, relaxed)
@@ -86,11 +87,3 @@ def hot_connection(*, relaxed: bool = False, url: str | None = None) -> psycopg.
         )
         _hot[key] = conn
     return conn
-
-
-@contextmanager
-def autocommit_connection(url: str | None = None, *, relaxed: bool = False) -> Iterator[Connection]:
-    """A connection where each statement commits by itself: for the single-statement writes on
-    the job hot path, which are atomic on their own and need no BEGIN/COMMIT round trips."""
-    with get_engine(url, relaxed=relaxed).connect() as conn:
-        yield conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -56,11 +56,6 @@ def remove_parked(app: Celery, job_ids: Iterable[uuid.UUID]) -> int:
     return removed
 
 
-def parked_count(app: Celery) -> int:
-    with app.connection_for_read() as conn:
-        return int(_redis_client(conn).llen(DEAD_LETTER_QUEUE))
-
-
 def _redis_client(conn: Any) -> Any:
     # The Redis transport's channel holds a redis-py client; kombu's types do not say so.
     return conn.default_channel.client
