@@ -84,7 +84,7 @@ def enqueue(
 ) -> EnqueuedJob:
     """Validate, record and send one job. The same idempotency key twice returns the first job
     and sends nothing."""
-    _check_key(idempotency_key)
+    _check_key(task_name, idempotency_key)
     prepared = _prepare(task_name, payload)
     job_id = uuid.uuid4()
     with session_scope() as session:
@@ -237,12 +237,12 @@ def _original_payload(job: Job) -> dict[str, Any]:
     return dict(job.payload)
 
 
-def _check_key(key: str | None) -> None:
+def _check_key(task_name: str, key: str | None) -> None:
     if key is None:
         return
     if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise PayloadInvalidError(
-            "(idempotency key)",
+            task_name,
             [
                 FieldProblem(
                     "idempotency_key", f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"

@@ -100,3 +100,11 @@ def test_canary_reports_progress_while_it_works() -> None:
         CanaryPayload(sleep_seconds=2.5), 1, lambda pct, msg: seen.append(pct), sleep=lambda s: None
     )
     assert seen == [40.0, 80.0, 100.0]
+
+
+def test_a_blank_or_oversized_idempotency_key_is_refused_before_anything_is_recorded() -> None:
+    from drydock.client import enqueue
+
+    for key in ("", "   ", "k" * 201):
+        with pytest.raises(PayloadInvalidError, match="idempotency_key: must be 1 to 200"):
+            enqueue("builds.canary", {}, idempotency_key=key)
