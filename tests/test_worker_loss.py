@@ -90,3 +90,20 @@ def test_a_worker_that_cannot_reach_the_store_hands_jobs_back(
     worker_factory("sighted")
     row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT * 3)
     assert row.status == "succeeded" and row.attempts == 1
+
+
+def test_a_job_killed_at_the_hard_time_limit_is_dead_lettered_not_left_running(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    from tests.conftest import TEST_TIME_LIMIT
+
+    worker_factory("strict")
+    job = enqueue(
+        "remediation.canary", {"sleep_seconds": TEST_TIME_LIMIT + 10, "ignore_soft_limit": True}
+    )
+    row = wait_for_job(job.id, timeout=TEST_TIME_LIMIT + 15)
+    assert row.status == "dead_lettered"
+    assert row.error_class == "TimeLimitExceeded"
+    assert f"hard time limit of {TEST_TIME_LIMIT}" in row.error
+    kinds = [kind for kind, _ in outcome_events(job.id)]
+    assert kinds == ["enqueued", "started", "failed", "dead_lettered"]

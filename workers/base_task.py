@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import psycopg
 from celery import Task
-from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
@@ -149,41 +149,18 @@ class DrydockTask(Task[..., Any]):
         def dead_letter_job(error: BaseException, reason: str, tb: str | None) -> DeadLetteredError:
             message = scrub_text(str(error), scrub_values)
             error_class = type(error).__name__
-            with session_scope() as session:
-                letter = job_store.record_dead_letter(
-                    session,
-                    job_id,
-                    attempt,
-                    who,
-                    error_class=error_class,
-                    message=message,
-                    traceback=scrub_text(tb, scrub_values) if tb else None,
-                    reason=reason,
-                    latency_ms=_ms_since(started),
-                )
-            if letter is not None:
-                dead_letter.park(
-                    app,
-                    job_id,
-                    {
-                        "job_id": str(job_id),
-                        "task_name": self.name,
-                        "queue": who.queue,
-                        "error_class": error_class,
-                        "message": message,
-                        "reason": reason,
-                        "attempts": attempt,
-                        "payload": letter.payload,
-                    },
-                )
-                log.error(
-                    "job.failed",
-                    action="failed",
-                    reason=reason,
-                    error_class=error_class,
-                    error=message,
-                )
-                log.error("job.dead_lettered", action="dead_lettered", reason=reason)
+            dead_letter_now(
+                self.name,
+                job_id,
+                attempt,
+                who,
+                error_class=error_class,
+                message=message,
+                traceback=scrub_text(tb, scrub_values) if tb else None,
+                reason=reason,
+                latency_ms=_ms_since(started),
+                log=log,
+            )
             return DeadLetteredError(f"{reason}: {error_class}: {message}")
 
         if attempt > policy.max_attempts:
@@ -260,6 +237,40 @@ class DrydockTask(Task[..., Any]):
         )
         return None
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery calls this in the worker's main process when it kills a pool process at the
+        hard time limit; the task's own code never ran its error handling then, so the job is
+        dead-lettered here. (Every other failure was already recorded by the task itself.)"""
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        job_id = job_uuid(task_id)
+        with session_scope() as session:
+            job = job_store.get_job(session, job_id)
+            if job is None:
+                return
+            who = job_store.WorkerIdentity(job.worker or "unknown", job.worker_pid or 0, job.queue)
+            attempt = job.attempts
+        limit = exc.args[0] if exc.args else self.time_limit
+        dead_letter_now(
+            self.name,
+            job_id,
+            attempt,
+            who,
+            error_class="TimeLimitExceeded",
+            message=f"killed at the hard time limit of {limit}s: it ignored the soft limit",
+            traceback=None,
+            reason="time_limit",
+            latency_ms=None,
+            log=get_logger(
+                job_id=str(job_id),
+                task=self.name,
+                worker=who.hostname,
+                pid=who.pid,
+                queue=who.queue,
+                attempt=attempt,
+            ),
+        )
+
     def _retry_or_requeue(
         self, *, countdown: float, exc: Exception | None, kwargsrepr: str
     ) -> BaseException:
@@ -295,6 +306,56 @@ class DrydockTask(Task[..., Any]):
                 return None
             due = float(raw)
         return max(0.0, (time.time() - due) * 1000)
+
+
+def dead_letter_now(
+    task_name: str,
+    job_id: uuid.UUID,
+    attempt: int,
+    who: job_store.WorkerIdentity,
+    *,
+    error_class: str,
+    message: str,
+    traceback: str | None,
+    reason: str,
+    latency_ms: float | None,
+    log: Any,
+) -> bool:
+    """Fail the job for good: its rows (``failed``, ``dead_lettered``, ``dead_letters``), its
+    parked message on the ``dead_letter`` queue, and a log line each. Message and traceback must
+    already be scrubbed of secrets. False when the job already had an outcome."""
+    with session_scope() as session:
+        letter = job_store.record_dead_letter(
+            session,
+            job_id,
+            attempt,
+            who,
+            error_class=error_class,
+            message=message,
+            traceback=traceback,
+            reason=reason,
+            latency_ms=latency_ms,
+        )
+        parked = (
+            None
+            if letter is None
+            else {
+                "job_id": str(job_id),
+                "task_name": task_name,
+                "queue": who.queue,
+                "error_class": error_class,
+                "message": message,
+                "reason": reason,
+                "attempts": attempt,
+                "payload": letter.payload,
+            }
+        )
+    if parked is None:
+        return False
+    dead_letter.park(app, job_id, parked)
+    log.error("job.failed", action="failed", reason=reason, error_class=error_class, error=message)
+    log.error("job.dead_lettered", action="dead_lettered", reason=reason)
+    return True
 
 
 def drydock_task(

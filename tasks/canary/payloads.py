@@ -26,6 +26,13 @@ class CanaryPayload(Payload):
     fail_permanently: bool = Field(
         False, description="Fail with a non-transient error (rehearses the dead-letter path)."
     )
+    ignore_soft_limit: bool = Field(
+        False,
+        description=(
+            "Ignore the soft time limit, as code stuck in a C call would (rehearses the hard "
+            "limit: the worker kills the process and the job is dead-lettered)."
+        ),
+    )
     data: dict[str, Any] = Field(
         default_factory=dict,
         description="Free-form data echoed back (secret-looking keys are "
