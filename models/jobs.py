@@ -25,6 +25,7 @@ from models.tables import (
     Job,
     JobEvent,
     JobStatus,
+    sql_in_list,
 )
 
 
@@ -58,7 +59,6 @@ class Started:
 @dataclass(frozen=True)
 class AlreadyFinished:
     status: str
-    result: Any
 
 
 _terminal = [s.value for s in TERMINAL_STATUSES]
@@ -113,19 +113,23 @@ def forget_unsent_job(session: Session, job_id: uuid.UUID) -> None:
     session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value))
 
 
-_START_ATTEMPT = """
+# The per-job statements below are raw SQL (see _hot_statement); their guard is built from the
+# same terminal statuses the rest of the code uses.
+_UNFINISHED = f"NOT ({sql_in_list('status', TERMINAL_STATUSES)})"
+
+_START_ATTEMPT = f"""
     WITH attempt AS (
         UPDATE jobs
            SET status = 'running', attempts = attempts + 1, started_at = now(),
                worker = CAST(%(worker)s AS varchar), worker_pid = CAST(%(worker_pid)s AS integer)
-         WHERE id = CAST(%(job_id)s AS uuid) AND status NOT IN ('succeeded', 'dead_lettered')
+         WHERE id = CAST(%(job_id)s AS uuid) AND {_UNFINISHED}
      RETURNING attempts
     )
     INSERT INTO job_events (job_id, kind, attempt, at, queue_wait_ms, queue, worker, worker_pid,
                             detail)
     SELECT CAST(%(job_id)s AS uuid), 'started', attempts, now(),
            CAST(%(queue_wait_ms)s AS double precision), CAST(%(queue)s AS varchar),
-           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{}'::jsonb
+           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{{}}'::jsonb
       FROM attempt
     RETURNING attempt
     """
@@ -150,12 +154,10 @@ def start_attempt(
     if attempt is not None:
         return Started(attempt=attempt)
     with session_scope() as session:
-        finished = session.execute(
-            select(Job.status, Job.result).where(Job.id == job_id)
-        ).one_or_none()
+        finished = session.execute(select(Job.status).where(Job.id == job_id)).one_or_none()
         if finished is not None:
             if finished.status in _terminal:
-                return AlreadyFinished(status=finished.status, result=finished.result)
+                return AlreadyFinished(status=finished.status)
             raise RuntimeError(f"job {job_id} changed state while starting; try again")
         create_job(
             session,
@@ -191,19 +193,19 @@ def record_progress(
     _event(session, job_id, EventKind.PROGRESS, attempt, who, detail=detail)
 
 
-_RECORD_SUCCESS = """
+_RECORD_SUCCESS = f"""
     WITH done AS (
         UPDATE jobs
            SET status = 'succeeded', result = CAST(%(result)s AS jsonb), finished_at = now(),
                error = NULL, error_class = NULL
-         WHERE id = %(job_id)s AND status NOT IN ('succeeded', 'dead_lettered')
+         WHERE id = CAST(%(job_id)s AS uuid) AND {_UNFINISHED}
      RETURNING id
     )
     INSERT INTO job_events (job_id, kind, attempt, at, latency_ms, queue, worker, worker_pid,
                             detail)
     SELECT id, 'succeeded', CAST(%(attempt)s AS integer), now(),
            CAST(%(latency_ms)s AS double precision), CAST(%(queue)s AS varchar),
-           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{}'::jsonb
+           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{{}}'::jsonb
       FROM done
     RETURNING id
     """

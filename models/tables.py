@@ -53,7 +53,8 @@ class EventKind(StrEnum):
 OUTCOME_EVENT_KINDS = (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.DEAD_LETTERED)
 
 
-def _in_list(column: str, values: tuple[StrEnum, ...]) -> str:
+def sql_in_list(column: str, values: tuple[StrEnum, ...]) -> str:
+    """``column IN ('a', 'b')`` for a set of enum values, for constraints and raw statements."""
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -89,7 +90,7 @@ class Job(Base):
     # then PostgreSQL updates the row in place (HOT, helped by the fillfactor) without touching
     # any index, twice for every job. Listings walk enqueued_at newest first and filter.
     __table_args__ = (
-        CheckConstraint(_in_list("status", tuple(JobStatus)), name="status"),
+        CheckConstraint(sql_in_list("status", tuple(JobStatus)), name="status"),
         Index(None, "enqueued_at"),
         {"postgresql_with": {"fillfactor": 80}},
     )
@@ -118,13 +119,13 @@ class JobEvent(Base):
 
     __table_args__ = (
         PrimaryKeyConstraint("job_id", "id"),
-        CheckConstraint(_in_list("kind", tuple(EventKind)), name="kind"),
+        CheckConstraint(sql_in_list("kind", tuple(EventKind)), name="kind"),
         Index(
             "uq_job_events_one_outcome",
             "job_id",
             "kind",
             unique=True,
-            postgresql_where=text(_in_list("kind", OUTCOME_EVENT_KINDS)),
+            postgresql_where=text(sql_in_list("kind", OUTCOME_EVENT_KINDS)),
         ),
     )
 
