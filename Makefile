@@ -1,5 +1,8 @@
 # Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
-.PHONY: test bench
+.PHONY: up test bench
+
+up:
+	scripts/up
 
 test:
 	scripts/test

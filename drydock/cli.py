@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Dead letters: list, show, replay and purge.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+tokens_app = typer.Typer(help="HTTP API tokens: create, list, revoke.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 
 out = Console()
 err = Console(stderr=True)
@@ -115,12 +117,57 @@ def worker(
 
 
 @app.command()
-def beat(loglevel: str | None = typer.Option(None, "--loglevel", "-l")) -> None:
+def beat(
+    loglevel: str | None = typer.Option(None, "--loglevel", "-l"),
+    schedule: str | None = typer.Option(
+        None, "--schedule", "-s", help="File where Beat keeps when each entry last ran."
+    ),
+) -> None:
     """Run Celery Beat with Drydock's schedules. Run exactly one per fleet."""
     from workers.app import app as celery_app
     from workers.settings import get_settings
 
-    celery_app.start(["beat", f"--loglevel={loglevel or get_settings().log_level}"])
+    argv = ["beat", f"--loglevel={loglevel or get_settings().log_level}"]
+    if schedule:
+        argv.append(f"--schedule={schedule}")
+    celery_app.start(argv)
+
+
+@app.command()
+def flower(
+    basic_auth: list[str] = typer.Option(
+        None,
+        "--basic-auth",
+        metavar="USER:PASSWORD",
+        help="Credentials, repeatable or comma-separated (else DRYDOCK_FLOWER_BASIC_AUTH). "
+        "Visible in `ps`: prefer the environment variable.",
+    ),
+    insecure_local: bool = typer.Option(
+        False, "--insecure-local", help="No authentication; serve on 127.0.0.1 only."
+    ),
+    port: int = typer.Option(5555, "--port", min=1, max=65535),
+    address: str = typer.Option("127.0.0.1", "--address", help="Interface to serve on."),
+    url_prefix: str | None = typer.Option(None, "--url-prefix", help="Serve under /PREFIX/."),
+    read_only: bool = typer.Option(
+        False, "--read-only", help="Disable Flower's controls (revoke, shutdown, send tasks)."
+    ),
+) -> None:
+    """Run Flower against the fleet, with basic auth and Prometheus metrics at /metrics."""
+    from drydock.flower import FlowerConfigError, plan_flower, run_flower
+
+    try:
+        plan = plan_flower(
+            basic_auth=basic_auth or [],
+            insecure_local=insecure_local,
+            port=port,
+            address=address,
+            url_prefix=url_prefix,
+            read_only=read_only,
+        )
+    except FlowerConfigError as exc:
+        raise CliError(str(exc)) from None
+    err.print(plan.describe(), markup=False, highlight=False, soft_wrap=True)
+    run_flower(plan)
 
 
 # ---- jobs --------------------------------------------------------------------------------------
@@ -184,29 +231,51 @@ def jobs(
     out.print(table)
 
 
+# `drydock job ID --follow` exit codes: the job's outcome, or why following stopped first.
+FOLLOW_EXIT_SUCCEEDED = 0
+FOLLOW_EXIT_DEAD_LETTERED = 1
+FOLLOW_EXIT_TIMEOUT = 124  # like timeout(1)
+FOLLOW_EXIT_INTERRUPTED = 130  # 128 + SIGINT, like a shell
+FOLLOW_POLL_SECONDS = 0.5
+# Events read per poll; a job with more new events than this is caught up on the next polls.
+FOLLOW_BATCH = 1000
+
+
 @app.command("job")
-def job_detail(job_id: str = typer.Argument(..., help="The job's id.")) -> None:
-    """Show one job and its event timeline."""
+def job_detail(
+    job_id: str = typer.Argument(..., help="The job's id."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Print each event as it happens, with a live progress bar, until the job ends; "
+        "exit with its outcome.",
+    ),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        min=0,
+        metavar="SECONDS",
+        help="With --follow: stop following after this long (exit 124; the job carries on).",
+    ),
+) -> None:
+    """Show one job and its event timeline, or follow it live until it ends (--follow).
+
+    Exit codes with --follow: 0 succeeded, 1 dead-lettered or error, 124 timed out, 130 Ctrl-C.
+    """
     from models import jobs as job_store
     from models.db import session_scope
 
     ident = _uuid(job_id)
+    if timeout is not None and not follow:
+        raise CliError("--timeout only applies with --follow")
+    if follow:
+        raise typer.Exit(_follow_job(ident, timeout))
     with session_scope() as session:
         job = job_store.get_job(session, ident)
         if job is None:
             raise CliError(f"no job {ident}")
-        out.print(f"[bold]{job.task_name}[/bold] {job.id}")
-        out.print(f"status {job.status}, attempts {job.attempts}, queue {job.queue}")
-        out.print(f"enqueued {_when(job.enqueued_at)} by {job.enqueued_by or '?'}")
-        if job.replay_of:
-            out.print(f"replay of {job.replay_of}")
-        if job.worker:
-            out.print(f"last worker {job.worker} (pid {job.worker_pid})")
-        out.print(f"payload {json.dumps(job.payload)}")
-        if job.result is not None:
-            out.print(f"result {json.dumps(job.result)}")
-        if job.error:
-            out.print(f"error {job.error_class}: {job.error}")
+        _print_job_header(job)
         table = Table("at", "event", "attempt", "wait ms", "took ms", "worker", "detail")
         for event in job_store.job_events(session, ident):
             table.add_row(
@@ -215,10 +284,173 @@ def job_detail(job_id: str = typer.Argument(..., help="The job's id.")) -> None:
                 str(event.attempt),
                 _ms(event.queue_wait_ms),
                 _ms(event.latency_ms),
-                f"{event.worker or ''}{f' pid {event.worker_pid}' if event.worker_pid else ''}",
+                _event_worker(event),
                 json.dumps(event.detail) if event.detail else "",
             )
     out.print(table)
+
+
+def _print_job_header(job: Any, *, outcome: bool = True) -> None:
+    out.print(f"[bold]{job.task_name}[/bold] {job.id}")
+    out.print(f"status {job.status}, attempts {job.attempts}, queue {job.queue}")
+    out.print(f"enqueued {_when(job.enqueued_at)} by {job.enqueued_by or '?'}")
+    if job.replay_of:
+        out.print(f"replay of {job.replay_of}")
+    if job.worker:
+        out.print(f"last worker {job.worker} (pid {job.worker_pid})")
+    out.print(f"payload {json.dumps(job.payload)}", markup=False)
+    if outcome and job.result is not None:
+        out.print(f"result {json.dumps(job.result)}", markup=False)
+    if outcome and job.error:
+        out.print(f"error {job.error_class}: {job.error}", markup=False)
+
+
+def _event_worker(event: Any) -> str:
+    return f"{event.worker or ''}{f' pid {event.worker_pid}' if event.worker_pid else ''}"
+
+
+def _event_line(event: Any) -> str:
+    """One event as one line: time, kind, attempt, worker, timings and detail."""
+    parts = [_when(event.at), f"{event.kind:<13}", f"attempt {event.attempt}"]
+    if event.worker:
+        parts.append(_event_worker(event))
+    if event.queue_wait_ms is not None:
+        parts.append(f"waited {_ms(event.queue_wait_ms)} ms")
+    if event.latency_ms is not None:
+        parts.append(f"took {_ms(event.latency_ms)} ms")
+    detail = dict(event.detail or {})
+    if event.kind == "progress":
+        percent = detail.pop("percent", None)
+        message = detail.pop("message", "")
+        parts.append(f"{'?' if percent is None else f'{percent:g}'}% {message}".rstrip())
+    if detail:
+        parts.append(json.dumps(detail))
+    return "  ".join(parts)
+
+
+def _follow_job(ident: uuid.UUID, timeout: float | None) -> int:
+    """Print the job's events as they are recorded, with a live progress bar, until it ends;
+    return the exit code (see ``job_detail``)."""
+    try:
+        return _follow_until_done(ident, timeout)
+    except KeyboardInterrupt:
+        err.print(
+            f"interrupted: job {ident} carries on; follow it again with "
+            f"`drydock job {ident} --follow`",
+            markup=False,
+            highlight=False,
+        )
+        return FOLLOW_EXIT_INTERRUPTED
+
+
+def _follow_until_done(ident: uuid.UUID, timeout: float | None) -> int:
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from models import jobs as job_store
+    from models.db import session_scope
+    from models.tables import TERMINAL_STATUSES, JobStatus
+
+    terminal = {status.value for status in TERMINAL_STATUSES}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with session_scope() as session:
+        job = job_store.get_job(session, ident)
+        if job is None:
+            raise CliError(f"no job {ident}")
+        _print_job_header(job, outcome=False)
+    # Transient: the bar is a live view; the event lines and the outcome are what stays.
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    )
+    bar = _FollowBar(progress, job.status)
+    seen = 0
+    with progress:
+        while True:
+            # One short transaction per poll, so that each sees the rows committed since.
+            with session_scope() as session:
+                # The job before its events: an outcome committed by then has its events
+                # committed too (same transaction), so the last poll misses none of them.
+                job = job_store.get_job(session, ident)
+                if job is None:
+                    raise CliError(f"job {ident} was deleted while being followed")
+                events = job_store.job_events_after(session, ident, seen, limit=FOLLOW_BATCH)
+            for event in events:
+                progress.console.print(
+                    _event_line(event), markup=False, highlight=False, soft_wrap=True
+                )
+                bar.show(event)
+                seen = event.id
+            if len(events) == FOLLOW_BATCH:
+                continue  # more to catch up on before anything else
+            if job.status in terminal:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                progress.stop()
+                err.print(
+                    f"timed out after {timeout:g}s: job {ident} is still {job.status} and "
+                    f"carries on; follow it again with `drydock job {ident} --follow`",
+                    markup=False,
+                    highlight=False,
+                )
+                return FOLLOW_EXIT_TIMEOUT
+            wait = FOLLOW_POLL_SECONDS
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            time.sleep(wait)
+    attempts = f"after {job.attempts} attempt{'s' if job.attempts != 1 else ''}"
+    if job.status == JobStatus.SUCCEEDED.value:
+        out.print(f"succeeded {attempts}: result {json.dumps(job.result)}", markup=False)
+        return FOLLOW_EXIT_SUCCEEDED
+    out.print(f"dead-lettered {attempts}: {job.error_class}: {job.error}", markup=False)
+    return FOLLOW_EXIT_DEAD_LETTERED
+
+
+class _FollowBar:
+    """The live bar of ``--follow``: driven by the latest ``progress`` event, indeterminate
+    while its percent is unknown, and started over by each new attempt."""
+
+    def __init__(self, progress: Any, status: str) -> None:
+        self.progress = progress
+        self.task = progress.add_task(status, total=None)
+        self.determinate = False
+
+    def show(self, event: Any) -> None:
+        detail = event.detail or {}
+        if event.kind == "started":
+            self._set(None, f"attempt {event.attempt} running", restart=True)
+        elif event.kind == "progress":
+            self._set(detail.get("percent"), str(detail.get("message") or "working"))
+        elif event.kind == "retry":
+            delay = detail.get("delay_seconds")
+            self._set(None, f"attempt {event.attempt} failed; retrying in {delay}s", restart=True)
+
+    def _set(self, percent: float | None, description: str, *, restart: bool = False) -> None:
+        # Rich cannot turn a bar back to indeterminate: a new bar replaces it then.
+        if restart or (percent is None and self.determinate):
+            self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(description, total=None)
+            self.determinate = False
+        if percent is None:
+            self.progress.update(self.task, description=description)
+            return
+        if not self.determinate:
+            self.progress.update(self.task, total=100)
+            self.determinate = True
+        self.progress.update(self.task, description=description, completed=percent)
 
 
 # ---- dead letters ------------------------------------------------------------------------------
@@ -308,6 +540,188 @@ def dlq_purge(
     out.print(f"purged {count} dead letter(s)")
 
 
+# ---- the local fleet ---------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    api_port: int = typer.Option(8000, min=1, max=65535, help="Port of the HTTP API."),
+    flower_port: int = typer.Option(5555, min=1, max=65535, help="Port of Flower."),
+    concurrency: int = typer.Option(2, min=1, help="Worker processes per queue."),
+    shutdown_timeout: float = typer.Option(
+        60.0, min=0, help="Seconds running jobs may finish on Ctrl-C before they are requeued."
+    ),
+    state_dir: str | None = typer.Option(
+        None, help="Data, logs and local credentials (default: DRYDOCK_STATE_DIR or .drydock)."
+    ),
+) -> None:
+    """Run a complete local fleet in the foreground until Ctrl-C.
+
+    Starts Redis and PostgreSQL under the state directory (unless DRYDOCK_BROKER_URL and
+    DRYDOCK_DATABASE_URL are set), migrates, then a worker per queue, Beat, Flower and the API.
+    """
+    from pathlib import Path
+
+    from drydock.fleet import FleetPlan, LocalFleet
+    from workers.settings import get_settings
+
+    directory = Path(state_dir or get_settings().state_dir).absolute()
+    plan = FleetPlan(
+        state_dir=directory, api_port=api_port, flower_port=flower_port, concurrency=concurrency
+    )
+
+    def say(message: str) -> None:
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+    code = LocalFleet(plan, shutdown_timeout=shutdown_timeout, say=say).run()
+    raise typer.Exit(code)
+
+
+# ---- API tokens --------------------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str = typer.Option(..., "--name", "-n", help="Who or what the token is for."),
+    scope: list[str] = typer.Option(
+        ...,
+        "--scope",
+        "-s",
+        help="Task-name pattern the token may enqueue and read, e.g. 'builds.*'; repeatable.",
+    ),
+) -> None:
+    """Create an API token. It is printed once: only its hash is stored."""
+    from models import tokens
+    from models.db import session_scope
+    from tasks.catalog import CATALOG
+
+    try:
+        with session_scope() as session:
+            token, plaintext = tokens.create_token(
+                session, name=name, scopes=scope, known_tasks=CATALOG, created_by=_operator()
+            )
+            scopes = ", ".join(token.scopes)
+    except tokens.TokenError as exc:
+        raise CliError(str(exc)) from None
+    err.print(f"token {name!r} with scopes {scopes}; shown once, store it now:", highlight=False)
+    sys.stdout.write(plaintext + "\n")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: str = typer.Argument(..., help="The token's name.")) -> None:
+    """Revoke a token: requests with it get 401 from now on."""
+    from models import tokens
+    from models.db import session_scope
+
+    with session_scope() as session:
+        if not tokens.revoke_token(session, name):
+            raise CliError(f"no active token named {name!r}")
+    out.print(f"revoked token {name!r}")
+
+
+@tokens_app.command("list")
+def tokens_list(
+    all_: bool = typer.Option(False, "--all", help="Include revoked tokens."),
+) -> None:
+    """API tokens: names, scopes, when created and last used (never the tokens)."""
+    from models import tokens
+    from models.db import session_scope
+
+    table = Table("name", "scopes", "created", "by", "last used", "revoked")
+    with session_scope() as session:
+        for token in tokens.list_tokens(session, include_revoked=all_):
+            table.add_row(
+                token.name,
+                ", ".join(token.scopes),
+                _when(token.created_at),
+                token.created_by or "",
+                _when(token.last_used_at),
+                _when(token.revoked_at),
+            )
+    out.print(table)
+
+
+# ---- HTTP API and health -----------------------------------------------------------------------
+
+
+@app.command()
+def api(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for all)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
+) -> None:
+    """Serve the HTTP API with uvicorn (OpenAPI at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    from workers.logs import configure_logging
+
+    configure_logging()
+    uvicorn.run(
+        "drydock.api:app",
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        # Access logs carry paths and status, never bodies or the Authorization header.
+        access_log=True,
+        log_level="info",
+    )
+
+
+@app.command()
+def health(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check the fleet (queues, workers, stuck jobs, Beat); exit 1 when unhealthy."""
+    from drydock.health import check_fleet
+
+    report = check_fleet()
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        _print_health(report)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+def _print_health(report: Any) -> None:
+    colour = "green" if report.healthy else "red"
+    out.print(f"fleet [bold {colour}]{report.status}[/]")
+    for reason in report.reasons:
+        out.print(f"  [red]✗[/] {reason}", highlight=False)
+    for warning in report.warnings:
+        out.print(f"  [yellow]![/] {warning}", highlight=False)
+    queues = Table("queue", "waiting", "workers")
+    for queue in report.queues:
+        queues.add_row(queue.name, str(queue.depth), ", ".join(queue.workers) or "[red]none[/]")
+    if report.dead_letter_depth is not None:
+        queues.add_row("dead_letter", str(report.dead_letter_depth), "(operators: drydock dlq)")
+    out.print(queues)
+    workers_table = Table("worker", "pid", "queues", "active", "last heartbeat", "state")
+    for w in report.workers:
+        workers_table.add_row(
+            w.hostname,
+            str(w.pid),
+            ",".join(w.queues),
+            str(w.active),
+            f"{w.seconds_since_heartbeat:.0f}s ago",
+            "alive" if w.alive else "[red]lost[/]",
+        )
+    out.print(workers_table)
+    if report.stuck_jobs:
+        stuck = Table("stuck job", "task", "worker", "why")
+        for job in report.stuck_jobs:
+            stuck.add_row(job.id, job.task_name, job.worker or "", job.reason)
+        out.print(stuck)
+    beat_line = (
+        "never ticked"
+        if report.beat.last_tick is None
+        else f"last tick {report.beat.seconds_since_tick:.0f}s ago"
+    )
+    out.print(f"beat: {beat_line}")
+
+
 # ---- helpers -----------------------------------------------------------------------------------
 
 
@@ -376,7 +790,9 @@ def _explain(exc: BaseException) -> str | None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click does not exit: it returns the code of a `typer.Exit`
+        # raised by a command (and 130 for Ctrl-C), which is passed on below.
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -394,6 +810,8 @@ def main() -> None:
         one_line = " ".join(message.split())
         err.print(f"error: {one_line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

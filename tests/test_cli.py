@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -122,5 +123,75 @@ def test_schema_is_published_as_json_for_other_languages() -> None:
 
 
 def test_migrate_reports_the_revision(migrated_db: str) -> None:
+    from models.migrate import head_revision
+
     result = drydock("migrate")
-    assert result.returncode == 0 and "database at revision 0001" in result.stdout
+    assert result.returncode == 0 and f"database at revision {head_revision()}" in result.stdout
+
+
+def test_tokens_are_shown_once_listed_without_secrets_and_revoked(clean_state: None) -> None:
+    from fastapi.testclient import TestClient
+
+    from drydock.api import app
+
+    created = drydock("tokens", "create", "--name", "ci-builds", "--scope", "builds.*")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("ddk_") and len(created.stdout.splitlines()) == 1
+    assert "shown once" in created.stderr
+
+    listing = drydock("tokens", "list")
+    assert "ci-builds" in listing.stdout and "builds.*" in listing.stdout
+    assert token not in listing.stdout + listing.stderr
+
+    with TestClient(app) as api:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert api.get("/v1/tasks", headers=headers).status_code == 200
+        revoked = drydock("tokens", "revoke", "ci-builds")
+        assert revoked.returncode == 0, revoked.stderr
+        assert api.get("/v1/tasks", headers=headers).status_code == 401
+
+    assert_one_line_error(drydock("tokens", "revoke", "ci-builds"), "no active token")
+    assert_one_line_error(
+        drydock("tokens", "create", "--name", "x", "--scope", "bulids.*"),
+        "scope 'bulids.*' matches no task",
+    )
+    assert_one_line_error(
+        drydock("tokens", "create", "--name", "bad name", "--scope", "*"), "token name"
+    )
+    assert drydock("tokens", "create", "--name", "dup", "--scope", "*").returncode == 0
+    assert_one_line_error(
+        drydock("tokens", "create", "--name", "dup", "--scope", "*"), "already exists"
+    )
+
+
+def test_commands_find_a_running_local_fleet_only_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.settings import Settings
+
+    for name in ("DRYDOCK_BROKER_URL", "DRYDOCK_DATABASE_URL", "DRYDOCK_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".drydock").mkdir()
+    fleet_file = tmp_path / ".drydock" / "fleet.json"
+    description = {
+        "supervisor_pid": os.getpid(),
+        "broker_url": "redis://127.0.0.1:7777/0",
+        "database_url": "postgresql+psycopg://drydock@127.0.0.1:7778/drydock",
+        "secret_key": "k" * 43 + "=",
+    }
+    fleet_file.write_text(json.dumps(description))
+    found = Settings()
+    assert found.broker_url == "redis://127.0.0.1:7777/0"
+    assert found.database_url.endswith(":7778/drydock")
+
+    # The environment wins over the file.
+    monkeypatch.setenv("DRYDOCK_BROKER_URL", "redis://elsewhere:6379/0")
+    assert Settings().broker_url == "redis://elsewhere:6379/0"
+    monkeypatch.delenv("DRYDOCK_BROKER_URL")
+
+    # A file left by a `drydock up` that is gone is ignored.
+    description["supervisor_pid"] = 2**22 + 1  # above pid_max: no such process
+    fleet_file.write_text(json.dumps(description))
+    assert Settings().broker_url == Settings.model_fields["broker_url"].default

@@ -8,6 +8,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from beat_schedules import beat_schedule
+from workers.heartbeat import WorkerHeartbeat
 from workers.queues import celery_queues, route_task
 from workers.settings import Settings, get_settings
 
@@ -32,8 +33,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Outcomes live in PostgreSQL; Celery's result backend would be a second, weaker copy.
+        # The backend (the broker's Redis) carries only the PROGRESS states of running jobs
+        # (JobContext.progress): results and errors are never stored, and producers do not
+        # subscribe to results (see ProgressStateBackend). A state expires unless renewed, and
+        # is dropped when its attempt ends. Never set result_extended: it would copy the
+        # task's arguments, secrets included, into Redis.
         "task_ignore_result": True,
-        "result_backend": None,
+        "task_store_errors_even_if_ignored": False,
+        "result_backend": f"workers.base_task:ProgressStateBackend+{settings.broker_url}",
+        "result_expires": 600,
+        "result_extended": False,
+        # A Redis hiccup may delay a progress report by a few seconds, not hold the job up.
+        "redis_socket_connect_timeout": 2.0,
+        "redis_socket_timeout": 5.0,
+        "result_backend_transport_options": {
+            "retry_policy": {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3}
+        },
         # A job is acknowledged only once it has an outcome; a worker that dies gives it back.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -54,6 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "include": TASK_MODULES,
         "beat_schedule": beat_schedule(settings),
+        # Beat records every tick for /health/fleet and ticks at least once per heartbeat.
+        "beat_scheduler": "workers.heartbeat:HeartbeatScheduler",
+        "beat_max_loop_interval": settings.heartbeat_seconds,
         "timezone": "UTC",
         "enable_utc": True,
     }
@@ -61,6 +79,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 app = Celery("drydock")
 app.conf.update(celery_config(get_settings()))
+# Every worker records a heartbeat in Redis for /health/fleet (see workers.heartbeat).
+app.steps["consumer"].add(WorkerHeartbeat)
 
 
 @worker_init.connect

@@ -17,6 +17,8 @@ Every transition is one ``job_events`` row and one JSON log line.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 import traceback
@@ -29,6 +31,7 @@ from typing import Any
 import orjson
 import psycopg
 from celery import Task
+from celery.backends.redis import RedisBackend
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
@@ -46,6 +49,26 @@ from workers.redaction import redact, scrub_text, secret_strings, split_secrets
 from workers.retry import RetryPolicy, Verdict, backoff_seconds, decide
 from workers.settings import get_settings
 
+# The Celery state of a job that reported progress: ``AsyncResult(job_id).state`` while it runs,
+# with ``.info`` the reported ``percent``, ``message`` and detail (redacted), ``job_id`` and
+# ``attempt``, for a service holding the id to read live; ``drydock job ID --follow`` reads the
+# ``progress`` events in PostgreSQL instead, which are the record.
+PROGRESS_STATE = "PROGRESS"
+
+
+class ProgressStateBackend(RedisBackend):
+    """Celery's Redis result backend, carrying nothing but PROGRESS states.
+
+    Outcomes live in PostgreSQL: tasks ignore their results, so success and failure are never
+    written here. Stock, every ``send_task`` would still SUBSCRIBE to the job's result channel
+    (and UNSUBSCRIBE when its AsyncResult is dropped), two Redis commands per enqueue for a
+    result that never comes. Nothing waits on a Celery result in Drydock, so producers subscribe
+    to nothing; reading a state (``AsyncResult(id).state``) works as usual.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
 
 @dataclass
 class JobContext:
@@ -56,21 +79,81 @@ class JobContext:
     who: job_store.WorkerIdentity
     secret_names: tuple[str, ...] = ()
     _log: Any = field(default=None, repr=False)
+    # The running task and its Celery id: progress is also set as the task's PROGRESS state.
+    # None (a context made outside a worker): progress is recorded as events only.
+    _task: DrydockTask | None = field(default=None, repr=False)
+    _task_id: str | None = field(default=None, repr=False)
+    _state_set: bool = field(default=False, repr=False)
 
     def progress(self, percent: float | None, message: str, **detail: Any) -> None:
-        """Record a ``progress`` event (shown by ``drydock job ID``); secrets are redacted."""
+        """Report how far the job has come: a ``progress`` event (shown by ``drydock job ID``,
+        followed live by ``--follow``) and the task's Celery state ``PROGRESS``. Secrets in
+        ``detail`` are redacted in both.
+
+        ``percent`` is None (unknown: an indeterminate bar) or a number from 0 to 100, rounded
+        to one decimal; a number outside that range is clamped to it (with a warning in the
+        log), while NaN, infinity or anything not a number raises ValueError or TypeError.
+
+        The event is the record: if it cannot be written the error propagates, like any other
+        write to the outcome store. The Celery state is a live view: failing to set it (Redis
+        unreachable) is logged and the job carries on.
+        """
         data = redact(
-            {
-                "percent": None if percent is None else round(percent, 1),
-                "message": message,
-                **detail,
-            },
+            {"percent": self._checked_percent(percent), "message": message, **detail},
             self.secret_names,
         )
         with session_scope() as session:
             job_store.record_progress(session, self.job_id, self.attempt, self.who, data)
-        if self._log is not None:
-            self._log.info("job.progress", action="progress", **data)
+        self._logger().info("job.progress", action="progress", **data)
+        if self._task is not None and self._task_id is not None:
+            meta = {**data, "job_id": str(self.job_id), "attempt": self.attempt}
+            # Set before trying: a state written by a call that then failed is still cleared.
+            self._state_set = True
+            try:
+                self._task.update_state(task_id=self._task_id, state=PROGRESS_STATE, meta=meta)
+            except Exception as exc:
+                self._state_failed("set", exc)
+
+    def end_attempt(self) -> None:
+        """The handler returned or raised: drop the PROGRESS state it set, which no longer
+        describes the job (it is about to succeed, retry or be dead-lettered). Jobs that never
+        reported progress touch nothing here. Errors are logged, never raised."""
+        if not self._state_set or self._task is None or self._task_id is None:
+            return
+        self._state_set = False
+        try:
+            self._task.backend.forget(self._task_id)
+        except Exception as exc:
+            self._state_failed("clear", exc)
+
+    def _checked_percent(self, percent: float | None) -> float | None:
+        if percent is None:
+            return None
+        if isinstance(percent, bool) or not isinstance(percent, numbers.Real):
+            raise TypeError(
+                f"progress percent must be a number from 0 to 100 or None, "
+                f"not {type(percent).__name__}"
+            )
+        value = float(percent)
+        if not math.isfinite(value):
+            raise ValueError(f"progress percent must be a number from 0 to 100, not {value}")
+        clamped = min(100.0, max(0.0, round(value, 1)))
+        if clamped != round(value, 1):
+            self._logger().warning(
+                "job.progress_percent_clamped", action="progress", given=value, percent=clamped
+            )
+        return clamped
+
+    def _state_failed(self, what: str, exc: Exception) -> None:
+        self._logger().warning(
+            "job.progress_state_failed",
+            action="progress",
+            state_operation=what,
+            error=f"{type(exc).__name__}: {exc}"[:300],
+        )
+
+    def _logger(self) -> Any:
+        return self._log if self._log is not None else get_logger(job_id=str(self.job_id))
 
 
 Handler = Callable[[Any, JobContext], Any]
@@ -178,9 +261,21 @@ class DrydockTask(Task[..., Any]):
             invalid = PayloadInvalidError.from_validation(self.name, exc)
             raise dead_letter_job(invalid, "invalid_payload", None) from None
 
-        ctx = JobContext(job_id=job_id, attempt=attempt, who=who, secret_names=extra, _log=log)
+        ctx = JobContext(
+            job_id=job_id,
+            attempt=attempt,
+            who=who,
+            secret_names=extra,
+            _log=log,
+            _task=self,
+            _task_id=self.request.id,
+        )
         try:
-            result = self.handler(payload, ctx)
+            try:
+                result = self.handler(payload, ctx)
+            finally:
+                # Before the outcome or the retry is recorded: the next attempt's state is its own.
+                ctx.end_attempt()
         except Retry:
             raise
         except SoftTimeLimitExceeded as exc:

@@ -6,11 +6,19 @@ setting documented there is a setting that exists here.
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from workers.queues import WORK_QUEUES
 
@@ -28,9 +36,66 @@ DEFAULT_TIME_LIMITS: dict[str, int] = {
 # Seconds between a task's soft and hard time limits (for limits over a minute).
 SOFT_LIMIT_GRACE_SECONDS = 30
 
+# Written by `drydock up` into its state directory while it runs: the URLs of the servers it
+# started, so that every other `drydock` command run from the same directory finds them.
+LOCAL_FLEET_FILE = "fleet.json"
+DEFAULT_STATE_DIR = ".drydock"
+
+
+def local_fleet_file(state_dir: str | None = None) -> Path:
+    directory = state_dir or os.environ.get("DRYDOCK_STATE_DIR") or DEFAULT_STATE_DIR
+    return Path(directory).absolute() / LOCAL_FLEET_FILE
+
+
+def read_local_fleet(state_dir: str | None = None) -> dict[str, Any] | None:
+    """The running local fleet's description, or None when there is none (no file, or the
+    `drydock up` that wrote it is gone)."""
+    path = local_fleet_file(state_dir)
+    try:
+        fleet = json.loads(path.read_text())
+        os.kill(int(fleet["supervisor_pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return fleet if isinstance(fleet, dict) else None
+
+
+class LocalFleetSource(PydanticBaseSettingsSource):
+    """Lowest-priority settings: the broker, database and secret key of a local fleet started
+    by `drydock up` in this directory. Environment variables always win."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fleet = read_local_fleet()
+        if fleet is None:
+            return {}
+        return {
+            name: fleet[name]
+            for name in ("broker_url", "database_url", "secret_key")
+            if fleet.get(name)
+        }
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRYDOCK_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            LocalFleetSource(settings_cls),
+            file_secret_settings,
+        )
 
     broker_url: str = Field(
         "redis://127.0.0.1:6379/0", description="Redis URL of the Celery broker."
@@ -82,11 +147,47 @@ class Settings(BaseSettings):
     canary_interval_seconds: Annotated[int, Field(ge=0)] = Field(
         300, description="Beat sends a canary to every queue this often; 0 turns it off."
     )
+    heartbeat_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        10.0,
+        description=(
+            "How often each worker and Beat record a heartbeat in Redis. `/health/fleet` calls "
+            "a worker or Beat lost after three heartbeats are missed."
+        ),
+    )
+    worker_forget_seconds: Annotated[int, Field(ge=60)] = Field(
+        3600,
+        description=(
+            "How long a lost worker's last heartbeat is kept (and reported as lost) before it "
+            "is forgotten."
+        ),
+    )
+    stuck_scan_hours: Annotated[int, Field(ge=1)] = Field(
+        48,
+        description=(
+            "Health looks for stuck jobs among those enqueued this many hours back (the scan "
+            "walks the enqueued_at index, so it stays cheap on a large table)."
+        ),
+    )
+    state_dir: str = Field(
+        ".drydock",
+        description=(
+            "Where `drydock up` keeps its embedded Redis and PostgreSQL data, logs and local "
+            "credentials, relative to the directory it runs in."
+        ),
+    )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
     log_json: bool = Field(True, description="Log one JSON object per line (structlog).")
     extra_secret_fields: list[str] = Field(
         default_factory=list,
         description="More field names to redact, beyond password/token/secret/key-like names.",
+    )
+    flower_basic_auth: SecretStr | None = Field(
+        None,
+        description=(
+            "Credentials of `drydock flower`, `user:password` pairs separated by commas (used "
+            "when `--basic-auth` is not given). Unset: Flower refuses to start unless run with "
+            "`--insecure-local`."
+        ),
     )
 
     @model_validator(mode="after")
@@ -104,6 +205,11 @@ class Settings(BaseSettings):
                 "otherwise Redis redelivers jobs that are still running or waiting to retry"
             )
         return self
+
+    @property
+    def heartbeat_stale_seconds(self) -> float:
+        """A heartbeat older than this means its worker or Beat is gone."""
+        return self.heartbeat_seconds * 3
 
     def time_limit(self, queue: str) -> int:
         return self.time_limits[queue]

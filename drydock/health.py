@@ -1,0 +1,246 @@
+"""Is the fleet healthy? One answer for `/health/fleet`, `drydock health` and `/metrics`.
+
+``gather`` reads the facts (queue depths and heartbeats from Redis, running jobs from
+PostgreSQL); ``assess`` turns facts into a verdict with reasons and is pure, so every rule is
+testable without a broker. The fleet is unhealthy when:
+
+- the broker or the database cannot be reached;
+- a work queue has no live worker;
+- a worker stopped heartbeating (it died, or its event loop is wedged);
+- a job is stuck: running longer than its queue's hard time limit, or its worker is lost;
+- Beat has not ticked within three heartbeats (or never did).
+
+Dead letters waiting for an operator are a warning, not a failure: the fleet is doing its job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import redis
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import jobs as job_store
+from models.db import session_scope
+from workers.heartbeat import WorkerBeat, last_beat_tick, read_workers, redis_client
+from workers.queues import DEAD_LETTER_QUEUE, WORK_QUEUES
+from workers.settings import Settings, get_settings
+
+# Kombu's Redis transport keeps each priority level of a queue in its own list.
+_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+
+
+class QueueReport(BaseModel):
+    name: str
+    depth: int
+    workers: list[str]
+
+
+class WorkerReport(BaseModel):
+    hostname: str
+    pid: int
+    queues: list[str]
+    concurrency: int | None
+    active: int
+    last_heartbeat: datetime
+    seconds_since_heartbeat: float
+    alive: bool
+
+
+class StuckJobReport(BaseModel):
+    id: str
+    task_name: str
+    queue: str
+    worker: str | None
+    started_at: datetime | None
+    running_seconds: float | None
+    reason: str
+
+
+class BeatReport(BaseModel):
+    last_tick: datetime | None
+    seconds_since_tick: float | None
+    alive: bool
+
+
+class FleetHealth(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    reasons: list[str]
+    warnings: list[str]
+    checked_at: datetime
+    broker_reachable: bool
+    database_reachable: bool
+    queues: list[QueueReport]
+    dead_letter_depth: int | None
+    workers: list[WorkerReport]
+    stuck_jobs: list[StuckJobReport]
+    beat: BeatReport
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "healthy"
+
+
+@dataclass
+class FleetFacts:
+    """What ``gather`` read; None where the source could not be reached."""
+
+    now: float
+    queue_depths: dict[str, int] | None
+    workers: list[WorkerBeat] | None
+    beat_tick: float | None
+    running_jobs: list[job_store.RunningJob] | None
+    broker_error: str | None = None
+    database_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def queue_depth(client: redis.Redis[bytes], queue: str) -> int:
+    names = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return sum(int(n) for n in pipe.execute())
+
+
+def gather(settings: Settings | None = None, *, now: float | None = None) -> FleetFacts:
+    settings = settings or get_settings()
+    facts = FleetFacts(
+        now=now or time.time(), queue_depths=None, workers=None, beat_tick=None, running_jobs=None
+    )
+    client = redis_client(settings)
+    try:
+        facts.queue_depths = {q: queue_depth(client, q) for q in (*WORK_QUEUES, DEAD_LETTER_QUEUE)}
+        facts.workers = read_workers(client)
+        facts.beat_tick = last_beat_tick(client)
+    except redis.RedisError as exc:
+        facts.broker_error = str(exc) or type(exc).__name__
+    finally:
+        client.close()
+    since = datetime.fromtimestamp(facts.now, UTC) - timedelta(hours=settings.stuck_scan_hours)
+    try:
+        with session_scope() as session:
+            facts.running_jobs = job_store.running_jobs(session, enqueued_since=since)
+    except SQLAlchemyError as exc:
+        original = getattr(exc, "orig", None) or exc
+        facts.database_error = " ".join(str(original).split())[:300]
+    return facts
+
+
+def assess(facts: FleetFacts, settings: Settings) -> FleetHealth:
+    reasons: list[str] = []
+    warnings: list[str] = []
+    stale_after = settings.heartbeat_stale_seconds
+    if facts.broker_error:
+        reasons.append(f"broker unreachable: {facts.broker_error}")
+    if facts.database_error:
+        reasons.append(f"database unreachable: {facts.database_error}")
+
+    workers = [
+        WorkerReport(
+            hostname=w.hostname,
+            pid=w.pid,
+            queues=list(w.queues),
+            concurrency=w.concurrency,
+            active=w.active,
+            last_heartbeat=datetime.fromtimestamp(w.last_heartbeat, UTC),
+            seconds_since_heartbeat=round(w.age(facts.now), 1),
+            alive=w.age(facts.now) <= stale_after,
+        )
+        for w in sorted(facts.workers or [], key=lambda w: w.hostname)
+    ]
+    alive = {w.hostname: w for w in workers if w.alive}
+    for w in workers:
+        if not w.alive:
+            reasons.append(
+                f"worker {w.hostname} lost: last heartbeat {w.seconds_since_heartbeat:.0f}s ago"
+            )
+
+    queues: list[QueueReport] = []
+    if facts.queue_depths is not None:
+        for name in WORK_QUEUES:
+            serving = sorted(h for h, w in alive.items() if name in w.queues)
+            depth = facts.queue_depths.get(name, 0)
+            queues.append(QueueReport(name=name, depth=depth, workers=serving))
+            if not serving:
+                reasons.append(f"queue {name} has no live worker ({depth} waiting)")
+    dead_letters = None if facts.queue_depths is None else facts.queue_depths[DEAD_LETTER_QUEUE]
+    if dead_letters:
+        warnings.append(f"{dead_letters} job(s) in the dead-letter queue (drydock dlq list)")
+
+    stuck = _stuck_jobs(facts, settings, alive, {w.hostname: w for w in workers})
+    if stuck:
+        reasons.append(f"{len(stuck)} stuck job(s)")
+
+    if facts.broker_error:
+        beat = BeatReport(last_tick=None, seconds_since_tick=None, alive=False)
+    elif facts.beat_tick is None:
+        beat = BeatReport(last_tick=None, seconds_since_tick=None, alive=False)
+        reasons.append("Beat has not ticked (is `drydock beat` running?)")
+    else:
+        age = max(0.0, facts.now - facts.beat_tick)
+        beat = BeatReport(
+            last_tick=datetime.fromtimestamp(facts.beat_tick, UTC),
+            seconds_since_tick=round(age, 1),
+            alive=age <= stale_after,
+        )
+        if not beat.alive:
+            reasons.append(f"Beat last ticked {age:.0f}s ago")
+
+    return FleetHealth(
+        status="unhealthy" if reasons else "healthy",
+        reasons=reasons,
+        warnings=warnings + facts.notes,
+        checked_at=datetime.fromtimestamp(facts.now, UTC),
+        broker_reachable=facts.broker_error is None,
+        database_reachable=facts.database_error is None,
+        queues=queues,
+        dead_letter_depth=dead_letters,
+        workers=workers,
+        stuck_jobs=stuck,
+        beat=beat,
+    )
+
+
+def _stuck_jobs(
+    facts: FleetFacts,
+    settings: Settings,
+    alive: dict[str, WorkerReport],
+    known: dict[str, WorkerReport],
+) -> list[StuckJobReport]:
+    stuck = []
+    for job in facts.running_jobs or []:
+        running = None if job.started_at is None else facts.now - job.started_at.timestamp()
+        limit = settings.time_limits.get(job.queue)
+        reason = None
+        if limit is not None and running is not None and running > limit:
+            reason = f"running {running:.0f}s, past its {limit}s time limit"
+        elif facts.workers is not None and job.worker and job.worker not in alive:
+            if job.worker in known:
+                reason = f"its worker {job.worker} is lost"
+            else:
+                reason = f"its worker {job.worker} has no heartbeat"
+        if reason is None:
+            continue
+        stuck.append(
+            StuckJobReport(
+                id=str(job.id),
+                task_name=job.task_name,
+                queue=job.queue,
+                worker=job.worker,
+                started_at=job.started_at,
+                running_seconds=None if running is None else round(running, 1),
+                reason=reason,
+            )
+        )
+    return stuck
+
+
+def check_fleet(settings: Settings | None = None) -> FleetHealth:
+    settings = settings or get_settings()
+    return assess(gather(settings), settings)

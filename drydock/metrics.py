@@ -1,0 +1,145 @@
+"""Prometheus metrics for `/metrics`, read from the outcome store and the broker at scrape time.
+
+The outcome store already holds every job and every attempt, so the metrics are aggregates of
+it rather than counters kept in each worker process (which prefork pools would scatter across
+processes and lose on restart). Each scrape runs a few GROUP BY queries over the jobs and
+job_events tables; results are cached for ``CACHE_SECONDS`` so several scrapers cost one read.
+On a very large table, pruning old jobs keeps a scrape cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from drydock.health import FleetHealth, assess, gather
+from models import jobs as job_store
+from models.db import session_scope
+from models.tables import EventKind
+from workers.settings import Settings, get_settings
+
+CACHE_SECONDS = 5.0
+# Seconds; from a canary's milliseconds to an hour-long build.
+DURATION_BUCKETS = (0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+
+
+class DrydockCollector(Collector):
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[Metric]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > CACHE_SECONDS:
+                self._cached = (now, list(self._read()))
+            yield from self._cached[1]
+
+    def _read(self) -> Iterable[Metric]:
+        settings = self._settings or get_settings()
+        health = assess(gather(settings), settings)
+        yield from _fleet_metrics(health)
+        if not health.database_reachable:
+            return
+        with session_scope() as session:
+            jobs = GaugeMetricFamily(
+                "drydock_jobs",
+                "Jobs in the outcome store by task, queue and current status.",
+                labels=["task", "queue", "status"],
+            )
+            for task, queue, status, count in job_store.job_counts(session):
+                jobs.add_metric([task, queue, status], count)
+            yield jobs
+
+            counts = job_store.event_counts(session, [EventKind.RETRY, EventKind.DEAD_LETTERED])
+            retries = CounterMetricFamily(
+                "drydock_job_retries", "Retries scheduled after transient errors.", labels=["task"]
+            )
+            dead = CounterMetricFamily(
+                "drydock_job_dead_letters", "Jobs dead-lettered.", labels=["task"]
+            )
+            for task, kind, count in counts:
+                (retries if kind == EventKind.RETRY.value else dead).add_metric([task], count)
+            yield retries
+            yield dead
+
+            waiting = GaugeMetricFamily(
+                "drydock_dead_letters_waiting",
+                "Dead letters not yet replayed, by task and reason.",
+                labels=["task", "reason"],
+            )
+            for task, reason, count in job_store.waiting_dead_letters(session):
+                waiting.add_metric([task, reason], count)
+            yield waiting
+
+            durations = HistogramMetricFamily(
+                "drydock_job_attempt_duration_seconds",
+                "How long attempts ran, by task and how they ended.",
+                labels=["task", "outcome"],
+            )
+            for row in job_store.attempt_durations(session, DURATION_BUCKETS):
+                buckets = [
+                    (_bound(bound), float(n))
+                    for bound, n in zip(DURATION_BUCKETS, row.cumulative, strict=True)
+                ]
+                buckets.append(("+Inf", float(row.count)))
+                durations.add_metric(
+                    [row.task_name, row.outcome], buckets, sum_value=row.sum_seconds
+                )
+            yield durations
+
+
+def _fleet_metrics(health: FleetHealth) -> Iterable[Metric]:
+    healthy = GaugeMetricFamily(
+        "drydock_fleet_healthy", "1 when /health/fleet says healthy, else 0."
+    )
+    healthy.add_metric([], 1.0 if health.healthy else 0.0)
+    yield healthy
+
+    depth = GaugeMetricFamily(
+        "drydock_queue_depth", "Messages waiting in each queue.", labels=["queue"]
+    )
+    for queue in health.queues:
+        depth.add_metric([queue.name], queue.depth)
+    if health.dead_letter_depth is not None:
+        depth.add_metric(["dead_letter"], health.dead_letter_depth)
+    yield depth
+
+    workers = GaugeMetricFamily(
+        "drydock_workers", "Workers known by heartbeat, alive or lost.", labels=["state"]
+    )
+    workers.add_metric(["alive"], sum(1 for w in health.workers if w.alive))
+    workers.add_metric(["lost"], sum(1 for w in health.workers if not w.alive))
+    yield workers
+
+    stuck = GaugeMetricFamily("drydock_stuck_jobs", "Jobs health considers stuck.")
+    stuck.add_metric([], len(health.stuck_jobs))
+    yield stuck
+
+    if health.beat.last_tick is not None:
+        beat = GaugeMetricFamily(
+            "drydock_beat_last_tick_timestamp_seconds", "When Beat last ticked (Unix time)."
+        )
+        beat.add_metric([], health.beat.last_tick.timestamp())
+        yield beat
+
+
+def _bound(bound: float) -> str:
+    return repr(float(bound))
+
+
+def render(collector: DrydockCollector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

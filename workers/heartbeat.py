@@ -1,0 +1,185 @@
+"""Heartbeats of workers and Beat, kept in Redis for `/health/fleet` and `drydock health`.
+
+Each worker writes one small JSON record (hostname, pid, queues, concurrency, active jobs, last
+beat) from its consumer's own event loop, so a worker whose loop is wedged stops beating even
+though its process lives. A worker that shuts down cleanly removes its record; one that dies
+leaves it to age, and health reports it lost until ``worker_forget_seconds`` expire it.
+
+Beat records the time of each scheduler tick; Drydock caps the tick interval at the heartbeat
+interval so a quiet schedule still beats.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from celery import bootsteps
+from celery.beat import PersistentScheduler
+
+from workers.logs import get_logger
+from workers.settings import Settings, get_settings
+
+WORKER_KEY_PREFIX = "drydock:heartbeat:worker:"
+BEAT_KEY = "drydock:heartbeat:beat"
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int | None
+    active: int
+    started_at: float
+    last_heartbeat: float
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.last_heartbeat)
+
+    def as_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "hostname": self.hostname,
+                "pid": self.pid,
+                "queues": list(self.queues),
+                "concurrency": self.concurrency,
+                "active": self.active,
+                "started_at": self.started_at,
+                "last_heartbeat": self.last_heartbeat,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> WorkerBeat:
+        data = orjson.loads(raw)
+        return cls(
+            hostname=str(data["hostname"]),
+            pid=int(data["pid"]),
+            queues=tuple(data["queues"]),
+            concurrency=data.get("concurrency"),
+            active=int(data.get("active", 0)),
+            started_at=float(data["started_at"]),
+            last_heartbeat=float(data["last_heartbeat"]),
+        )
+
+
+def redis_client(settings: Settings | None = None) -> redis.Redis[bytes]:
+    settings = settings or get_settings()
+    return redis.Redis.from_url(
+        settings.broker_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+def record_worker(client: redis.Redis[bytes], beat: WorkerBeat, *, keep_seconds: int) -> None:
+    client.set(WORKER_KEY_PREFIX + beat.hostname, beat.as_json(), ex=keep_seconds)
+
+
+def forget_worker(client: redis.Redis[bytes], hostname: str) -> None:
+    client.delete(WORKER_KEY_PREFIX + hostname)
+
+
+def read_workers(client: redis.Redis[bytes]) -> list[WorkerBeat]:
+    keys = sorted(client.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
+    if not keys:
+        return []
+    beats = []
+    for raw in client.mget(keys):
+        if raw is None:  # expired between SCAN and MGET
+            continue
+        try:
+            beats.append(WorkerBeat.from_json(raw))
+        except (ValueError, KeyError, TypeError):
+            continue  # not ours to interpret; health must not fail on one bad record
+    return beats
+
+
+def record_beat_tick(client: redis.Redis[bytes], *, at: float, keep_seconds: int) -> None:
+    client.set(BEAT_KEY, repr(at), ex=keep_seconds)
+
+
+def last_beat_tick(client: redis.Redis[bytes]) -> float | None:
+    raw = client.get(BEAT_KEY)
+    return None if raw is None else float(raw)
+
+
+class WorkerHeartbeat(bootsteps.StartStopStep):
+    """Consumer bootstep: beat every ``heartbeat_seconds`` on the consumer's timer."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer_entry: Any = None
+        self._client: redis.Redis[bytes] | None = None
+        self._started_at = time.time()
+        self._pid = os.getpid()
+
+    def start(self, parent: Any) -> None:
+        settings = get_settings()
+        self._pid = os.getpid()
+        self._client = redis_client(settings)
+        self._beat(parent)
+        self._timer_entry = parent.timer.call_repeatedly(
+            settings.heartbeat_seconds, self._beat, (parent,), priority=10
+        )
+
+    def stop(self, parent: Any) -> None:
+        if os.getpid() != self._pid:
+            # A forked pool process inherited this object: the worker is not stopping.
+            return
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+            self._timer_entry = None
+        if self._client is not None:
+            try:
+                forget_worker(self._client, parent.hostname)
+            except redis.RedisError as exc:
+                get_logger().warning("worker.heartbeat_failed", error=str(exc))
+            self._client.close()
+            self._client = None
+
+    shutdown = stop
+
+    def _beat(self, parent: Any) -> None:
+        from celery.worker import state
+
+        if self._client is None or os.getpid() != self._pid:
+            return
+        settings = get_settings()
+        queues = tuple(sorted(q.name for q in parent.task_consumer.queues))
+        pool = getattr(parent, "pool", None)
+        beat = WorkerBeat(
+            hostname=parent.hostname,
+            pid=os.getpid(),
+            queues=queues,
+            concurrency=getattr(pool, "num_processes", None) or getattr(pool, "limit", None),
+            active=len(state.active_requests),
+            started_at=self._started_at,
+            last_heartbeat=time.time(),
+        )
+        try:
+            record_worker(self._client, beat, keep_seconds=settings.worker_forget_seconds)
+        except redis.RedisError as exc:
+            # The broker is down: the worker cannot take jobs either, and health will say so.
+            get_logger().warning("worker.heartbeat_failed", error=str(exc))
+
+
+class HeartbeatScheduler(PersistentScheduler):
+    """Celery Beat's persistent scheduler, recording each tick for `/health/fleet`."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        delay: float = super().tick(*args, **kwargs)
+        settings = get_settings()
+        try:
+            client = getattr(self, "_heartbeat_client", None)
+            if client is None:
+                client = self._heartbeat_client = redis_client(settings)
+            record_beat_tick(client, at=time.time(), keep_seconds=settings.worker_forget_seconds)
+        except redis.RedisError as exc:
+            get_logger().warning("beat.heartbeat_failed", error=str(exc))
+        return min(delay, settings.heartbeat_seconds)
