@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from drydock import client
 from drydock.health import FleetHealth, check_fleet
@@ -274,18 +276,9 @@ def enqueue_job(
     job = client.enqueue(
         task_name, payload or {}, idempotency_key, enqueued_by=f"api:{caller.name}"
     )
-    url = f"/v1/jobs/{job.id}"
-    response.headers["Location"] = url
     if not job.created:
         response.status_code = 200
-    return EnqueuedJobBody(
-        id=job.id,
-        task_name=job.task_name,
-        queue=job.queue,
-        status=job.status,
-        created=job.created,
-        url=url,
-    )
+    return _enqueued_body(job, response)
 
 
 @app.get(
@@ -395,19 +388,10 @@ def replay_dead_letter(job_id: uuid.UUID, caller: Caller, response: Response) ->
     with session_scope() as session:
         _visible_letter(session, job_id, caller)
     job = client.replay_dead_letter(job_id, by=f"api:{caller.name}")
-    url = f"/v1/jobs/{job.id}"
-    response.headers["Location"] = url
-    return EnqueuedJobBody(
-        id=job.id,
-        task_name=job.task_name,
-        queue=job.queue,
-        status=job.status,
-        created=True,
-        url=url,
-    )
+    return _enqueued_body(job, response)
 
 
-def _visible_letter(session: Any, job_id: uuid.UUID, caller: tokens.Caller) -> DeadLetter:
+def _visible_letter(session: Session, job_id: uuid.UUID, caller: tokens.Caller) -> DeadLetter:
     letter = job_store.get_dead_letter(session, job_id)
     allowed = _scope_filter(caller)
     if letter is None or (allowed is not None and letter.task_name not in allowed):
@@ -493,6 +477,19 @@ app.openapi = _openapi  # type: ignore[method-assign]
 # ---- helpers -----------------------------------------------------------------------------------
 
 
+def _enqueued_body(job: client.EnqueuedJob, response: Response) -> EnqueuedJobBody:
+    url = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = url
+    return EnqueuedJobBody(
+        id=job.id,
+        task_name=job.task_name,
+        queue=job.queue,
+        status=job.status,
+        created=job.created,
+        url=url,
+    )
+
+
 def _job_summary(job: Job) -> JobSummaryBody:
     return JobSummaryBody(
         id=job.id,
@@ -509,7 +506,7 @@ def _job_summary(job: Job) -> JobSummaryBody:
     )
 
 
-def _job_body(job: Job, events: Any) -> JobBody:
+def _job_body(job: Job, events: Sequence[JobEvent]) -> JobBody:
     event_bodies = [
         EventBody(
             id=e.id,
@@ -535,7 +532,7 @@ def _job_body(job: Job, events: Any) -> JobBody:
     )
 
 
-def _latest_progress(events: list[JobEvent]) -> ProgressBody | None:
+def _latest_progress(events: Sequence[JobEvent]) -> ProgressBody | None:
     for event in reversed(events):
         if event.kind == EventKind.PROGRESS.value:
             return ProgressBody(
