@@ -212,7 +212,7 @@ class LocalFleet:
         self._write_fleet_file()
         self._migrate()
         token_hint = self._local_token()
-        flower_auth = self._flower_credentials()
+        flower_auth = self.environ.get("DRYDOCK_FLOWER_BASIC_AUTH") or self._flower_credentials()
         env = {
             **self.environ,
             "DRYDOCK_BROKER_URL": self.urls["broker_url"],
@@ -429,7 +429,9 @@ class LocalFleet:
         state = self.plan.state_dir
         lines += [
             f"  API token (scope *) in {token_file}",
-            f"  Flower login in {state / 'flower-credentials'} (user:password)",
+            "  Flower login from DRYDOCK_FLOWER_BASIC_AUTH"
+            if self.environ.get("DRYDOCK_FLOWER_BASIC_AUTH")
+            else f"  Flower login in {state / 'flower-credentials'} (user:password)",
             "",
             "  In another terminal, from this directory:",
             '    drydock enqueue builds.canary --json \'{"message": "hello"}\'',
