@@ -10,11 +10,14 @@ import re
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from drydock.health import FleetHealth
 
 app = typer.Typer(
     name="drydock",
@@ -685,7 +688,7 @@ def health(
         raise typer.Exit(1)
 
 
-def _print_health(report: Any) -> None:
+def _print_health(report: FleetHealth) -> None:
     colour = "green" if report.healthy else "red"
     out.print(f"fleet [bold {colour}]{report.status}[/]")
     for reason in report.reasons:

@@ -29,11 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from drydock import localservers
 from workers.queues import WORK_QUEUES
 from workers.settings import LOCAL_FLEET_FILE, read_local_fleet
+
+if TYPE_CHECKING:
+    import redis
 
 LOCAL_TOKEN_NAME = "local-admin"
 FLOWER_USER = "admin"
@@ -50,6 +53,10 @@ class ChildSpec:
     argv: list[str]
     # How it is reached, for the summary (a URL, or the queues a worker serves).
     where: str
+    # How `drydock up` knows it is up: this URL answers 200, or this worker (its hostname
+    # before the "@") heartbeats; with neither, Beat has ticked.
+    ready_url: str | None = None
+    worker_name: str | None = None
 
 
 @dataclass
@@ -88,6 +95,7 @@ class FleetPlan:
                     f"drydock-{queue}@%h",
                 ],
                 f"queue {queue}",
+                worker_name=f"drydock-{queue}",
             )
             for queue in self.queues
         ]
@@ -103,6 +111,7 @@ class FleetPlan:
                 "flower",
                 [*cli, "flower", "--address", "127.0.0.1", "--port", str(self.flower_port)],
                 f"http://127.0.0.1:{self.flower_port}/",
+                ready_url=f"http://127.0.0.1:{self.flower_port}/healthcheck",
             )
         )
         specs.append(
@@ -110,6 +119,7 @@ class FleetPlan:
                 "api",
                 [*cli, "api", "--host", "127.0.0.1", "--port", str(self.api_port)],
                 f"http://127.0.0.1:{self.api_port}/docs",
+                ready_url=f"http://127.0.0.1:{self.api_port}/health/live",
             )
         )
         return specs
@@ -326,14 +336,12 @@ class LocalFleet:
 
     def _local_token(self) -> str:
         """An API token for this local fleet (scope *), kept in the state directory."""
-        from sqlalchemy.orm import Session
-
         from models import tokens
-        from models.db import get_engine
+        from models.db import session_scope
         from tasks.catalog import CATALOG
 
         token_file = self.plan.state_dir / "api-token"
-        with Session(get_engine(self.urls["database_url"])) as session, session.begin():
+        with session_scope(self.urls["database_url"]) as session:
             if token_file.exists() and tokens.authenticate(session, token_file.read_text().strip()):
                 return str(token_file)
             tokens.revoke_token(session, LOCAL_TOKEN_NAME)
@@ -371,14 +379,12 @@ class LocalFleet:
         self.children.append(Child(spec, process, log_path))
 
     def _wait_until_ready(self, timeout: float = 90.0) -> None:
-        import httpx
-
-        from workers.heartbeat import last_beat_tick, read_workers
-
-        deadline = time.monotonic() + timeout
-        pending = {c.spec.name for c in self.children}
         import redis
 
+        from workers.heartbeat import read_workers
+
+        deadline = time.monotonic() + timeout
+        pending = list(self.children)
         client = redis.Redis.from_url(self.urls["broker_url"])
         try:
             while pending:
@@ -392,26 +398,11 @@ class LocalFleet:
                             f"while starting; last lines of {child.log_path}:\n{tail}"
                         )
                 beating = {w.hostname.split("@")[0] for w in read_workers(client)}
-                for child in self.children:
-                    name = child.spec.name
-                    if name not in pending:
-                        continue
-                    if name.startswith("worker "):
-                        ready = f"drydock-{name.split()[1]}" in beating
-                    elif name == "beat":
-                        ready = last_beat_tick(client) is not None
-                    else:
-                        url = child.spec.where.removesuffix("docs").rstrip("/")
-                        path = "/health/live" if name == "api" else "/healthcheck"
-                        try:
-                            ready = httpx.get(url + path, timeout=2).status_code == 200
-                        except httpx.HTTPError:
-                            ready = False
-                    if ready:
-                        pending.discard(name)
-                if time.monotonic() > deadline:
+                pending = [c for c in pending if not _is_ready(c.spec, client, beating)]
+                if pending and time.monotonic() > deadline:
                     raise FleetError(
-                        f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))}; see "
+                        f"not ready after {timeout:.0f}s: "
+                        f"{', '.join(c.spec.name for c in pending)}; see "
                         f"{self.plan.state_dir / 'logs'}"
                     )
                 time.sleep(0.25)
@@ -472,6 +463,21 @@ class LocalFleet:
             os.killpg(child.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.process.wait(10)
+
+
+def _is_ready(spec: ChildSpec, client: redis.Redis[bytes], beating: set[str]) -> bool:
+    import httpx
+
+    from workers.heartbeat import last_beat_tick
+
+    if spec.ready_url is not None:
+        try:
+            return httpx.get(spec.ready_url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    if spec.worker_name is not None:
+        return spec.worker_name in beating
+    return last_beat_tick(client) is not None
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import redis
+from kombu.transport.redis import PRIORITY_STEPS
+from kombu.transport.redis import Channel as RedisChannel
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,10 +31,6 @@ from models.db import session_scope
 from workers.heartbeat import WorkerBeat, last_beat_tick, read_workers, redis_client
 from workers.queues import DEAD_LETTER_QUEUE, WORK_QUEUES
 from workers.settings import Settings, get_settings
-
-# Kombu's Redis transport keeps each priority level of a queue in its own list.
-_PRIORITY_SEPARATOR = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
 
 
 class QueueReport(BaseModel):
@@ -101,7 +99,8 @@ class FleetFacts:
 
 
 def queue_depth(client: redis.Redis[bytes], queue: str) -> int:
-    names = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
+    # Kombu's Redis transport keeps each priority level of a queue in a list of its own.
+    names = [f"{queue}{RedisChannel.sep}{step}" if step else queue for step in PRIORITY_STEPS]
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.llen(name)
@@ -177,11 +176,10 @@ def assess(facts: FleetFacts, settings: Settings) -> FleetHealth:
     if stuck:
         reasons.append(f"{len(stuck)} stuck job(s)")
 
-    if facts.broker_error:
+    if facts.beat_tick is None:
         beat = BeatReport(last_tick=None, seconds_since_tick=None, alive=False)
-    elif facts.beat_tick is None:
-        beat = BeatReport(last_tick=None, seconds_since_tick=None, alive=False)
-        reasons.append("Beat has not ticked (is `drydock beat` running?)")
+        if not facts.broker_error:  # unknown, not silent: the broker reason says why
+            reasons.append("Beat has not ticked (is `drydock beat` running?)")
     else:
         age = max(0.0, facts.now - facts.beat_tick)
         beat = BeatReport(

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from drydock.health import FleetHealth, assess, gather
+from drydock.health import FleetHealth, check_fleet
 from models import jobs as job_store
 from models.db import session_scope
 from models.tables import EventKind
@@ -48,7 +48,7 @@ class DrydockCollector(Collector):
 
     def _read(self) -> Iterable[Metric]:
         settings = self._settings or get_settings()
-        health = assess(gather(settings), settings)
+        health = check_fleet(settings)
         yield from _fleet_metrics(health)
         if not health.database_reachable:
             return

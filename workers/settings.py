@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         ),
     )
     state_dir: str = Field(
-        ".drydock",
+        DEFAULT_STATE_DIR,
         description=(
             "Where `drydock up` keeps its embedded Redis and PostgreSQL data, logs and local "
             "credentials, relative to the directory it runs in."
