@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from drydock.cli_builds import builds_app, registry_app, retention_app
+
 if TYPE_CHECKING:
     from drydock.health import FleetHealth
 
@@ -30,6 +32,9 @@ dlq_app = typer.Typer(help="Dead letters: list, show, replay and purge.", no_arg
 app.add_typer(dlq_app, name="dlq")
 tokens_app = typer.Typer(help="HTTP API tokens: create, list, revoke.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(registry_app, name="registry")
+app.add_typer(retention_app, name="retention")
+app.add_typer(builds_app, name="builds")
 
 out = Console()
 err = Console(stderr=True)
@@ -60,12 +65,21 @@ def migrate(
 
 
 @app.command()
-def schema(task: str | None = typer.Argument(None, help="One task; all tasks if omitted.")) -> None:
+def schema(
+    task: str | None = typer.Argument(None, help="One task; all tasks if omitted."),
+    registry_events: bool = typer.Option(
+        False, "--registry-events", help="The versioned schemas of registry telemetry instead."
+    ),
+) -> None:
     """Print the JSON Schema of task payloads, for producers in other languages."""
     from tasks.catalog import CATALOG, spec_for
 
-    if task is not None:
-        document: dict[str, Any] = spec_for(task).json_schema()
+    if registry_events:
+        from tasks.pushes.telemetry import json_schemas
+
+        document: dict[str, Any] = json_schemas()
+    elif task is not None:
+        document = spec_for(task).json_schema()
     else:
         document = {name: spec.json_schema() for name, spec in sorted(CATALOG.items())}
     sys.stdout.write(json.dumps(document, indent=2) + "\n")

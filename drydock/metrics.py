@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from drydock.health import FleetHealth, check_fleet
 from models import jobs as job_store
+from models.builds import registry_telemetry_counts
 from models.db import session_scope
 from models.tables import EventKind
 from workers.settings import Settings, get_settings
@@ -98,6 +99,27 @@ class DrydockCollector(Collector):
                     [row.task_name, row.outcome], buckets, sum_value=row.sum_seconds
                 )
             yield durations
+
+            registry_events = CounterMetricFamily(
+                "drydock_registry_events",
+                "Registry telemetry events by kind, platform and error kind (push_failed, "
+                "push_retry), and auth refreshes by outcome.",
+                labels=["kind", "platform", "error_kind", "outcome"],
+            )
+            pushed_bytes = CounterMetricFamily(
+                "drydock_registry_pushed_bytes",
+                "Layer bytes sent to registries by successful pushes.",
+                labels=["platform"],
+            )
+            for counted in registry_telemetry_counts(session):
+                registry_events.add_metric(
+                    [counted.kind, counted.platform, counted.error_kind, counted.outcome],
+                    counted.count,
+                )
+                if counted.kind == "push_succeeded":
+                    pushed_bytes.add_metric([counted.platform], counted.bytes)
+            yield registry_events
+            yield pushed_bytes
 
 
 def _fleet_metrics(health: FleetHealth) -> Iterable[Metric]:

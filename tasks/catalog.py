@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.builds.payloads import BuildImagePayload
 from tasks.canary.payloads import CanaryPayload
+from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
 from workers.errors import UnknownTaskError
 from workers.payload import Payload
 from workers.queues import WORK_QUEUES, queue_for_task
@@ -40,6 +42,35 @@ def _specs() -> list[TaskSpec]:
             summary=f"Proves the {queue} queue is served end to end; can rehearse failures.",
         )
         for queue in WORK_QUEUES
+    ]
+    specs += [
+        TaskSpec(
+            name="builds.build_image",
+            payload=BuildImagePayload,
+            summary=(
+                "Fetch a git revision and build one image per target platform (docker or "
+                "buildah backend); with a push target, push them and publish one "
+                "multi-platform index tag."
+            ),
+        ),
+        TaskSpec(
+            name="pushes.push_image",
+            payload=PushImagePayload,
+            summary="Tag and push one platform image of a build run to its registry.",
+        ),
+        TaskSpec(
+            name="pushes.publish_index",
+            payload=PublishIndexPayload,
+            summary="Publish a build run's pushed platform images as one OCI image index tag.",
+        ),
+        TaskSpec(
+            name="pushes.prune_tags",
+            payload=PruneTagsPayload,
+            summary=(
+                "Apply a repository's retention policy: list (dry run) or delete the tags it "
+                "does not keep, never a digest a live certification or the newest index uses."
+            ),
+        ),
     ]
     return specs
 

@@ -31,11 +31,16 @@ from workers.queues import WORK_QUEUES
 # workers use it, so the session worker can never take their jobs.
 PRIVATE_QUEUE = "remediation"
 SHARED_QUEUES = "builds,pushes,attestation,evaluation"
-# Redelivery after a lost worker waits for this; it must exceed time limit + retry cap.
-TEST_VISIBILITY_TIMEOUT = 12
+# Builds and pushes talk to a Docker engine, buildah and a registry: more room than the rest.
 TEST_TIME_LIMIT = 8
+TEST_BUILD_TIME_LIMIT = 30
+# Redelivery after a lost worker waits for this; it must exceed every time limit + retry cap.
+TEST_VISIBILITY_TIMEOUT = TEST_BUILD_TIME_LIMIT + 2
 
 _state: dict[str, Any] = {}
+
+# Fixtures of the builds and pushes tests: a Docker engine, buildah, git repositories, a registry.
+pytest_plugins = ["tests.image_builders", "tests.registry_server"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,7 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     base = Path(tempfile.mkdtemp(prefix="drydock-tests-"))
     redis_port, pg_port = localservers.free_port(), localservers.free_port()
-    _state.update(base=base, redis_port=redis_port, pg_port=pg_port)
+    registry_port = localservers.free_port()
+    _state.update(base=base, redis_port=redis_port, pg_port=pg_port, registry_port=registry_port)
     os.environ.update(
         {
             "DRYDOCK_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
@@ -53,12 +59,26 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_RETRY_BASE_SECONDS": "0.05",
             "DRYDOCK_RETRY_MAX_SECONDS": "1",
             "DRYDOCK_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT),
-            "DRYDOCK_TIME_LIMITS": json.dumps(dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT)),
+            "DRYDOCK_TIME_LIMITS": json.dumps(
+                {
+                    **dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT),
+                    "builds": TEST_BUILD_TIME_LIMIT,
+                    "pushes": TEST_BUILD_TIME_LIMIT,
+                }
+            ),
             "DRYDOCK_RESTORE_SWEEP_SECONDS": "1",
             "DRYDOCK_CANARY_INTERVAL_SECONDS": "0",
             "DRYDOCK_LOG_JSON": "true",
             # Workers and Beat beat twice a second: a lost one shows in health within ~2 s.
             "DRYDOCK_HEARTBEAT_SECONDS": "0.5",
+            # Builds: a Docker engine and buildah storage of the tests' own (tests/images.py
+            # starts them), sources from git repositories the tests create on disk.
+            "DRYDOCK_DOCKER_HOST": f"unix://{base}/docker/docker.sock",
+            "DRYDOCK_BUILDAH_ROOT": str(base / "buildah" / "root"),
+            "DRYDOCK_BUILDAH_RUNROOT": str(base / "buildah" / "run"),
+            "DRYDOCK_BUILD_WORK_DIR": str(base / "build-work"),
+            "DRYDOCK_GIT_ALLOWED_SCHEMES": json.dumps(["https", "ssh", "file"]),
+            "DRYDOCK_GIT_TIMEOUT_SECONDS": "60",
         }
     )
 

@@ -13,7 +13,11 @@ from workers.queues import celery_queues, route_task
 from workers.settings import Settings, get_settings
 
 # Imported by workers only (Celery's ``include``), never by producers.
-TASK_MODULES = ["tasks.canary.celery_tasks"]
+TASK_MODULES = [
+    "tasks.canary.celery_tasks",
+    "tasks.builds.celery_tasks",
+    "tasks.pushes.celery_tasks",
+]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -57,13 +57,16 @@ PROGRESS_STATE = "PROGRESS"
 
 
 class ProgressStateBackend(RedisBackend):
-    """Celery's Redis result backend, carrying nothing but PROGRESS states.
+    """Celery's Redis result backend, carrying PROGRESS states and chord bookkeeping only.
 
-    Outcomes live in PostgreSQL: tasks ignore their results, so success and failure are never
-    written here. Stock, every ``send_task`` would still SUBSCRIBE to the job's result channel
-    (and UNSUBSCRIBE when its AsyncResult is dropped), two Redis commands per enqueue for a
-    result that never comes. Nothing waits on a Celery result in Drydock, so producers subscribe
-    to nothing; reading a state (``AsyncResult(id).state``) works as usual.
+    Outcomes live in PostgreSQL: tasks ignore their results, so success and failure are not
+    written here, except for the members of a chord (``drydock_task(chord_member=True)``),
+    whose empty results Celery counts to start the chord's callback.
+
+    Stock, every ``send_task`` would still SUBSCRIBE to the job's result channel (and
+    UNSUBSCRIBE when its AsyncResult is dropped), two Redis commands per enqueue for a result
+    that never comes. Nothing waits on a Celery result in Drydock, so producers subscribe to
+    nothing; reading a state (``AsyncResult(id).state``) works as usual.
     """
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
@@ -78,6 +81,8 @@ class JobContext:
     attempt: int
     who: job_store.WorkerIdentity
     secret_names: tuple[str, ...] = ()
+    # What the handler leaves for its task's retry listener (which push target failed, say).
+    notes: dict[str, Any] = field(default_factory=dict)
     _log: Any = field(default=None, repr=False)
     # The running task and its Celery id: progress is also set as the task's PROGRESS state.
     # None (a context made outside a worker): progress is recorded as events only.
@@ -157,6 +162,10 @@ class JobContext:
 
 
 Handler = Callable[[Any, JobContext], Any]
+# Told when a retry of the job is scheduled: (the error, the job, seconds until the retry).
+RetryListener = Callable[[BaseException, JobContext, float], None]
+# Told when the job was dead-lettered after its handler failed: (the error, the job, reason).
+DeadLetterListener = Callable[[BaseException, JobContext, str], None]
 
 
 class DrydockTask(Task[..., Any]):
@@ -170,6 +179,8 @@ class DrydockTask(Task[..., Any]):
     payload_model: type[Payload]
     transient: tuple[type[BaseException], ...] = ()
     handler: Handler
+    on_retry_scheduled: RetryListener | None = None
+    on_dead_lettered: DeadLetterListener | None = None
 
     def execute(self, kwargs: dict[str, Any]) -> Any:
         try:
@@ -281,7 +292,9 @@ class DrydockTask(Task[..., Any]):
         except SoftTimeLimitExceeded as exc:
             limit = self.soft_time_limit
             timeout = TimeoutError(f"exceeded the time limit of {limit}s for this queue")
-            raise dead_letter_job(timeout, "time_limit", _format_tb(exc)) from None
+            failure = dead_letter_job(timeout, "time_limit", _format_tb(exc))
+            self._tell_listener(self.on_dead_lettered, log, timeout, ctx, "time_limit")
+            raise failure from None
         except Exception as exc:
             decision = decide(exc, attempt, self.transient, policy)
             if decision.verdict is Verdict.RETRY:
@@ -304,6 +317,7 @@ class DrydockTask(Task[..., Any]):
                     error=message,
                     delay_seconds=round(decision.delay_seconds, 3),
                 )
+                self._tell_listener(self.on_retry_scheduled, log, exc, ctx, decision.delay_seconds)
                 # The retried message carries the same kwargs; Flower is shown a redacted repr.
                 raise self._retry_or_requeue(
                     countdown=decision.delay_seconds,
@@ -315,7 +329,9 @@ class DrydockTask(Task[..., Any]):
                 if decision.verdict is Verdict.BUDGET_EXHAUSTED
                 else "permanent_error"
             )
-            raise dead_letter_job(exc, reason, _format_tb(exc)) from None
+            failure = dead_letter_job(exc, reason, _format_tb(exc))
+            self._tell_listener(self.on_dead_lettered, log, exc, ctx, reason)
+            raise failure from None
 
         try:
             stored = orjson.dumps(redact(_jsonable(result), extra), option=orjson.OPT_NON_STR_KEYS)
@@ -365,6 +381,22 @@ class DrydockTask(Task[..., Any]):
                 attempt=attempt,
             ),
         )
+
+    @staticmethod
+    def _tell_listener(listener: Callable[..., None] | None, log: Any, *args: Any) -> None:
+        """The task's own record of a retry or dead letter (registry telemetry, a dependent job
+        failed with it). The retry or dead letter itself is already recorded; a listener that
+        fails is logged and must not stop it."""
+        if listener is None:
+            return
+        try:
+            listener(*args)
+        except Exception as listener_error:
+            log.error(
+                "job.listener_failed",
+                action="listener",
+                error=f"{type(listener_error).__name__}: {listener_error}"[:300],
+            )
 
     def _retry_or_requeue(
         self, *, countdown: float, exc: Exception | None, kwargsrepr: str
@@ -454,9 +486,19 @@ def dead_letter_now(
 
 
 def drydock_task(
-    name: str, *, transient: tuple[type[BaseException], ...] = ()
+    name: str,
+    *,
+    transient: tuple[type[BaseException], ...] = (),
+    on_retry_scheduled: RetryListener | None = None,
+    on_dead_lettered: DeadLetterListener | None = None,
+    chord_member: bool = False,
 ) -> Callable[[Handler], DrydockTask]:
-    """Register ``handler`` as the Celery task ``name`` (which must be in ``tasks.catalog``)."""
+    """Register ``handler`` as the Celery task ``name`` (which must be in ``tasks.catalog``).
+
+    ``chord_member``: the task runs in the header of a Celery chord, which counts finished
+    members through the result backend, so its (empty) result is stored there; every other
+    task ignores its result, the outcome being in PostgreSQL.
+    """
     spec = spec_for(name)
     soft_limit, hard_limit = get_settings().time_limits_for(spec.queue)
 
@@ -471,6 +513,13 @@ def drydock_task(
             payload_model=spec.payload,
             transient=tuple(transient),
             handler=staticmethod(handler),
+            on_retry_scheduled=(
+                staticmethod(on_retry_scheduled) if on_retry_scheduled is not None else None
+            ),
+            on_dead_lettered=(
+                staticmethod(on_dead_lettered) if on_dead_lettered is not None else None
+            ),
+            ignore_result=not chord_member,
             time_limit=hard_limit,
             soft_time_limit=soft_limit,
         )(run)

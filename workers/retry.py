@@ -50,8 +50,13 @@ def decide(
     transient: tuple[type[BaseException], ...],
     policy: RetryPolicy,
 ) -> RetryDecision:
-    """Decide what to do after ``attempt`` (1-based) failed with ``error``."""
-    if not isinstance(error, transient):
+    """Decide what to do after ``attempt`` (1-based) failed with ``error``.
+
+    An error of a transient type can still say it is not worth retrying: one whose
+    ``retryable`` attribute is False (a registry's "denied" is a ``RegistryPushError`` like a
+    5xx, but no later attempt will fix it) is permanent.
+    """
+    if not isinstance(error, transient) or getattr(error, "retryable", True) is False:
         return RetryDecision(Verdict.PERMANENT)
     if attempt >= policy.max_attempts:
         return RetryDecision(Verdict.BUDGET_EXHAUSTED)

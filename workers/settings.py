@@ -10,7 +10,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -174,6 +174,64 @@ class Settings(BaseSettings):
             "Where `drydock up` keeps its embedded Redis and PostgreSQL data, logs and local "
             "credentials, relative to the directory it runs in."
         ),
+    )
+    build_backend: Literal["docker", "buildah"] = Field(
+        "docker",
+        description=(
+            "Builder backend of `builds.build_image` when a request names none: `docker` (the "
+            "Engine API; the engine's native platform only) or `buildah` (daemonless, any "
+            "platform whose steps need no emulation)."
+        ),
+    )
+    docker_host: str | None = Field(
+        None,
+        description="Docker Engine API address (`unix:///run/docker.sock`); unset: DOCKER_HOST.",
+    )
+    buildah_root: str | None = Field(
+        None, description="buildah's image storage (`--root`); unset: buildah's default."
+    )
+    buildah_runroot: str | None = Field(
+        None, description="buildah's state directory (`--runroot`); unset: buildah's default."
+    )
+    buildah_storage_driver: str = Field(
+        "vfs",
+        description=(
+            "buildah storage driver: `vfs` runs anywhere (pods and containers included); "
+            "`overlay` is faster where the kernel allows it."
+        ),
+    )
+    build_parallelism: Annotated[int, Field(ge=1, le=32)] = Field(
+        2, description="Platforms of one build request built at the same time."
+    )
+    build_work_dir: str | None = Field(
+        None,
+        description=(
+            "Where builds fetch their sources, one directory per job, removed afterwards; "
+            "unset: `drydock-builds` in the system temporary directory."
+        ),
+    )
+    git_allowed_schemes: list[str] = Field(
+        default_factory=lambda: ["https", "ssh"],
+        description=(
+            "URL schemes `builds.build_image` may fetch from, as JSON (`file` only for trusted "
+            "local repositories; `ext` and other transports are never allowed)."
+        ),
+    )
+    git_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="Longest a source fetch may take before the build fails."
+    )
+    git_max_bytes: Annotated[int, Field(gt=0)] = Field(
+        512 * 1024 * 1024, description="Largest a fetched source may grow on disk."
+    )
+    insecure_registries: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description=(
+            "Registry hosts spoken to over plain HTTP, as JSON (loopback only by default, as "
+            "the Docker engine does)."
+        ),
+    )
+    registry_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="Timeout of one registry HTTP request."
     )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
     log_json: bool = Field(True, description="Log one JSON object per line (structlog).")

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field, field_validator
+
+from tasks.builds.payloads import IMAGE_NAME, PushTarget
+from tasks.builds.platforms import Platform
+from workers.payload import Payload
+
+
+class PushImagePayload(Payload):
+    run_id: uuid.UUID = Field(description="The build run whose image is pushed.")
+    platform: str = Field(description="Which of the run's platforms (os/arch[/variant]).")
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, value: str) -> str:
+        return str(Platform.parse(value))
+
+
+class PublishIndexPayload(Payload):
+    run_id: uuid.UUID = Field(
+        description="The build run whose pushed platform images become one index tag."
+    )
+
+
+class PruneTagsPayload(Payload):
+    registry: str = Field(description="Registry host[:port].")
+    repository: str = Field(description="Repository whose tags are pruned.")
+    dry_run: bool = Field(
+        True,
+        description="List what would be deleted and delete nothing (the default: say false).",
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str) -> str:
+        return PushTarget.model_validate({"registry": value, "repository": "x"}).registry
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        if not IMAGE_NAME.match(value):
+            raise ValueError("must be a lower-case repository path like 'team/server'")
+        return value
