@@ -1,5 +1,5 @@
 # Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
-.PHONY: up test bench
+.PHONY: up test bench bench-builds
 
 up:
 	scripts/up
@@ -9,3 +9,6 @@ test:
 
 bench:
 	.venv/bin/python bench/throughput.py
+
+bench-builds:
+	.venv/bin/python bench/builds.py

@@ -5,28 +5,42 @@ storage under ``<base>/registry``, deletes enabled, one htpasswd user (bcrypt). 
 rereads the htpasswd file when it changes, so ``set_password`` takes effect at the next request.
 ``stop()``/``start()`` (or ``with server.stopped():``) make an unreachable registry for a test.
 
+Session fixture ``token_registry_server``: a second one with token (Bearer) authentication and
+a small token service of the tests' own, for clients of registries like Docker Hub or GHCR.
+
 ``put_image`` uploads a tiny image (config blob, one layer blob, manifest) over plain HTTP, so
 registry tests need no Docker engine or buildah.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+import urllib.parse
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bcrypt
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
 
 from drydock import localservers
 from tasks.pushes.credentials import RegistryCredential
@@ -58,7 +72,19 @@ class UploadedImage:
     config_digest: str
 
 
-def registry_config(workdir: Path, port: int, htpasswd: Path) -> str:
+def registry_config(
+    workdir: Path,
+    port: int,
+    htpasswd: Path | None = None,
+    *,
+    auth: Mapping[str, object] | None = None,
+) -> str:
+    """distribution's configuration (YAML, written as JSON, which YAML reads): htpasswd (Basic)
+    authentication with the ``htpasswd`` file, or the ``auth`` section given."""
+    if auth is None:
+        if htpasswd is None:
+            raise ValueError("registry_config needs an htpasswd file or an auth section")
+        auth = {"htpasswd": {"realm": "drydock-tests", "path": str(htpasswd)}}
     return json.dumps(
         {
             "version": 0.1,
@@ -69,7 +95,7 @@ def registry_config(workdir: Path, port: int, htpasswd: Path) -> str:
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
-            "auth": {"htpasswd": {"realm": "drydock-tests", "path": str(htpasswd)}},
+            "auth": auth,
         },
         indent=2,
     )
@@ -132,7 +158,8 @@ class RegistryServer:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited with {self._proc.returncode}")
-            return httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 401
+            response = httpx.get(f"http://{self.host}/v2/", timeout=1, trust_env=False)
+            return response.status_code == 401
 
         try:
             localservers.wait_for(answers, 15, "docker-registry")
@@ -167,7 +194,7 @@ class RegistryServer:
         """Plain HTTP with the current password: the tests' own view, not RegistryClient's."""
         return httpx.Client(
             base_url=f"http://{self.host}",
-            auth=(self.username, self.password),
+            auth=_BasicOrToken(self.username, self.password),
             timeout=10,
             trust_env=False,
         )
@@ -250,21 +277,177 @@ class RegistryServer:
         return sha256_digest(raw)
 
 
+class _BasicOrToken(httpx.Auth):
+    """Basic auth, and for a Bearer challenge a token fetched from its realm with it."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self._basic = httpx.BasicAuth(username, password)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request = next(self._basic.auth_flow(request))
+        response = yield request
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code != 401 or not challenge.lower().startswith("bearer "):
+            return
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm")
+        token = httpx.get(realm, params=params, auth=self._basic, trust_env=False)
+        token.raise_for_status()
+        request.headers["Authorization"] = f"Bearer {token.json()['token']}"
+        yield request
+
+
 def sha256_digest(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-@pytest.fixture(scope="session")
-def registry_server() -> RegistryServer:
+def _new_server(name: str, port: int) -> RegistryServer:
     if shutil.which(REGISTRY_BINARY) is None:
         _missing(f"docker-registry ({REGISTRY_BINARY}, Debian package docker-registry)")
-    workdir: Path = _state["base"] / "registry"
+    workdir: Path = _state["base"] / name
     workdir.mkdir(parents=True, exist_ok=True)
-    server = RegistryServer(workdir, _state["registry_port"], USERNAME, "")
+    server = RegistryServer(workdir, port, USERNAME, "")
     server.set_password(secrets.token_urlsafe(16))
+    return server
+
+
+@pytest.fixture(scope="session")
+def registry_server() -> RegistryServer:
+    """The registry of the tests, with htpasswd (Basic) authentication."""
+    server = _new_server("registry", _state["registry_port"])
     server.config_path.write_text(
-        registry_config(workdir, server.port, server.htpasswd_path), encoding="utf-8"
+        registry_config(server.workdir, server.port, server.htpasswd_path)
     )
     _register_stop(server.stop)
     server.start()
     return server
+
+
+TOKEN_SERVICE = "drydock-tests-registry"
+TOKEN_ISSUER = "drydock-tests-token-issuer"
+
+
+@pytest.fixture(scope="session")
+def token_registry_server() -> RegistryServer:
+    """A second registry, with token (Bearer) authentication, as registries behind a token
+    service (Docker Hub, GHCR, Harbor) have: a challenge names a realm, the client fetches a
+    token for the scope with its username and password, and retries with the token.
+
+    The token service is a small one of the tests' own: it checks the user against the same
+    htpasswd file (so ``set_password`` works here too) and signs ES256 JWTs with a key whose
+    self-signed certificate the registry trusts. The registry verifies them for real."""
+    server = _new_server("token-registry", localservers.free_port())
+    issuer = TokenIssuer(server.htpasswd_path, server.workdir / "token-issuer.pem")
+    _register_stop(issuer.stop)
+    auth = {
+        "token": {
+            "realm": f"{issuer.url}/token",
+            "service": TOKEN_SERVICE,
+            "issuer": TOKEN_ISSUER,
+            "rootcertbundle": str(issuer.certificate_path),
+        }
+    }
+    server.config_path.write_text(registry_config(server.workdir, server.port, auth=auth))
+    _register_stop(server.stop)
+    server.start()
+    return server
+
+
+class TokenIssuer:
+    """Issues registry tokens (distribution's token auth spec) to users of an htpasswd file,
+    for whatever scope is asked; refuses (401) a wrong or missing password."""
+
+    def __init__(self, htpasswd_path: Path, certificate_path: Path) -> None:
+        self.htpasswd_path = htpasswd_path
+        self.certificate_path = certificate_path
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TOKEN_ISSUER)])
+        now = datetime.now(UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .sign(self._key, hashes.SHA256())
+        )
+        certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        self._chain = [base64.b64encode(certificate.public_bytes(serialization.Encoding.DER))]
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def user_of(self, authorization: str) -> str | None:
+        scheme, _, encoded = authorization.partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            username, _, password = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return None
+        for line in self.htpasswd_path.read_text().splitlines():
+            name, _, hashed = line.partition(":")
+            if name == username and bcrypt.checkpw(password.encode(), hashed.encode()):
+                return username
+        return None
+
+    def token(self, username: str, scope: str) -> str:
+        access = []
+        if scope.count(":") == 2:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"alg": "ES256", "typ": "JWT", "x5c": [c.decode() for c in self._chain]}
+        claims = {
+            "iss": TOKEN_ISSUER,
+            "sub": username,
+            "aud": TOKEN_SERVICE,
+            "iat": now,
+            "nbf": now - 10,
+            "exp": now + 300,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        r, s = decode_dss_signature(
+            self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        )
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                username = issuer.user_of(self.headers.get("Authorization", ""))
+                if username is None:
+                    self._answer(401, {"details": "incorrect username or password"})
+                    return
+                scope = query.get("scope", [""])[0]
+                self._answer(200, {"token": issuer.token(username, scope), "expires_in": 300})
+
+            def _answer(self, status: int, body: dict[str, object]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        return Handler
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

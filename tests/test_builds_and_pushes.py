@@ -9,10 +9,12 @@ the registry telemetry (every stored event is checked against its schema again h
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import select
 
 from drydock.client import enqueue
@@ -207,6 +209,10 @@ def test_docker_build_and_push_with_static_credentials(
     assert [str(p) for p, _ in index_children(index.body)] == ["linux/amd64"]
     # Nothing of the password in the job rows, events or telemetry.
     _assert_secret_nowhere(registry_server.password, build_fleet)
+    # Sending the chord left no process subscribed to its members' result channels.
+    broker = redis.Redis.from_url(os.environ["DRYDOCK_BROKER_URL"])
+    assert broker.pubsub_channels("celery-task-meta-*") == []
+    broker.close()
 
 
 def test_docker_refuses_a_platform_it_cannot_build_before_building(

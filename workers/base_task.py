@@ -72,6 +72,14 @@ class ProgressStateBackend(RedisBackend):
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        # Sending a chord builds a GroupResult of its members, which would subscribe to each
+        # member's result channel in the sending process (a build's worker) and keep them, and
+        # the results, for the life of that process. Nothing waits on a Celery result here.
+        return result
+
 
 @dataclass
 class JobContext:

@@ -35,7 +35,7 @@ from tasks.pushes.credentials import (
 from tasks.pushes.errors import PushErrorKind, RegistryPushError
 from tasks.pushes.image_index import build_image_index
 from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
-from tasks.pushes.registry import ManifestInfo, RegistryClient
+from tasks.pushes.registry import ManifestInfo, RegistryClient, registry_is_insecure
 from tasks.pushes.retention import RetentionPolicy, TagState, plan_prune
 from workers.base_task import JobContext, dead_letter_now
 from workers.errors import DrydockError, TransientError
@@ -95,8 +95,7 @@ def _target_of(push_target: dict[str, Any] | None) -> tuple[_Target, str | None]
 
 
 def is_insecure(registry: str, settings: Settings) -> bool:
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    return host in settings.insecure_registries or registry in settings.insecure_registries
+    return registry_is_insecure(registry, settings.insecure_registries)
 
 
 def with_fresh_credentials(
@@ -411,7 +410,10 @@ def prune_tags(
         policy = RetentionPolicy(
             keep_newest=policy_row.keep_newest, keep_patterns=tuple(policy_row.keep_patterns)
         )
-        protected = ledger.live_certified_digests(session, host, repository)
+        protected = dict.fromkeys(
+            ledger.live_certified_digests(session, host, repository),
+            "referenced by a live certification",
+        )
         newest = ledger.newest_index(session, host, repository)
         newest_index = newest.index_digest if newest is not None else None
     insecure = is_insecure(host, settings)
@@ -441,10 +443,11 @@ def prune_tags(
         survey, registry=host, job_id=ctx.job_id, run_id=None, platform=None
     )
     if newest_index is not None:
-        protected.add(newest_index)
+        protected.setdefault(newest_index, "the newest published index")
         for state in states:
             if state.digest == newest_index:
-                protected.update(state.child_digests)
+                for child in state.child_digests:
+                    protected.setdefault(child, "listed by the newest published index")
     plan = plan_prune(states, policy, protected)
     deleted: list[str] = []
     if not payload.dry_run:

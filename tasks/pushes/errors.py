@@ -93,16 +93,16 @@ _PATTERNS: tuple[tuple[re.Pattern[str], PushErrorKind], ...] = tuple(
             PushErrorKind.BLOB_UPLOAD_FAILED,
         ),
         (
-            rf"{_STATUS}5\d\d\b|internal server error|bad gateway|service unavailable|"
-            r"gateway timeout",
+            # "503 (Service Unavailable)": buildah's status with its reason.
+            rf"{_STATUS}5\d\d\b|\b5\d\d \([A-Z]|internal server error|bad gateway|"
+            r"service unavailable|gateway timeout",
             PushErrorKind.SERVER_ERROR,
         ),
         (
             r"connection refused|connection reset|connection aborted|broken pipe|\beof\b|"
             r"no such host|no route to host|network is unreachable|name resolution|"
             r"i/o timeout|timed out|timeout|deadline exceeded|dial tcp|tls handshake|"
-            r"server misbehaving|failed to establish a new connection|"
-            rf"max retries exceeded|{_STATUS}408\b",
+            rf"server misbehaving|failed to establish a new connection|{_STATUS}408\b",
             PushErrorKind.NETWORK_OR_TIMEOUT,
         ),
     )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,20 +57,21 @@ MAX_CONFIG_BYTES = 8 * 1024 * 1024
 MAX_INDEX_DEPTH = 2
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 
-# The grammar of distribution's reference package (github.com/distribution/reference).
+# The grammar of distribution's reference package (github.com/distribution/reference), matched
+# whole (fullmatch: a trailing newline is not a valid tag).
 _HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _REGISTRY = re.compile(
-    rf"^(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]{{1,5}})?$"
+    rf"(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]{{1,5}})?"
 )
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_REPOSITORY = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 MAX_NAME_LENGTH = 255
 
 
 def _problem_with_registry(registry: str) -> str | None:
-    if not _REGISTRY.match(registry):
+    if not _REGISTRY.fullmatch(registry):
         return (
             f"registry {registry!r} is not a host name, IP address or [IPv6] with an optional port"
         )
@@ -78,7 +79,7 @@ def _problem_with_registry(registry: str) -> str | None:
 
 
 def _problem_with_repository(repository: str) -> str | None:
-    if not _REPOSITORY.match(repository):
+    if not _REPOSITORY.fullmatch(repository):
         return (
             f"repository {repository!r} must be lowercase letters, digits and separators "
             "('.', '_', '__', '-') in '/'-separated components, each starting and ending with "
@@ -88,7 +89,7 @@ def _problem_with_repository(repository: str) -> str | None:
 
 
 def _problem_with_tag(tag: str) -> str | None:
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         return (
             f"tag {tag!r} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with "
             "'.' or '-'"
@@ -97,7 +98,7 @@ def _problem_with_tag(tag: str) -> str | None:
 
 
 def _problem_with_digest(digest: str) -> str | None:
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):
         return f"digest {digest!r} must be sha256:<64 hex digits> or sha512:<128 hex digits>"
     return None
 
@@ -225,28 +226,31 @@ class RegistryClient:
         checked against it."""
         container = self._container(repository)
         self._check_reference(reference)
-        url = f"{self._oras.prefix}://{container.manifest_url(reference)}"
-        with self._failures("GET", container.manifest_url(reference)):
-            response = self._oras.do_request(
-                url, "GET", headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
-            )
-            if response.status_code != 200:
-                raise _RegistryHTTPError(response)
-            raw = response.content
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise self._invalid(f"manifest {reference} is {len(raw)} bytes, over the limit")
+        where = container.manifest_url(reference)
+        raw, headers = self._get_bounded(
+            where,
+            lambda: self._oras.do_request(
+                f"{self._oras.prefix}://{where}",
+                "GET",
+                headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+                stream=True,
+            ),
+            MAX_MANIFEST_BYTES,
+        )
+        if raw is None:
+            raise self._invalid(f"manifest {reference} is over {MAX_MANIFEST_BYTES} bytes")
         try:
             body = json.loads(raw)
         except ValueError as exc:
             raise self._invalid(f"manifest {reference} is not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise self._invalid(f"manifest {reference} is not a JSON object")
-        media_type = _media_type(response.headers.get("Content-Type"), body)
+        media_type = _media_type(headers.get("Content-Type"), body)
         if media_type not in MANIFEST_MEDIA_TYPES:
             raise self._invalid(f"manifest {reference} has unsupported media type {media_type!r}")
-        algorithm = reference.split(":", 1)[0] if _DIGEST.match(reference) else "sha256"
+        algorithm = reference.split(":", 1)[0] if _DIGEST.fullmatch(reference) else "sha256"
         digest = _digest(raw, algorithm)
-        if _DIGEST.match(reference) and digest != reference:
+        if _DIGEST.fullmatch(reference) and digest != reference:
             raise self._invalid(
                 f"the registry returned content with digest {digest}, not {reference}"
             )
@@ -258,7 +262,7 @@ class RegistryClient:
         container = self._container(repository)
         problem = _problem_with_tag(tag)
         if problem:
-            raise classify_push_failure(f"name invalid: {problem}", had_credentials=False)
+            raise _bad_name(problem)
         if index.get("mediaType") != OCI_INDEX:
             raise self._invalid(
                 f"the index's mediaType is {index.get('mediaType')!r}, not {OCI_INDEX}"
@@ -306,13 +310,12 @@ class RegistryClient:
         container = self._container(repository)
         problem = _problem_with_digest(digest)
         if problem:
-            raise classify_push_failure(f"digest invalid: {problem}", had_credentials=False)
-        with self._failures("GET", container.get_blob_url(digest)):
-            response = self._oras.get_blob(container, digest, stream=True)
-            with response:
-                if response.status_code != 200:
-                    raise _RegistryHTTPError(response)
-                raw = _read_at_most(response, max_bytes)
+            raise _bad_name(problem)
+        raw, _ = self._get_bounded(
+            container.get_blob_url(digest),
+            lambda: self._oras.get_blob(container, digest, stream=True),
+            max_bytes,
+        )
         if raw is None:
             raise self._invalid(f"blob {digest} is over {max_bytes} bytes")
         if _digest(raw, digest.split(":", 1)[0]) != digest:
@@ -325,7 +328,7 @@ class RegistryClient:
         container = self._container(repository)
         problem = _problem_with_digest(digest)
         if problem:
-            raise classify_push_failure(f"digest invalid: {problem}", had_credentials=False)
+            raise _bad_name(problem)
         url = f"{self._oras.prefix}://{container.manifest_url(digest)}"
         try:
             with self._failures("DELETE", container.manifest_url(digest)):
@@ -372,10 +375,22 @@ class RegistryClient:
             return None
         return _parse_time(config_body.get("created")) if isinstance(config_body, dict) else None
 
+    def _get_bounded(
+        self, where: str, send: Callable[[], requests.Response], max_bytes: int
+    ) -> tuple[bytes | None, Mapping[str, str]]:
+        """The body of the streamed GET ``send`` makes (None past ``max_bytes``, not read
+        further) and the response's headers."""
+        with self._failures("GET", where):
+            response = send()
+            with response:
+                if response.status_code != 200:
+                    raise _RegistryHTTPError(response)
+                return _read_at_most(response, max_bytes), response.headers
+
     def _container(self, repository: str) -> oras.container.Container:
         problem = _problem_with_repository(repository)
         if problem:
-            raise classify_push_failure(f"name invalid: {problem}", had_credentials=False)
+            raise _bad_name(problem)
         # Set the parts rather than let oras parse "host/repository": it takes a first path
         # component with a dot ("team.a/app") for a registry, and "localhost" for a namespace.
         namespace, _, name = repository.rpartition("/")
@@ -384,11 +399,11 @@ class RegistryClient:
         return container
 
     def _check_reference(self, reference: str) -> None:
-        if _DIGEST.match(reference):
+        if _DIGEST.fullmatch(reference):
             return
         problem = _problem_with_tag(reference)
         if problem:
-            raise classify_push_failure(f"name invalid: {problem}", had_credentials=False)
+            raise _bad_name(problem)
 
     def _invalid(self, message: str) -> RegistryPushError:
         return classify_push_failure(
@@ -540,6 +555,11 @@ class _OrasRegistry(oras.provider.Registry):  # type: ignore[misc]
         # oras raises a bare ValueError that loses the status; keep it for the classification.
         if response.status_code not in (200, 201, 202):
             raise _RegistryHTTPError(response)
+
+
+def _bad_name(problem: str) -> RegistryPushError:
+    """A repository, tag or digest the registry would refuse: refused before any request."""
+    return classify_push_failure(f"name invalid: {problem}", had_credentials=False)
 
 
 def _describe_response(response: requests.Response) -> str:
