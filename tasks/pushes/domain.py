@@ -119,9 +119,8 @@ def with_fresh_credentials(
             raise
         refused = exc
     provider = cast(ProviderName, credential_store.provider_of(registry) or "static")
-    try:
-        fresh = credential_store.refresh_credential(registry, credential)
-    except (CredentialRefusedError, CredentialUnavailableError) as exc:
+
+    def refresh_event(outcome: str, error: str | None = None) -> None:
         telemetry.record(
             RegistryEventKind.AUTH_REFRESH,
             job_id=job_id,
@@ -129,19 +128,16 @@ def with_fresh_credentials(
             platform=platform,
             registry=registry,
             provider=provider,
-            outcome="unavailable",
-            error=str(exc)[:500],
+            outcome=outcome,
+            error=error,
         )
+
+    try:
+        fresh = credential_store.refresh_credential(registry, credential)
+    except (CredentialRefusedError, CredentialUnavailableError) as exc:
+        refresh_event("unavailable", str(exc)[:500])
         raise
-    telemetry.record(
-        RegistryEventKind.AUTH_REFRESH,
-        job_id=job_id,
-        run_id=run_id,
-        platform=platform,
-        registry=registry,
-        provider=provider,
-        outcome="refreshed",
-    )
+    refresh_event("refreshed")
     on_refreshed()
     on_retry(refused)
     try:
