@@ -209,6 +209,11 @@ def test_docker_build_and_push_with_static_credentials(
     assert [str(p) for p, _ in index_children(index.body)] == ["linux/amd64"]
     # Nothing of the password in the job rows, events or telemetry.
     _assert_secret_nowhere(registry_server.password, build_fleet)
+    # /metrics counts the telemetry, and the layer bytes the push sent.
+    with session_scope() as session:
+        counted = ledger.registry_telemetry_counts(session)
+    succeeded = [c for c in counted if c.kind == "push_succeeded" and c.platform == "linux/amd64"]
+    assert succeeded and succeeded[0].count >= 1 and succeeded[0].bytes >= row.bytes_sent > 0
     # Sending the chord left no process subscribed to its members' result channels.
     broker = redis.Redis.from_url(os.environ["DRYDOCK_BROKER_URL"])
     assert broker.pubsub_channels("celery-task-meta-*") == []
