@@ -41,7 +41,6 @@ from drydock import localservers
 from tasks.builds.backends import BuilderBackend, BuildSpec, backend_for, verify_platform
 from tasks.builds.platforms import Platform
 from tasks.builds.source import fetch_revision, resolve_inside
-from tasks.pushes.credentials import set_htpasswd_password
 from tests.image_builders import start_dockerd
 from tests.registry_server import RegistryServer, registry_config
 from workers.settings import Settings
@@ -185,7 +184,6 @@ def main() -> int:
         registry = RegistryServer(base / "registry", localservers.free_port(), "bench", "")
         registry.workdir.mkdir(parents=True)
         registry.set_password(uuid.uuid4().hex)
-        set_htpasswd_password(registry.htpasswd_path, "bench", registry.password)
         registry.config_path.write_text(
             registry_config(registry.workdir, registry.port, registry.htpasswd_path)
         )

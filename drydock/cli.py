@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drydock.cli_builds import builds_app, registry_app, retention_app
+from drydock.cli_text import current_operator, when
 
 if TYPE_CHECKING:
     from drydock.health import FleetHealth
@@ -205,7 +206,7 @@ def enqueue(
         raise CliError(f"--json is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise CliError("--json must be a JSON object")
-    job = enqueue_job(task, payload, idempotency_key, enqueued_by=f"cli:{_operator()}")
+    job = enqueue_job(task, payload, idempotency_key, enqueued_by=f"cli:{current_operator()}")
     note = "" if job.created else " (idempotency key already used: existing job, nothing sent)"
     out.print(f"{job.id} {job.task_name} on {job.queue} {job.status}{note}")
 
@@ -240,8 +241,8 @@ def jobs(
                 job.task_name,
                 job.status,
                 str(job.attempts),
-                _when(job.enqueued_at),
-                _when(job.finished_at),
+                when(job.enqueued_at),
+                when(job.finished_at),
                 _short(job.error, 40),
                 str(job.id),
             )
@@ -296,7 +297,7 @@ def job_detail(
         table = Table("at", "event", "attempt", "wait ms", "took ms", "worker", "detail")
         for event in job_store.job_events(session, ident):
             table.add_row(
-                _when(event.at),
+                when(event.at),
                 event.kind,
                 str(event.attempt),
                 _ms(event.queue_wait_ms),
@@ -310,7 +311,7 @@ def job_detail(
 def _print_job_header(job: Any, *, outcome: bool = True) -> None:
     out.print(f"[bold]{job.task_name}[/bold] {job.id}")
     out.print(f"status {job.status}, attempts {job.attempts}, queue {job.queue}")
-    out.print(f"enqueued {_when(job.enqueued_at)} by {job.enqueued_by or '?'}")
+    out.print(f"enqueued {when(job.enqueued_at)} by {job.enqueued_by or '?'}")
     if job.replay_of:
         out.print(f"replay of {job.replay_of}")
     if job.worker:
@@ -328,7 +329,7 @@ def _event_worker(event: Any) -> str:
 
 def _event_line(event: Any) -> str:
     """One event as one line: time, kind, attempt, worker, timings and detail."""
-    parts = [_when(event.at), f"{event.kind:<13}", f"attempt {event.attempt}"]
+    parts = [when(event.at), f"{event.kind:<13}", f"attempt {event.attempt}"]
     if event.worker:
         parts.append(_event_worker(event))
     if event.queue_wait_ms is not None:
@@ -491,7 +492,7 @@ def dlq_list(
                 letter.reason,
                 _short(f"{letter.error_class}: {letter.message}"),
                 str(letter.attempts),
-                _when(letter.dead_lettered_at),
+                when(letter.dead_lettered_at),
                 f"by {letter.replayed_by}" if letter.replayed_at else "",
                 str(letter.job_id),
             )
@@ -511,12 +512,12 @@ def dlq_show(job_id: str = typer.Argument(..., help="The dead job's id.")) -> No
             raise CliError(f"no dead letter for job {ident}")
         out.print(f"[bold]{letter.task_name}[/bold] job {letter.job_id} on {letter.queue}")
         out.print(f"reason {letter.reason} after {letter.attempts} attempt(s)")
-        out.print(f"dead-lettered {_when(letter.dead_lettered_at)}")
+        out.print(f"dead-lettered {when(letter.dead_lettered_at)}")
         out.print(f"error {letter.error_class}: {letter.message}", markup=False)
         out.print(f"payload {json.dumps(letter.payload)}", markup=False)
         if letter.replayed_at:
             out.print(
-                f"replayed {_when(letter.replayed_at)} by {letter.replayed_by} "
+                f"replayed {when(letter.replayed_at)} by {letter.replayed_by} "
                 f"as job {letter.replay_job_id}"
             )
         if letter.traceback:
@@ -531,7 +532,7 @@ def dlq_replay(
     """Enqueue the job again with its original payload; records who replayed it."""
     from drydock.client import replay_dead_letter
 
-    job = replay_dead_letter(_uuid(job_id), by=by or _operator())
+    job = replay_dead_letter(_uuid(job_id), by=by or current_operator())
     out.print(f"replayed as {job.id} ({job.task_name} on {job.queue})")
 
 
@@ -616,7 +617,7 @@ def tokens_create(
     try:
         with session_scope() as session:
             token, plaintext = tokens.create_token(
-                session, name=name, scopes=scope, known_tasks=CATALOG, created_by=_operator()
+                session, name=name, scopes=scope, known_tasks=CATALOG, created_by=current_operator()
             )
             scopes = ", ".join(token.scopes)
     except tokens.TokenError as exc:
@@ -651,10 +652,10 @@ def tokens_list(
             table.add_row(
                 token.name,
                 ", ".join(token.scopes),
-                _when(token.created_at),
+                when(token.created_at),
                 token.created_by or "",
-                _when(token.last_used_at),
-                _when(token.revoked_at),
+                when(token.last_used_at),
+                when(token.revoked_at),
             )
     out.print(table)
 
@@ -755,19 +756,6 @@ def _duration(text: str) -> timedelta:
         raise CliError(f"{text!r} is not a duration like 30m, 12h or 7d")
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
     return timedelta(**{unit: int(match.group(1))})
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def _when(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ms(value: float | None) -> str:

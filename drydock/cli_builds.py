@@ -6,13 +6,13 @@ from __future__ import annotations
 import shlex
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from drydock.cli_text import current_operator, when
 from workers.errors import DrydockError
 
 registry_app = typer.Typer(
@@ -31,19 +31,6 @@ err = Console(stderr=True)
 
 class BuildsCliError(DrydockError):
     pass
-
-
-def _when(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _operator() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 # ---- registry credentials ----------------------------------------------------------------------
@@ -119,8 +106,8 @@ def registry_list() -> None:
                 row.provider,
                 row.username or "",
                 config,
-                _when(row.updated_at),
-                _when(row.refreshed_at),
+                when(row.updated_at),
+                when(row.refreshed_at),
                 str(row.refresh_count),
             )
     out.print(table)
@@ -168,7 +155,7 @@ def retention_set(
     host, repo = _split_repository(repository)
     with session_scope() as session:
         builds.set_retention_policy(
-            session, host, repo, keep_newest=keep_newest, keep_patterns=keep, by=_operator()
+            session, host, repo, keep_newest=keep_newest, keep_patterns=keep, by=current_operator()
         )
     patterns = f" and tags matching {', '.join(keep)}" if keep else ""
     out.print(f"{host}/{repo}: keep the newest {keep_newest}{patterns}")
@@ -187,7 +174,7 @@ def retention_list() -> None:
                 f"{policy.host}/{policy.repository}",
                 str(policy.keep_newest),
                 ", ".join(policy.keep_patterns),
-                _when(policy.updated_at),
+                when(policy.updated_at),
                 policy.updated_by or "",
             )
     out.print(table)
@@ -218,7 +205,7 @@ def builds_list(
                 (run.commit or "")[:12],
                 run.backend,
                 ", ".join(run.platforms),
-                _when(run.created_at),
+                when(run.created_at),
             )
     out.print(table)
 

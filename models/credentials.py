@@ -77,6 +77,15 @@ def normalize_host(host: str) -> str:
     return cleaned
 
 
+def _locked_row(session: Session, host: str) -> RegistryCredentialRow | None:
+    """The registry's row, locked until the session commits: one refresh at a time."""
+    return session.execute(
+        select(RegistryCredentialRow)
+        .where(RegistryCredentialRow.host == normalize_host(host))
+        .with_for_update()
+    ).scalar_one_or_none()
+
+
 def _upsert(
     session: Session,
     host: str,
@@ -88,9 +97,7 @@ def _upsert(
 ) -> None:
     host = normalize_host(host)
     sealed = _seal(password) if password is not None else None
-    row = session.execute(
-        select(RegistryCredentialRow).where(RegistryCredentialRow.host == host).with_for_update()
-    ).scalar_one_or_none()
+    row = _locked_row(session, host)
     now = datetime.now(UTC)
     if row is None:
         session.add(
@@ -197,11 +204,7 @@ def provider_of(host: str) -> str | None:
 def credential_for(host: str) -> RegistryCredential | None:
     """The credentials a push to ``host`` uses, or None when none are configured."""
     with session_scope() as session:
-        row = session.execute(
-            select(RegistryCredentialRow)
-            .where(RegistryCredentialRow.host == normalize_host(host))
-            .with_for_update()
-        ).scalar_one_or_none()
+        row = _locked_row(session, host)
         if row is None:
             return None
         password = _unseal(row)
@@ -220,11 +223,7 @@ def refresh_credential(host: str, refused: RegistryCredential) -> RegistryCreden
     nobody has changed, a helper that gives the refused ones again), CredentialUnavailableError
     when it cannot answer now."""
     with session_scope() as session:
-        row = session.execute(
-            select(RegistryCredentialRow)
-            .where(RegistryCredentialRow.host == normalize_host(host))
-            .with_for_update()
-        ).scalar_one_or_none()
+        row = _locked_row(session, host)
         if row is None:
             raise CredentialRefusedError(
                 f"the registry {host} refused the credentials and none are stored for it any more"

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from drydock import localservers
-from tasks.pushes.credentials import RegistryCredential
+from tasks.pushes.credentials import RegistryCredential, set_htpasswd_password
 from tests.conftest import _missing, _register_stop, _state
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -131,15 +131,7 @@ class RegistryServer:
     def set_password(self, new: str) -> None:
         """Set this user's line of the htpasswd file, keeping other users' lines (tests add
         their own), atomically: the registry may read the file at any moment."""
-        hashed = bcrypt.hashpw(new.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
-        try:
-            lines = self.htpasswd_path.read_text().splitlines()
-        except FileNotFoundError:
-            lines = []
-        kept = [line for line in lines if line and line.split(":", 1)[0] != self.username]
-        staging = self.htpasswd_path.with_suffix(".new")
-        staging.write_text("\n".join([*kept, f"{self.username}:{hashed}"]) + "\n")
-        os.replace(staging, self.htpasswd_path)
+        set_htpasswd_password(self.htpasswd_path, self.username, new, rounds=BCRYPT_ROUNDS)
         self.password = new
 
     def start(self) -> None:

@@ -106,14 +106,7 @@ def _kinds(events: list[Any], platform: str | None = None) -> list[str]:
 
 
 def _client(registry: Any) -> RegistryClient:
-    from tasks.pushes.credentials import RegistryCredential
-
-    return RegistryClient(
-        registry.host,
-        RegistryCredential(registry.username, registry.password),
-        insecure=True,
-        timeout=10,
-    )
+    return RegistryClient(registry.host, registry.credential(), insecure=True, timeout=10)
 
 
 def _config_architecture(client: RegistryClient, repository: str, digest: str) -> str:

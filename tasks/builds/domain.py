@@ -157,7 +157,7 @@ def _build(
     settings: Settings,
 ) -> dict[str, Any]:
     _refuse_unsupported(backend, platforms, None)
-    credential_outcome = _check_credentials(payload, run_id)
+    _check_credentials(payload, run_id)
 
     ctx.progress(0, f"fetching {redact_url(payload.repository_url)} at {payload.revision}")
     fetch_started = time.monotonic()
@@ -253,7 +253,6 @@ def _build(
         status=BuildStatus.BUILT.value,
         build_ms=(time.monotonic() - build_started) * 1000,
         built_at=datetime.now(UTC),
-        credential_outcome=credential_outcome.value,
     )
     return {
         "run_id": str(run_id),
@@ -287,19 +286,19 @@ def _refuse_unsupported(
         )
 
 
-def _check_credentials(payload: BuildImagePayload, run_id: uuid.UUID) -> CredentialOutcome:
+def _check_credentials(payload: BuildImagePayload, run_id: uuid.UUID) -> None:
     """Before building anything: can the push target's credentials be had? A build whose push
-    could never authenticate should say so before spending the build."""
-    if payload.push is None:
-        return CredentialOutcome.NOT_NEEDED
-    try:
-        credential = credential_store.credential_for(payload.push.registry)
-    except CredentialUnavailableError:
-        ledger.update_run(run_id, credential_outcome=CredentialOutcome.UNAVAILABLE.value)
-        raise
-    outcome = CredentialOutcome.ANONYMOUS if credential is None else CredentialOutcome.ISSUED
+    could never authenticate should say so before spending the build. The answer is the run's
+    credential outcome (a push that has to refresh them updates it)."""
+    outcome = CredentialOutcome.NOT_NEEDED
+    if payload.push is not None:
+        try:
+            credential = credential_store.credential_for(payload.push.registry)
+        except CredentialUnavailableError:
+            ledger.update_run(run_id, credential_outcome=CredentialOutcome.UNAVAILABLE.value)
+            raise
+        outcome = CredentialOutcome.ANONYMOUS if credential is None else CredentialOutcome.ISSUED
     ledger.update_run(run_id, credential_outcome=outcome.value)
-    return outcome
 
 
 def _keep_log(job_id: uuid.UUID, log: _PlatformLog) -> int:

@@ -34,6 +34,21 @@ def relative_path(value: str, what: str) -> str:
     return str(path)
 
 
+def checked_registry_host(value: str) -> str:
+    """A registry's ``host[:port]``, lower-cased; ValueError for anything else."""
+    value = value.strip().lower()
+    if not REGISTRY_HOST.match(value):
+        raise ValueError("must be a registry host[:port] without a scheme or path")
+    return value
+
+
+def checked_repository(value: str) -> str:
+    """A repository path in a registry (``team/server``); ValueError for anything else."""
+    if not IMAGE_NAME.match(value) or len(value) > 255:
+        raise ValueError("must be a lower-case repository path like 'team/server'")
+    return value
+
+
 def _carries_credentials(url: str) -> bool:
     """True for ``https://user:pw@host/..`` and ``https://token@host/..``; an ssh user name
     (``ssh://git@host/..``, ``git@host:..``) is not a secret."""
@@ -80,17 +95,12 @@ class PushTarget(Payload):
     @field_validator("registry")
     @classmethod
     def _registry(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not REGISTRY_HOST.match(value):
-            raise ValueError("must be a registry host[:port] without a scheme or path")
-        return value
+        return checked_registry_host(value)
 
     @field_validator("repository")
     @classmethod
     def _repository(cls, value: str) -> str:
-        if not IMAGE_NAME.match(value) or len(value) > 255:
-            raise ValueError("must be a lower-case repository path like 'team/server'")
-        return value
+        return checked_repository(value)
 
     @field_validator("tag")
     @classmethod

@@ -57,14 +57,21 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def set_htpasswd_password(path: Path, username: str, password: str) -> None:
+# bcrypt cost of the passwords Drydock sets. The registry checks the hash on every request, so a
+# higher cost slows every push; a password Drydock generates has 144 random bits anyway.
+HTPASSWD_BCRYPT_ROUNDS = 10
+
+
+def set_htpasswd_password(
+    path: Path, username: str, password: str, *, rounds: int = HTPASSWD_BCRYPT_ROUNDS
+) -> None:
     """Set ``username``'s bcrypt entry in an htpasswd file, keeping every other user's line.
 
     The file is replaced atomically (written beside it, then renamed), so the registry never
     reads half a file, and keeps its mode (0600 for a new one)."""
     if not username or ":" in username or "\n" in username:
         raise CredentialConfigError(f"htpasswd user name {username!r} is not usable")
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
     try:
         lines = path.read_text().splitlines()
         mode = path.stat().st_mode & 0o777

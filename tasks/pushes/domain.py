@@ -98,6 +98,17 @@ def is_insecure(registry: str, settings: Settings) -> bool:
     return registry_is_insecure(registry, settings.insecure_registries)
 
 
+def registry_client(
+    registry: str, credential: RegistryCredential | None, settings: Settings
+) -> RegistryClient:
+    return RegistryClient(
+        registry,
+        credential,
+        insecure=is_insecure(registry, settings),
+        timeout=settings.registry_timeout_seconds,
+    )
+
+
 def with_fresh_credentials(
     action: Callable[[RegistryCredential | None], T],
     *,
@@ -347,7 +358,6 @@ def publish_index(
         )
     index_tag = tag or tag_for_revision(revision)
     destination = target.ref(index_tag)
-    insecure = is_insecure(target.registry, settings)
     annotations = {
         "org.opencontainers.image.revision": commit or "",
         "org.opencontainers.image.source": source,
@@ -355,12 +365,7 @@ def publish_index(
     }
 
     def publish(credential: RegistryCredential | None) -> tuple[str, list[str]]:
-        client = RegistryClient(
-            target.registry,
-            credential,
-            insecure=insecure,
-            timeout=settings.registry_timeout_seconds,
-        )
+        client = registry_client(target.registry, credential, settings)
         children: list[tuple[Platform, ManifestInfo]] = []
         for platform in wanted:
             digest = pushed[platform]
@@ -412,12 +417,9 @@ def prune_tags(
         )
         newest = ledger.newest_index(session, host, repository)
         newest_index = newest.index_digest if newest is not None else None
-    insecure = is_insecure(host, settings)
 
     def survey(credential: RegistryCredential | None) -> tuple[RegistryClient, list[TagState]]:
-        client = RegistryClient(
-            host, credential, insecure=insecure, timeout=settings.registry_timeout_seconds
-        )
+        client = registry_client(host, credential, settings)
         tags = client.list_tags(repository)
         states: list[TagState] = []
         for number, tag in enumerate(sorted(tags), start=1):

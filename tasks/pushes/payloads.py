@@ -4,7 +4,7 @@ import uuid
 
 from pydantic import Field, field_validator
 
-from tasks.builds.payloads import IMAGE_NAME, PushTarget
+from tasks.builds.payloads import checked_registry_host, checked_repository
 from tasks.builds.platforms import Platform
 from workers.payload import Payload
 
@@ -36,11 +36,9 @@ class PruneTagsPayload(Payload):
     @field_validator("registry")
     @classmethod
     def _registry(cls, value: str) -> str:
-        return PushTarget.model_validate({"registry": value, "repository": "x"}).registry
+        return checked_registry_host(value)
 
     @field_validator("repository")
     @classmethod
     def _repository(cls, value: str) -> str:
-        if not IMAGE_NAME.match(value):
-            raise ValueError("must be a lower-case repository path like 'team/server'")
-        return value
+        return checked_repository(value)
