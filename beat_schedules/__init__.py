@@ -11,6 +11,26 @@ if TYPE_CHECKING:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {**canaries(settings), **trust_upkeep(settings)}
+
+
+def trust_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.trust_staleness_interval_seconds
+    if not interval:
+        return {}
+    # Trusted assets whose evidence expired become stale. The sweep reads only due rows (a
+    # partial index), so running it often costs nothing when nothing is due.
+    return {
+        "trust-staleness": {
+            "task": "attestation.expire_stale_evidence",
+            "schedule": float(interval),
+            "kwargs": {},
+            "options": {"queue": "attestation", "expires": float(interval)},
+        }
+    }
+
+
+def canaries(settings: Settings) -> dict[str, dict[str, Any]]:
     interval = settings.canary_interval_seconds
     if not interval:
         return {}

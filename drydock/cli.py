@@ -18,6 +18,7 @@ from rich.table import Table
 
 from drydock.cli_builds import builds_app, registry_app, retention_app
 from drydock.cli_text import current_operator, when
+from drydock.cli_trust import attest_app, trust_app
 
 if TYPE_CHECKING:
     from drydock.health import FleetHealth
@@ -36,6 +37,8 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(registry_app, name="registry")
 app.add_typer(retention_app, name="retention")
 app.add_typer(builds_app, name="builds")
+app.add_typer(attest_app, name="attest")
+app.add_typer(trust_app, name="trust")
 
 out = Console()
 err = Console(stderr=True)

@@ -426,3 +426,164 @@ class ImageCertification(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index(None, "host", "repository", "digest"),)
+
+
+class TrustState(StrEnum):
+    """Where an asset stands. Moves only along ``models.trust.ALLOWED_TRANSITIONS``."""
+
+    UNKNOWN = "unknown"
+    PENDING_ATTESTATION = "pending_attestation"
+    TRUSTED = "trusted"
+    # Its evidence expired: it was trusted, nothing says it still is.
+    STALE = "stale"
+    # Verification failed or policy was breached; only remediation releases it.
+    QUARANTINED = "quarantined"
+    REMEDIATING = "remediating"
+
+
+class AssetKind(StrEnum):
+    VM = "vm"
+    HOST = "host"
+    ACCELERATOR = "accelerator"
+
+
+class TrustAssetClass(Base):
+    """Reference values and policy shared by a class of assets (a VM image, a host model, an
+    accelerator tier): what their evidence must show, and how long it keeps them trusted."""
+
+    __tablename__ = "trust_asset_classes"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    evidence_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    # {"sha256": {"0": "<hex>", ...}, ...}: PCR values a TPM quote must report.
+    tpm_pcrs: Mapped[dict[str, dict[str, str]]] = mapped_column(JSONB, default=dict)
+    # Allowed SEV-SNP launch measurements and TDX MRTDs (hex); empty: none is allowed.
+    snp_measurements: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    # {"bootloader": n, "tee": n, "snp": n, "microcode": n}: the lowest SNP TCB accepted.
+    snp_min_tcb: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    tdx_mr_td: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    # {"0": "<hex>", ...}: RTMR values a TDX quote must carry.
+    tdx_rtmrs: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    tdx_accepted_tcb_statuses: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    allow_debug: Mapped[bool] = mapped_column(default=False)
+    # Accelerator tier gates: the lowest driver version, and whether CC mode must be on.
+    accelerator_min_driver: Mapped[str | None] = mapped_column(String(50))
+    accelerator_require_cc: Mapped[bool] = mapped_column(default=False)
+    accelerator_require_ecc: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (CheckConstraint("evidence_ttl_seconds > 0", name="evidence_ttl_seconds"),)
+
+
+class TrustAsset(Base):
+    """A VM, host or accelerator of a tenant, and where it stands.
+
+    ``version`` is the optimistic lock: SQLAlchemy adds ``AND version = <read>`` to every
+    UPDATE and raises StaleDataError when another writer got there first (models.trust retries
+    from a fresh read, so a lost race never overwrites)."""
+
+    __tablename__ = "trust_assets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    asset_class: Mapped[str | None] = mapped_column(
+        String(100), ForeignKey("trust_asset_classes.name", ondelete="RESTRICT")
+    )
+    state: Mapped[str] = mapped_column(String(30), default=TrustState.UNKNOWN.value)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The registered TPM attestation key, as given (PEM, TPMT_PUBLIC or JWK); public, not secret.
+    attestation_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The newest accepted TPM quote's clock info: an older or equal one is a replay.
+    tpm_reset_count: Mapped[int | None] = mapped_column(BigInteger)
+    tpm_restart_count: Mapped[int | None] = mapped_column(BigInteger)
+    tpm_clock: Mapped[int | None] = mapped_column(BigInteger)
+    last_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    evidence_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The newest accelerator posture report, as validated.
+    posture: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Linked libvirt domain (attestation.sync_vm_inventory).
+    libvirt_uuid: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
+    libvirt_state: Mapped[str | None] = mapped_column(String(30))
+    inventory_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    inventory_missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy reads a dict)
+    __table_args__ = (
+        UniqueConstraint("tenant", "name"),
+        CheckConstraint(sql_in_list("state", tuple(TrustState)), name="state"),
+        CheckConstraint(sql_in_list("kind", tuple(AssetKind)), name="kind"),
+        # The staleness sweep reads only trusted rows that are due, through this index.
+        Index(
+            "ix_trust_assets_trusted_expiry",
+            "evidence_expires_at",
+            postgresql_where=text("state = 'trusted'"),
+        ),
+    )
+
+
+class TrustTransition(Base):
+    """One change of an asset's state. Append-only: the database refuses UPDATE and DELETE
+    (a trigger, see migration 0004), and (asset, seq) is unique, so history cannot fork."""
+
+    __tablename__ = "trust_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="RESTRICT")
+    )
+    # The asset's version once this transition was written: orders the history.
+    seq: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str] = mapped_column(String(100))
+    # None only for the row that registers the asset.
+    from_state: Mapped[str | None] = mapped_column(String(30))
+    to_state: Mapped[str] = mapped_column(String(30))
+    cause: Mapped[str] = mapped_column(String(50))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # What moved it: a verdict id and its failed checks, a posture gate, a job.
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    actor: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("asset_id", "seq"),
+        CheckConstraint(sql_in_list("to_state", tuple(TrustState)), name="to_state"),
+        Index(None, "tenant", "created_at"),
+    )
+
+
+class AttestationVerdict(Base):
+    """One verification of an asset's evidence (or accelerator posture): every check and the
+    claims read. One per job: a redelivered job finds its verdict instead of judging again."""
+
+    __tablename__ = "attestation_verdicts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="RESTRICT")
+    )
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(30))
+    verified: Mapped[bool]
+    summary: Mapped[str] = mapped_column(Text)
+    checks: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    claims: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    nonce: Mapped[str | None] = mapped_column(String(200))
+    # The time certificates and collateral were judged at (now, or the pinned time).
+    judged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index(None, "asset_id", "created_at"),)

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.attestation.payloads import (
+    ExpireStaleEvidencePayload,
+    IngestAcceleratorPosturePayload,
+    SyncVmInventoryPayload,
+    VerifyEvidencePayload,
+)
 from tasks.builds.payloads import BuildImagePayload
 from tasks.canary.payloads import CanaryPayload
 from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
@@ -70,6 +76,33 @@ def _specs() -> list[TaskSpec]:
                 "Apply a repository's retention policy: list (dry run) or delete the tags it "
                 "does not keep, never a digest a live certification or the newest index uses."
             ),
+        ),
+        TaskSpec(
+            name="attestation.verify_evidence",
+            payload=VerifyEvidencePayload,
+            summary=(
+                "Verify an asset's TPM 2.0 quote, SEV-SNP report or TDX quote against its key, "
+                "the pinned roots and its class's reference values; record the verdict and move "
+                "the asset to trusted or quarantined."
+            ),
+        ),
+        TaskSpec(
+            name="attestation.ingest_accelerator_posture",
+            payload=IngestAcceleratorPosturePayload,
+            summary=(
+                "Judge a GPU's posture report against its tier (minimum driver, CC mode, ECC) "
+                "and move the accelerator's trust state, naming the failing gate."
+            ),
+        ),
+        TaskSpec(
+            name="attestation.sync_vm_inventory",
+            payload=SyncVmInventoryPayload,
+            summary="Read libvirt's domains and link each to a vm trust asset.",
+        ),
+        TaskSpec(
+            name="attestation.expire_stale_evidence",
+            payload=ExpireStaleEvidencePayload,
+            summary="Move trusted assets whose evidence has expired to stale (Beat runs it).",
         ),
     ]
     return specs

@@ -17,6 +17,7 @@ TASK_MODULES = [
     "tasks.canary.celery_tasks",
     "tasks.builds.celery_tasks",
     "tasks.pushes.celery_tasks",
+    "tasks.attestation.celery_tasks",
 ]
 
 

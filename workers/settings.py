@@ -233,6 +233,29 @@ class Settings(BaseSettings):
     registry_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
         60.0, description="Timeout of one registry HTTP request."
     )
+    attestation_roots_dir: str | None = Field(
+        None,
+        description=(
+            "Directory of PEM or DER files holding the pinned roots SEV-SNP and TDX evidence "
+            "must chain to (AMD ARKs, the Intel SGX Root CA); only self-signed certificates in "
+            "it count. Unset: no root is trusted and every SNP and TDX verdict fails its chain."
+        ),
+    )
+    libvirt_uri: str = Field(
+        "qemu:///system",
+        description="libvirt connection `attestation.sync_vm_inventory` reads domains from.",
+    )
+    trust_staleness_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        60.0,
+        description=(
+            "How often Beat moves trusted assets whose evidence has expired to `stale`; 0 turns "
+            "the entry off."
+        ),
+    )
+    trust_default_evidence_ttl_seconds: Annotated[int, Field(gt=0)] = Field(
+        86400,
+        description="How long verified evidence keeps an asset trusted when its class sets no TTL.",
+    )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
     log_json: bool = Field(True, description="Log one JSON object per line (structlog).")
     extra_secret_fields: list[str] = Field(

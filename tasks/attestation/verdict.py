@@ -24,6 +24,8 @@ class EvidenceKind(StrEnum):
     TPM = "tpm"
     SEV_SNP = "sev-snp"
     TDX = "tdx"
+    # Not evidence in the cryptographic sense: a GPU's self-reported posture judged by policy.
+    ACCELERATOR_POSTURE = "accelerator-posture"
 
 
 class EvidenceFormatError(DrydockError):
@@ -129,3 +131,22 @@ def require_size(
         )
     if len(data) > maximum:
         raise EvidenceFormatError(part, f"oversized: {len(data)} bytes, at most {maximum} accepted")
+
+
+def check_nonce_binding(name: str, report_data: bytes, nonce: bytes | None) -> Check:
+    """SEV-SNP and TDX carry 64 bytes of report data chosen by the guest. Drydock's convention:
+    the guest puts the verifier's nonce there, zero-padded to 64 bytes (what ``snpguest`` and
+    the TDX quote tools do with a nonce shorter than the field)."""
+    if nonce is None:
+        return Check.skipped(name, "no nonce was given, so freshness was not checked")
+    size = len(report_data)
+    if len(nonce) > size:
+        return Check.failed(name, f"the nonce is {len(nonce)} bytes; report data holds {size}")
+    expected = nonce + bytes(size - len(nonce))
+    return Check.judged(
+        name,
+        report_data == expected,
+        f"report data is the nonce {nonce.hex()} (zero-padded)",
+        f"report data {report_data.hex()} does not carry the nonce {nonce.hex()}: "
+        "the evidence was made for another challenge (a replay, or the wrong nonce)",
+    )

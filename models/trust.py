@@ -1,0 +1,445 @@
+"""The trust registry: assets, their lifecycle, and its transitions, written race-free and
+published live.
+
+Every state change goes through :func:`transition`. It reads the asset, asks a *plan* what to do
+given the state it found, writes the new state together with one append-only
+``trust_transitions`` row per step and a PostgreSQL ``NOTIFY`` (delivered only if the
+transaction commits), then publishes the same message on Redis. The UPDATE carries the version
+it read (SQLAlchemy's ``version_id_col``); when another writer got there first the whole unit is
+rolled back and the plan runs again on a fresh read, so a lost race is re-decided, never
+overwritten. A plan asking for an edge the lifecycle does not have raises
+:class:`IllegalTransitionError`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import redis
+from sqlalchemy import func, make_url, select, text
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from models.db import session_scope
+from models.tables import AssetKind, TrustAsset, TrustAssetClass, TrustState, TrustTransition
+from workers.errors import DrydockError, NotFoundError, TransientError
+from workers.logs import get_logger
+from workers.settings import get_settings
+
+# PostgreSQL NOTIFY channel and Redis pub/sub channel every transition is published on.
+PG_CHANNEL = "drydock_trust"
+REDIS_CHANNEL = "drydock:trust:transitions"
+
+S = TrustState
+ALLOWED_TRANSITIONS: dict[TrustState | None, frozenset[TrustState]] = {
+    # Registration.
+    None: frozenset({S.UNKNOWN}),
+    S.UNKNOWN: frozenset({S.PENDING_ATTESTATION}),
+    # Judged: trusted; stale when the evidence verified but had already expired when judged
+    # (a pinned verification time); quarantined when it failed.
+    S.PENDING_ATTESTATION: frozenset({S.TRUSTED, S.STALE, S.QUARANTINED}),
+    # Expired, failed a later verification or posture report, or asked to attest again.
+    S.TRUSTED: frozenset({S.STALE, S.QUARANTINED, S.PENDING_ATTESTATION}),
+    S.STALE: frozenset({S.PENDING_ATTESTATION, S.QUARANTINED}),
+    # Only remediation releases a quarantined asset.
+    S.QUARANTINED: frozenset({S.REMEDIATING}),
+    # Remediation done: attest again; remediation failed: back to quarantine.
+    S.REMEDIATING: frozenset({S.PENDING_ATTESTATION, S.QUARANTINED}),
+}
+del S
+
+# Attempts at one transition before a writer that keeps losing races gives up.
+TRANSITION_ATTEMPTS = 8
+
+
+class IllegalTransitionError(DrydockError):
+    def __init__(self, asset: str, from_state: str | None, to_state: str) -> None:
+        allowed = ", ".join(sorted(ALLOWED_TRANSITIONS.get(_state(from_state), ()))) or "none"
+        super().__init__(
+            f"asset {asset} cannot move from {from_state or '(new)'} to {to_state}; "
+            f"allowed from {from_state or '(new)'}: {allowed}"
+        )
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class TransitionConflictError(TransientError):
+    """Other writers kept changing the asset between our read and our write."""
+
+
+class AssetNotFoundError(NotFoundError):
+    def __init__(self, asset: str) -> None:
+        super().__init__(f"no trust asset {asset}")
+
+
+class AssetClassNotFoundError(NotFoundError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no asset class {name!r}; create it with `drydock trust class set`")
+
+
+def _state(value: str | None) -> TrustState | None:
+    return None if value is None else TrustState(value)
+
+
+@dataclass(frozen=True)
+class Move:
+    """One step a plan asks for: to ``to_state``, because ``cause`` (a short identifier such as
+    ``evidence_failed``), with ``detail`` for people and ``evidence`` for machines."""
+
+    to_state: TrustState
+    cause: str
+    detail: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """A committed transition as published on both channels and printed by ``trust watch``."""
+
+    id: int
+    asset_id: str
+    tenant: str
+    asset: str
+    seq: int
+    from_state: str | None
+    to_state: str
+    cause: str
+    detail: str
+    actor: str
+    job_id: str | None
+    at: str
+
+    @classmethod
+    def of(cls, row: TrustTransition, asset: TrustAsset) -> TransitionRecord:
+        return cls(
+            id=row.id,
+            asset_id=str(asset.id),
+            tenant=asset.tenant,
+            asset=asset.name,
+            seq=row.seq,
+            from_state=row.from_state,
+            to_state=row.to_state,
+            cause=row.cause,
+            # NOTIFY payloads must stay under 8000 bytes; the row keeps the whole detail.
+            detail=row.detail[:1000],
+            actor=row.actor,
+            job_id=str(row.job_id) if row.job_id else None,
+            at=(row.created_at or datetime.now(UTC)).astimezone(UTC).isoformat(),
+        )
+
+    @classmethod
+    def from_message(cls, message: str | bytes) -> TransitionRecord:
+        data = json.loads(message)
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+    def as_message(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"))
+
+    def line(self) -> str:
+        """One readable line: when, which asset, from → to, why, who."""
+        moved = f"{self.from_state or '(new)'} -> {self.to_state}"
+        why = f"{self.cause}: {self.detail}" if self.detail else self.cause
+        job = f" job {self.job_id}" if self.job_id else ""
+        return f"{self.at[:19]}Z {self.tenant}/{self.asset} {moved} ({why}) by {self.actor}{job}"
+
+
+Plan = Callable[[Session, TrustAsset], Sequence[Move]]
+
+
+def transition(
+    asset_id: uuid.UUID,
+    plan: Plan,
+    *,
+    actor: str,
+    job_id: uuid.UUID | None = None,
+    attempts: int = TRANSITION_ATTEMPTS,
+) -> list[TransitionRecord]:
+    """Apply what ``plan`` decides for the asset, race-free. Returns the committed transitions
+    (none when the plan asked for none) after publishing them.
+
+    ``plan`` runs inside the transaction, on a fresh read each attempt, and may write other rows
+    (a verdict, say) through the session it is given: they commit or roll back with the move.
+    A lost race retries with jittered backoff; after ``attempts`` it raises
+    TransitionConflictError (retryable by the job). IllegalTransitionError is raised at once.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type(StaleDataError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=0.01, max=0.5),
+        reraise=True,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                records = _transition_once(asset_id, plan, actor=actor, job_id=job_id)
+    except StaleDataError as exc:
+        raise TransitionConflictError(
+            f"asset {asset_id} changed under {attempts} attempts to move it; try again"
+        ) from exc
+    publish_to_redis(records)
+    return records
+
+
+def _transition_once(
+    asset_id: uuid.UUID, plan: Plan, *, actor: str, job_id: uuid.UUID | None
+) -> list[TransitionRecord]:
+    with session_scope() as session:
+        asset = session.get(TrustAsset, asset_id, populate_existing=True)
+        if asset is None:
+            raise AssetNotFoundError(str(asset_id))
+        moves = plan(session, asset)
+        rows = [apply_move(session, asset, move, actor=actor, job_id=job_id) for move in moves]
+        # Flush whatever else the plan changed on the asset, under the same version check.
+        session.flush()
+        records = [TransitionRecord.of(row, asset) for row in rows]
+        for record in records:
+            # Transactional: listeners hear it only if this commits, and in commit order.
+            session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": PG_CHANNEL, "payload": record.as_message()},
+            )
+    return records
+
+
+def apply_move(
+    session: Session,
+    asset: TrustAsset,
+    move: Move,
+    *,
+    actor: str,
+    job_id: uuid.UUID | None,
+) -> TrustTransition:
+    """Move ``asset`` one step (checked against ALLOWED_TRANSITIONS) and append its row."""
+    from_state = asset.state
+    if move.to_state not in ALLOWED_TRANSITIONS.get(_state(from_state), frozenset()):
+        raise IllegalTransitionError(f"{asset.tenant}/{asset.name}", from_state, move.to_state)
+    asset.state = move.to_state.value
+    # The UPDATE ... WHERE version = <read>: StaleDataError here means we lost a race.
+    session.flush()
+    row = TrustTransition(
+        asset_id=asset.id,
+        seq=asset.version,
+        tenant=asset.tenant,
+        from_state=from_state,
+        to_state=move.to_state.value,
+        cause=move.cause,
+        detail=move.detail,
+        evidence=move.evidence,
+        actor=actor,
+        job_id=job_id,
+    )
+    session.add(row)
+    session.flush()
+    session.refresh(row, ["created_at"])
+    return row
+
+
+def publish_to_redis(records: Sequence[TransitionRecord]) -> None:
+    """Publish committed transitions on Redis. Best effort: the rows and the PostgreSQL
+    notification are the record; a Redis outage is logged, not raised."""
+    if not records:
+        return
+    try:
+        client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
+        try:
+            for record in records:
+                client.publish(REDIS_CHANNEL, record.as_message())
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        get_logger().warning(
+            "trust.publish_failed", channel=REDIS_CHANNEL, error=f"{type(exc).__name__}: {exc}"
+        )
+
+
+def register_asset(
+    *,
+    tenant: str,
+    name: str,
+    kind: AssetKind,
+    actor: str,
+    asset_class: str | None = None,
+    attestation_key: bytes | None = None,
+) -> tuple[uuid.UUID, bool]:
+    """Create the asset in ``unknown`` (with its registration transition), or update the class
+    and key of an existing one. Returns (id, created)."""
+    with session_scope() as session:
+        if asset_class is not None and session.get(TrustAssetClass, asset_class) is None:
+            raise AssetClassNotFoundError(asset_class)
+        existing = session.scalar(
+            select(TrustAsset).where(TrustAsset.tenant == tenant, TrustAsset.name == name)
+        )
+        if existing is not None:
+            if existing.kind != kind.value:
+                raise DrydockError(
+                    f"asset {tenant}/{name} is registered as a {existing.kind}, not a {kind.value}"
+                )
+            if asset_class is not None:
+                existing.asset_class = asset_class
+            if attestation_key is not None:
+                existing.attestation_key = attestation_key
+            return existing.id, False
+        asset = TrustAsset(
+            tenant=tenant,
+            name=name,
+            kind=kind.value,
+            asset_class=asset_class,
+            attestation_key=attestation_key,
+            state=TrustState.UNKNOWN.value,
+        )
+        session.add(asset)
+        session.flush()
+        row = TrustTransition(
+            asset_id=asset.id,
+            seq=asset.version,
+            tenant=tenant,
+            from_state=None,
+            to_state=TrustState.UNKNOWN.value,
+            cause="registered",
+            detail=f"{kind.value} registered" + (f" in class {asset_class}" if asset_class else ""),
+            evidence={},
+            actor=actor,
+        )
+        session.add(row)
+        session.flush()
+        session.refresh(row, ["created_at"])
+        record = TransitionRecord.of(row, asset)
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": PG_CHANNEL, "payload": record.as_message()},
+        )
+        asset_id = asset.id
+    publish_to_redis([record])
+    return asset_id, True
+
+
+def find_asset(session: Session, ref: str, tenant: str | None = None) -> TrustAsset:
+    """An asset by id, or by ``tenant/name`` or name (with ``tenant``)."""
+    try:
+        asset = session.get(TrustAsset, uuid.UUID(ref))
+    except ValueError:
+        if "/" in ref and tenant is None:
+            tenant, ref = ref.split("/", 1)
+        query = select(TrustAsset).where(TrustAsset.name == ref)
+        if tenant is not None:
+            query = query.where(TrustAsset.tenant == tenant)
+        found = session.scalars(query.limit(2)).all()
+        if len(found) > 1:
+            raise DrydockError(
+                f"{ref!r} names assets of several tenants; say tenant/name"
+            ) from None
+        asset = found[0] if found else None
+    if asset is None:
+        raise AssetNotFoundError(ref if tenant is None else f"{tenant}/{ref}")
+    return asset
+
+
+def history(session: Session, asset_id: uuid.UUID) -> list[TrustTransition]:
+    return list(
+        session.scalars(
+            select(TrustTransition)
+            .where(TrustTransition.asset_id == asset_id)
+            .order_by(TrustTransition.seq)
+        )
+    )
+
+
+def due_for_staleness(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:
+    """Trusted assets whose evidence expired by ``now``, oldest first. Served by the partial
+    index ``ix_trust_assets_trusted_expiry``: the sweep reads only rows that are due."""
+    return list(
+        session.scalars(
+            select(TrustAsset.id)
+            .where(
+                TrustAsset.state == TrustState.TRUSTED.value,
+                TrustAsset.evidence_expires_at <= now,
+            )
+            .order_by(TrustAsset.evidence_expires_at)
+            .limit(limit)
+        )
+    )
+
+
+def expire_stale_evidence(now: datetime, *, actor: str, limit: int = 500) -> list[TransitionRecord]:
+    """Move every trusted asset whose evidence has expired to ``stale``. An asset that changed
+    in the meantime (verified again, quarantined) is re-read and left alone."""
+
+    def plan(session: Session, asset: TrustAsset) -> list[Move]:
+        expires = asset.evidence_expires_at
+        if asset.state != TrustState.TRUSTED.value or expires is None or expires > now:
+            return []
+        return [
+            Move(
+                TrustState.STALE,
+                "evidence_expired",
+                f"evidence expired at {expires.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}",
+            )
+        ]
+
+    with session_scope() as session:
+        due = due_for_staleness(session, now, limit)
+    records: list[TransitionRecord] = []
+    for asset_id in due:
+        records += transition(asset_id, plan, actor=actor)
+    return records
+
+
+def state_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(TrustAsset.state, func.count()).group_by(TrustAsset.state)).all()
+    return {state: count for state, count in rows}
+
+
+def listen(
+    *, tenant: str | None = None, on_ready: Callable[[], None] | None = None
+) -> Iterator[TransitionRecord]:
+    """Transitions as they commit, from PostgreSQL LISTEN, forever (the caller stops).
+    ``on_ready`` is called once the LISTEN is in place: nothing committed after it is missed."""
+    conninfo = (
+        make_url(get_settings().database_url)
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"LISTEN {PG_CHANNEL}")
+        if on_ready is not None:
+            on_ready()
+        for notice in conn.notifies():
+            record = TransitionRecord.from_message(notice.payload)
+            if tenant is None or record.tenant == tenant:
+                yield record
+
+
+def subscribe(
+    *, tenant: str | None = None, on_ready: Callable[[], None] | None = None
+) -> Iterator[TransitionRecord]:
+    """Transitions as they are published on Redis, forever (the caller stops)."""
+    client = redis.Redis.from_url(get_settings().broker_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(REDIS_CHANNEL)
+    try:
+        # The server's subscribe confirmation: from here on nothing published is missed.
+        while pubsub.get_message(timeout=5) is None:
+            pass
+        if on_ready is not None:
+            on_ready()
+        for message in pubsub.listen():  # type: ignore[no-untyped-call]
+            if message.get("type") != "message":
+                continue
+            record = TransitionRecord.from_message(message["data"])
+            if tenant is None or record.tenant == tenant:
+                yield record
+    finally:
+        pubsub.close()
+        client.close()
