@@ -79,8 +79,29 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_BUILD_WORK_DIR": str(base / "build-work"),
             "DRYDOCK_GIT_ALLOWED_SCHEMES": json.dumps(["https", "ssh", "file"]),
             "DRYDOCK_GIT_TIMEOUT_SECONDS": "60",
+            # Attestation: the vendors' roots the samples chain to, pinned; libvirt's built-in
+            # test driver (a real connection to a fake hypervisor); Beat's sweep off.
+            "DRYDOCK_ATTESTATION_ROOTS_DIR": str(_pin_sample_roots(base / "attestation-roots")),
+            "DRYDOCK_LIBVIRT_URI": "test:///default",
+            "DRYDOCK_TRUST_STALENESS_INTERVAL_SECONDS": "0",
         }
     )
+
+
+SAMPLES = Path(__file__).parent / "data" / "attestation-samples"
+
+
+def _pin_sample_roots(directory: Path) -> Path:
+    """The AMD ARKs (Milan, Turin) and the Intel SGX Root CA the vendor samples chain to."""
+    directory.mkdir(parents=True)
+    sources = {
+        "amd-milan.pem": SAMPLES / "sev-snp" / "virtee-milan-v2" / "ask_ark_milan.pem",
+        "amd-turin.pem": SAMPLES / "sev-snp" / "virtee-turin-vcek-chain-only" / "ask_ark_turin.pem",
+        "intel-sgx-root.pem": SAMPLES / "tdx" / "go-tdx-guest-spr-v4" / "intel_sgx_root_ca.pem",
+    }
+    for name, source in sources.items():
+        shutil.copyfile(source, directory / name)
+    return directory
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -154,7 +175,12 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
     from models.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE jobs, job_events, dead_letters, api_tokens CASCADE"))
+        conn.execute(
+            text(
+                "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
+                "trust_asset_classes CASCADE"
+            )
+        )
     client = redis.Redis.from_url(redis_server)
     client.delete(*QUEUE_KEYS)
     # Heartbeats of workers earlier tests killed (the live ones' stay), and Beat's last tick.

@@ -35,11 +35,22 @@ def load_certificates(part: str, data: bytes) -> list[x509.Certificate]:
         # reads them and warns, which says nothing an operator can act on.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            return _load(part, data, blocks)
+            certificates = _load(part, data, blocks)
+            for certificate in certificates:
+                _read_everything(certificate)
+            return certificates
     except EvidenceFormatError:
         raise
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise EvidenceFormatError(part, f"not a readable X.509 certificate ({exc})") from None
+
+
+def _read_everything(certificate: x509.Certificate) -> None:
+    # cryptography parses names, extensions and dates lazily: a damaged one would otherwise
+    # surface as a ValueError deep inside a chain check instead of as unreadable input here.
+    _ = certificate.subject, certificate.issuer, certificate.extensions
+    _ = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    certificate.public_key()
 
 
 def _load(part: str, data: bytes, blocks: list[bytes]) -> list[x509.Certificate]:
