@@ -1,5 +1,5 @@
 # Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
-.PHONY: up test bench bench-builds
+.PHONY: up test bench bench-builds bench-attestation
 
 up:
 	scripts/up
@@ -12,3 +12,6 @@ bench:
 
 bench-builds:
 	.venv/bin/python bench/builds.py
+
+bench-attestation:
+	.venv/bin/python bench/attestation.py

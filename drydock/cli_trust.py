@@ -539,7 +539,7 @@ def show(
             )
         out.print("history:")
         for record in records:
-            out.print(f"  {record.line()}", markup=False, highlight=False)
+            out.print(f"  {record.line()}", markup=False, highlight=False, soft_wrap=True)
 
 
 @trust_app.command("watch")

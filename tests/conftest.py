@@ -40,7 +40,7 @@ TEST_VISIBILITY_TIMEOUT = TEST_BUILD_TIME_LIMIT + 2
 _state: dict[str, Any] = {}
 
 # Fixtures of the builds and pushes tests: a Docker engine, buildah, git repositories, a registry.
-pytest_plugins = ["tests.image_builders", "tests.registry_server"]
+pytest_plugins = ["tests.image_builders", "tests.registry_server", "tests.tpm_simulator"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,6 +5,7 @@ posture, the libvirt inventory and the staleness sweep."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -51,7 +52,11 @@ def new_asset(
 
 def move_to(asset_id: uuid.UUID, *states: TrustState, cause: str = "test") -> None:
     for state in states:
-        trust.transition(asset_id, lambda _s, _a, to=state: [Move(to, cause)], actor="test")
+
+        def plan(_session: Session, _asset: TrustAsset, to: TrustState = state) -> list[Move]:
+            return [Move(to, cause)]
+
+        trust.transition(asset_id, plan, actor="test")
 
 
 def history_of(asset_id: uuid.UUID) -> list[TrustTransition]:
@@ -361,7 +366,10 @@ def test_the_libvirt_inventory_links_domains_to_assets(fleet: WorkerProcess) -> 
         assert asset.libvirt_uuid == domain_uuid
         assert asset.libvirt_state == "running"
         assert asset.inventory_seen_at is not None and asset.inventory_missing_since is None
-        results = [session.get(Job, job_id).result for job_id in (first.id, again.id)]  # type: ignore[union-attr]
+        results: list[dict[str, Any]] = [
+            session.scalars(select(Job.result).where(Job.id == job_id)).one()
+            for job_id in (first.id, again.id)
+        ]
     assert results[0]["linked"] == [domain_name]
     assert results[1]["linked"] == [] and results[1]["added"] == []
 
@@ -406,7 +414,7 @@ def test_the_staleness_sweep_touches_only_due_assets_through_its_index(
         )
     with get_engine().begin() as conn:
         conn.execute(text("ANALYZE trust_assets"))
-        versions_before = dict(
+        versions_before: dict[str, int] = dict(
             conn.execute(text("SELECT name, version FROM trust_assets WHERE tenant = 'bulk'")).all()
         )
 
@@ -417,7 +425,7 @@ def test_the_staleness_sweep_touches_only_due_assets_through_its_index(
         last = assert_consistent(asset_id)[-1]
         assert (last.to_state, last.cause) == ("stale", "evidence_expired")
     with get_engine().begin() as conn:
-        versions_after = dict(
+        versions_after: dict[str, int] = dict(
             conn.execute(text("SELECT name, version FROM trust_assets WHERE tenant = 'bulk'")).all()
         )
         # The due query is answered from the partial index over trusted rows' expiry.
@@ -461,3 +469,55 @@ def test_the_sweep_as_a_job_moves_due_assets(fleet: WorkerProcess) -> None:
     assert wait_for_job(job.id).status == "succeeded"
     last = history_of(asset_id)[-1]
     assert (last.to_state, last.actor) == ("stale", f"worker:{fleet.hostname}")
+
+
+# ---- operators' commands ---------------------------------------------------------------------
+
+
+def test_operators_register_classes_and_assets_and_read_their_history(clean_state: None) -> None:
+    from typer.testing import CliRunner
+
+    from drydock.cli import app as cli_app
+    from tests.conftest import SAMPLES
+
+    runner = CliRunner()
+    ak = SAMPLES / "tpm" / "go-tpm-tools-gce-cos85-nonce9009" / "ak_pub.tpmt_public"
+    result = runner.invoke(
+        cli_app,
+        ["trust", "class", "set", "cos-vm", "--ttl", "12h", "--pcr", "sha256:7=" + "ab" * 32],
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        cli_app,
+        ["trust", "register", "vm-42", "--tenant", "acme", "--kind", "vm", "--class", "cos-vm",
+         "--ak", str(ak)],
+    )  # fmt: skip
+    assert result.exit_code == 0 and "registered acme/vm-42" in result.output, result.output
+    with session_scope() as session:
+        row = session.get(TrustAssetClass, "cos-vm")
+        assert row is not None and row.evidence_ttl_seconds == 12 * 3600
+        assert row.tpm_pcrs == {"sha256": {"7": "ab" * 32}}
+        asset = trust.find_asset(session, "acme/vm-42")
+        assert asset.attestation_key == ak.read_bytes()
+    move_to(asset.id, S.PENDING_ATTESTATION, cause="attestation_started")
+
+    shown = runner.invoke(cli_app, ["trust", "show", "acme/vm-42"])
+    assert shown.exit_code == 0, shown.output
+    assert "state      pending_attestation" in shown.output
+    assert "acme/vm-42 (new) -> unknown (registered: vm registered in class cos-vm)" in shown.output
+    assert "acme/vm-42 unknown -> pending_attestation (attestation_started)" in shown.output
+    as_json = json.loads(runner.invoke(cli_app, ["trust", "show", str(asset.id), "--json"]).stdout)
+    assert [step["to_state"] for step in as_json["history"]] == ["unknown", "pending_attestation"]
+
+    # Bad input is refused with what was wrong, and nothing changes.
+    refused = runner.invoke(
+        cli_app,
+        ["trust", "register", "vm-43", "--tenant", "acme", "--kind", "vm", "--ak", __file__],
+    )
+    assert refused.exit_code != 0
+    assert "ak:" in str(refused.exception) or "ak:" in refused.output
+    refused = runner.invoke(cli_app, ["trust", "class", "set", "bad", "--pcr", "sha256:7=zz"])
+    assert refused.exit_code != 0
+    with session_scope() as session:
+        assert session.get(TrustAssetClass, "bad") is None
+        assert session.scalar(select(TrustAsset).where(TrustAsset.name == "vm-43")) is None

@@ -41,8 +41,19 @@ def load_certificates(part: str, data: bytes) -> list[x509.Certificate]:
             return certificates
     except EvidenceFormatError:
         raise
-    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except _UNREADABLE as exc:
         raise EvidenceFormatError(part, f"not a readable X.509 certificate ({exc})") from None
+
+
+# What cryptography raises for a certificate it cannot read; several are not ValueErrors.
+_UNREADABLE = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 def _read_everything(certificate: x509.Certificate) -> None:
