@@ -21,6 +21,7 @@ from models.db import session_scope
 from models.tables import AssetKind, AttestationVerdict, Job, TrustAsset, TrustAssetClass
 from tasks.attestation.tdx import collateral_from_directory
 from tests.conftest import SAMPLES, WorkerProcess, wait_for_job
+from tests.tpm_simulator import SoftwareTpm, TpmQuote
 from workers.errors import PayloadInvalidError
 
 MILAN_ROOT = SAMPLES / "sev-snp" / "virtee-milan-v2" / "ask_ark_milan.pem"
@@ -409,3 +410,105 @@ def test_evidence_that_bypasses_enqueue_is_dead_lettered_at_once(fleet: WorkerPr
     row = wait_for_job(job_id)
     assert row.status == "dead_lettered" and row.attempts == 1
     assert "evidence.sev-snp" in (row.error or "") and "report:" in (row.error or "")
+
+
+# ---- a real TPM through the queue ------------------------------------------------------------
+
+
+def test_real_tpm_quotes_through_the_queue_trust_then_refuse_a_replay(
+    fleet: WorkerProcess, tpm_simulator: SoftwareTpm
+) -> None:
+    ak = tpm_simulator.create_ak("ecc")
+    banks = {"sha256": [0, 1, 7]}
+    first = tpm_simulator.quote(ak, bytes.fromhex("a1b2c3d4e5f60718"), banks)
+    reference = json.loads(first.pcrs)["sha256"]
+    with session_scope() as session:
+        session.merge(
+            TrustAssetClass(
+                name="swtpm-vm", evidence_ttl_seconds=3600, tpm_pcrs={"sha256": reference}
+            )
+        )
+    asset_id, _ = trust.register_asset(
+        tenant="lab", name="vm-tpm", kind=AssetKind.VM, asset_class="swtpm-vm",
+        attestation_key=ak.pem, actor="test",
+    )  # fmt: skip
+
+    def verify(quote: TpmQuote, nonce: bytes) -> tuple[Any, str]:
+        job = enqueue(
+            "attestation.verify_evidence",
+            {
+                "asset_id": str(asset_id),
+                "nonce": nonce.hex(),
+                "evidence": {
+                    "kind": "tpm",
+                    "quote": base64.b64encode(quote.quote).decode(),
+                    "signature": base64.b64encode(quote.signature).decode(),
+                    "pcrs": json.loads(quote.pcrs),
+                },
+            },
+        )
+        assert wait_for_job(job.id).status == "succeeded"
+        with session_scope() as session:
+            verdict = session.scalar(
+                select(AttestationVerdict).where(AttestationVerdict.job_id == job.id)
+            )
+            asset = session.get(TrustAsset, asset_id)
+            assert verdict is not None and asset is not None
+            return verdict, asset.state
+
+    verdict, state = verify(first, first.nonce)
+    assert verdict.verified, verdict.checks
+    assert state == "trusted"
+    # A fresh quote later on verifies again and keeps the asset trusted.
+    second = tpm_simulator.quote(ak, bytes.fromhex("0badc0de0badc0de"), banks)
+    verdict, state = verify(second, second.nonce)
+    assert verdict.verified and state == "trusted"
+    # The first quote sent again, even with its own nonce, is older than what was accepted.
+    verdict, state = verify(first, first.nonce)
+    assert failed_checks(verdict.checks) == {"replay"}
+    assert state == "quarantined"
+    last = history_of_asset(asset_id)[-1]
+    assert last.cause == "evidence_failed" and "replay:" in last.detail
+
+
+def history_of_asset(asset_id: Any) -> list[Any]:
+    with session_scope() as session:
+        return trust.history(session, asset_id)
+
+
+def test_a_quote_after_a_measured_change_quarantines_the_asset(
+    fleet: WorkerProcess, tpm_simulator: SoftwareTpm
+) -> None:
+    ak = tpm_simulator.create_ak("rsa")
+    banks = {"sha256": [0, 7, 16]}
+    baseline = json.loads(tpm_simulator.quote(ak, b"baseline", banks).pcrs)["sha256"]
+    with session_scope() as session:
+        session.merge(
+            TrustAssetClass(
+                name="swtpm-host", evidence_ttl_seconds=3600, tpm_pcrs={"sha256": baseline}
+            )
+        )
+    asset_id, _ = trust.register_asset(
+        tenant="lab", name="host-1", kind=AssetKind.HOST, asset_class="swtpm-host",
+        attestation_key=ak.tpmt_public, actor="test",
+    )  # fmt: skip
+    tpm_simulator.extend(16, "sha256", b"an unexpected boot component")
+    quote = tpm_simulator.quote(ak, b"challenge-2", banks)
+    job = enqueue(
+        "attestation.verify_evidence",
+        {
+            "asset_id": str(asset_id),
+            "nonce": b"challenge-2".hex(),
+            "evidence": {
+                "kind": "tpm",
+                "quote": base64.b64encode(quote.quote).decode(),
+                "signature": base64.b64encode(quote.signature).decode(),
+                "pcrs": json.loads(quote.pcrs),
+            },
+        },
+    )
+    assert wait_for_job(job.id).status == "succeeded"
+    last = history_of_asset(asset_id)[-1]
+    assert (last.from_state, last.to_state) == ("pending_attestation", "quarantined")
+    assert last.evidence["failed_checks"] == ["pcr_reference"]
+    assert "sha256:16 expected" in last.detail
