@@ -41,12 +41,12 @@ def load_certificates(part: str, data: bytes) -> list[x509.Certificate]:
             return certificates
     except EvidenceFormatError:
         raise
-    except _UNREADABLE as exc:
+    except UNREADABLE_CERTIFICATE as exc:
         raise EvidenceFormatError(part, f"not a readable X.509 certificate ({exc})") from None
 
 
 # What cryptography raises for a certificate it cannot read; several are not ValueErrors.
-_UNREADABLE = (
+UNREADABLE_CERTIFICATE = (
     ValueError,
     TypeError,
     UnsupportedAlgorithm,
@@ -59,8 +59,9 @@ _UNREADABLE = (
 def _read_everything(certificate: x509.Certificate) -> None:
     # cryptography parses names, extensions and dates lazily: a damaged one would otherwise
     # surface as a ValueError deep inside a chain check instead of as unreadable input here.
-    _ = certificate.subject, certificate.issuer, certificate.extensions
-    _ = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    certificate.subject.rfc4514_string()
+    certificate.issuer.rfc4514_string()
+    _ = certificate.extensions, certificate.not_valid_before_utc, certificate.not_valid_after_utc
     certificate.public_key()
 
 

@@ -234,9 +234,24 @@ class NotAnAcceleratorError(DrydockError):
 
 @dataclass
 class _Outcome:
+    """What a plan decided, kept for the job's result once the transaction committed."""
+
     verdict: Verdict | None = None
     verdict_id: int | None = None
     state: str | None = None
+
+    def result(self, asset_id: uuid.UUID, records: list[trust.TransitionRecord]) -> dict[str, Any]:
+        assert self.verdict is not None, "the plan ran and judged"
+        return {
+            "asset_id": str(asset_id),
+            "verdict_id": self.verdict_id,
+            "kind": self.verdict.kind.value,
+            "verified": self.verdict.verified,
+            "summary": self.verdict.summary(),
+            "failed_checks": [check.as_dict() for check in self.verdict.failures],
+            "state": self.state,
+            "transitions": [f"{r.from_state} -> {r.to_state}" for r in records],
+        }
 
 
 def verify_evidence(payload: VerifyEvidencePayload, ctx: JobContext) -> dict[str, Any]:
@@ -303,18 +318,8 @@ def verify_evidence(payload: VerifyEvidencePayload, ctx: JobContext) -> dict[str
 
     records = trust.transition(payload.asset_id, plan, actor=actor_of(ctx), job_id=ctx.job_id)
     assert outcome.verdict is not None and outcome.verdict_id is not None
-    verdict = outcome.verdict
-    ctx.progress(100, verdict.summary(), verified=verdict.verified)
-    return {
-        "asset_id": str(payload.asset_id),
-        "verdict_id": outcome.verdict_id,
-        "kind": verdict.kind.value,
-        "verified": verdict.verified,
-        "summary": verdict.summary(),
-        "failed_checks": [check.as_dict() for check in verdict.failures],
-        "state": outcome.state,
-        "transitions": [f"{r.from_state} -> {r.to_state}" for r in records],
-    }
+    ctx.progress(100, outcome.verdict.summary(), verified=outcome.verdict.verified)
+    return outcome.result(payload.asset_id, records)
 
 
 def _result(
@@ -412,18 +417,7 @@ def ingest_accelerator_posture(
         return moves
 
     records = trust.transition(payload.asset_id, plan, actor=actor_of(ctx), job_id=ctx.job_id)
-    assert outcome.verdict is not None
-    verdict = outcome.verdict
-    return {
-        "asset_id": str(payload.asset_id),
-        "verdict_id": outcome.verdict_id,
-        "kind": verdict.kind.value,
-        "verified": verdict.verified,
-        "summary": verdict.summary(),
-        "failed_checks": [check.as_dict() for check in verdict.failures],
-        "state": outcome.state,
-        "transitions": [f"{r.from_state} -> {r.to_state}" for r in records],
-    }
+    return outcome.result(payload.asset_id, records)
 
 
 # -- VM inventory ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tasks.attestation.certs import (
+    UNREADABLE_CERTIFICATE,
     check_chain,
     common_name,
     fingerprint,
@@ -115,17 +116,6 @@ _PLATFORM_BITS = {
     "alias_check_complete": 5,
     "tio_enabled": 7,
 }
-
-# What ``cryptography`` raises for a damaged certificate, on loading or when a lazily parsed
-# field is first read; several are not ValueErrors.
-_UNREADABLE_CERTIFICATE = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 _SIGNING_KEYS = {0: "vcek", 1: "vlek", 7: "none"}
 # The certificate's subject CN for each signing key.
@@ -461,7 +451,7 @@ def read_endorsement(certificate: x509.Certificate) -> Endorsement:
     extensions cannot be read at all."""
     try:
         extensions = {ext.oid.dotted_string: ext.value for ext in certificate.extensions}
-    except _UNREADABLE_CERTIFICATE as exc:
+    except UNREADABLE_CERTIFICATE as exc:
         raise EvidenceFormatError("vcek", f"unreadable certificate extensions ({exc})") from None
 
     def raw(oid: str) -> bytes | None:
@@ -545,32 +535,12 @@ def check_vcek_chain(
 
 
 def _load_leaf(data: bytes) -> x509.Certificate:
-    try:
-        return _fully_read("vcek", load_certificate("vcek", data))
-    except _UNREADABLE_CERTIFICATE as exc:
-        raise EvidenceFormatError("vcek", f"not a readable X.509 certificate ({exc})") from None
+    return load_certificate("vcek", data)
 
 
 def _load_chain(data: bytes) -> list[x509.Certificate]:
     # No chain at all is judged (vcek_chain.root fails), not refused as unreadable.
-    try:
-        certificates = load_certificates("chain", data) if data.strip() else []
-    except _UNREADABLE_CERTIFICATE as exc:
-        raise EvidenceFormatError("chain", f"not a readable X.509 certificate ({exc})") from None
-    return [_fully_read("chain", certificate) for certificate in certificates]
-
-
-def _fully_read(part: str, certificate: x509.Certificate) -> x509.Certificate:
-    """``cryptography`` parses names, validity and extensions only when first asked for, so a
-    damaged certificate can load and then fail mid-verdict: read them all now, once."""
-    try:
-        certificate.subject.rfc4514_string()
-        certificate.issuer.rfc4514_string()
-        _ = (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
-        len(certificate.extensions)
-    except _UNREADABLE_CERTIFICATE as exc:
-        raise EvidenceFormatError(part, f"not a readable X.509 certificate ({exc})") from None
-    return certificate
+    return load_certificates("chain", data) if data.strip() else []
 
 
 def verify_sev_snp_report(
