@@ -203,13 +203,20 @@ def _transition_once(
         rows = [apply_move(session, asset, move, actor=actor, job_id=job_id) for move in moves]
         # Flush whatever else the plan changed on the asset, under the same version check.
         session.flush()
-        records = [TransitionRecord.of(row, asset) for row in rows]
-        for record in records:
-            # Transactional: listeners hear it only if this commits, and in commit order.
-            session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": PG_CHANNEL, "payload": record.as_message()},
-            )
+        return _notify(session, asset, rows)
+
+
+def _notify(
+    session: Session, asset: TrustAsset, rows: Sequence[TrustTransition]
+) -> list[TransitionRecord]:
+    """NOTIFY each new row inside the transaction: listeners hear it only if this commits, and
+    in commit order."""
+    records = [TransitionRecord.of(row, asset) for row in rows]
+    for record in records:
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": PG_CHANNEL, "payload": record.as_message()},
+        )
     return records
 
 
@@ -228,6 +235,19 @@ def apply_move(
     asset.state = move.to_state.value
     # The UPDATE ... WHERE version = <read>: StaleDataError here means we lost a race.
     session.flush()
+    return _append(session, asset, from_state, move, actor=actor, job_id=job_id)
+
+
+def _append(
+    session: Session,
+    asset: TrustAsset,
+    from_state: str | None,
+    move: Move,
+    *,
+    actor: str,
+    job_id: uuid.UUID | None,
+) -> TrustTransition:
+    """Write the transition row of a move already flushed to ``asset`` (seq: its new version)."""
     row = TrustTransition(
         asset_id=asset.id,
         seq=asset.version,
@@ -301,27 +321,12 @@ def register_asset(
         )
         session.add(asset)
         session.flush()
-        row = TrustTransition(
-            asset_id=asset.id,
-            seq=asset.version,
-            tenant=tenant,
-            from_state=None,
-            to_state=TrustState.UNKNOWN.value,
-            cause="registered",
-            detail=f"{kind.value} registered" + (f" in class {asset_class}" if asset_class else ""),
-            evidence={},
-            actor=actor,
-        )
-        session.add(row)
-        session.flush()
-        session.refresh(row, ["created_at"])
-        record = TransitionRecord.of(row, asset)
-        session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": PG_CHANNEL, "payload": record.as_message()},
-        )
+        detail = f"{kind.value} registered" + (f" in class {asset_class}" if asset_class else "")
+        registered = Move(TrustState.UNKNOWN, "registered", detail)
+        row = _append(session, asset, None, registered, actor=actor, job_id=None)
+        records = _notify(session, asset, [row])
         asset_id = asset.id
-    publish_to_redis([record])
+    publish_to_redis(records)
     return asset_id, True
 
 

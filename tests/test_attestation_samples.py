@@ -415,6 +415,19 @@ def test_evidence_that_bypasses_enqueue_is_dead_lettered_at_once(fleet: WorkerPr
 # ---- a real TPM through the queue ------------------------------------------------------------
 
 
+def tpm_payload(asset_id: Any, quote: TpmQuote, nonce: bytes) -> dict[str, Any]:
+    return {
+        "asset_id": str(asset_id),
+        "nonce": nonce.hex(),
+        "evidence": {
+            "kind": "tpm",
+            "quote": base64.b64encode(quote.quote).decode(),
+            "signature": base64.b64encode(quote.signature).decode(),
+            "pcrs": json.loads(quote.pcrs),
+        },
+    }
+
+
 def test_real_tpm_quotes_through_the_queue_trust_then_refuse_a_replay(
     fleet: WorkerProcess, tpm_simulator: SoftwareTpm
 ) -> None:
@@ -434,19 +447,7 @@ def test_real_tpm_quotes_through_the_queue_trust_then_refuse_a_replay(
     )  # fmt: skip
 
     def verify(quote: TpmQuote, nonce: bytes) -> tuple[Any, str]:
-        job = enqueue(
-            "attestation.verify_evidence",
-            {
-                "asset_id": str(asset_id),
-                "nonce": nonce.hex(),
-                "evidence": {
-                    "kind": "tpm",
-                    "quote": base64.b64encode(quote.quote).decode(),
-                    "signature": base64.b64encode(quote.signature).decode(),
-                    "pcrs": json.loads(quote.pcrs),
-                },
-            },
-        )
+        job = enqueue("attestation.verify_evidence", tpm_payload(asset_id, quote, nonce))
         assert wait_for_job(job.id).status == "succeeded"
         with session_scope() as session:
             verdict = session.scalar(
@@ -494,19 +495,7 @@ def test_a_quote_after_a_measured_change_quarantines_the_asset(
     )  # fmt: skip
     tpm_simulator.extend(16, "sha256", b"an unexpected boot component")
     quote = tpm_simulator.quote(ak, b"challenge-2", banks)
-    job = enqueue(
-        "attestation.verify_evidence",
-        {
-            "asset_id": str(asset_id),
-            "nonce": b"challenge-2".hex(),
-            "evidence": {
-                "kind": "tpm",
-                "quote": base64.b64encode(quote.quote).decode(),
-                "signature": base64.b64encode(quote.signature).decode(),
-                "pcrs": json.loads(quote.pcrs),
-            },
-        },
-    )
+    job = enqueue("attestation.verify_evidence", tpm_payload(asset_id, quote, b"challenge-2"))
     assert wait_for_job(job.id).status == "succeeded"
     last = history_of_asset(asset_id)[-1]
     assert (last.from_state, last.to_state) == ("pending_attestation", "quarantined")

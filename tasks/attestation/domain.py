@@ -257,13 +257,9 @@ class _Outcome:
 def verify_evidence(payload: VerifyEvidencePayload, ctx: JobContext) -> dict[str, Any]:
     """Judge the evidence, keep the verdict, move the asset. A redelivered job returns the
     verdict it already recorded and moves nothing."""
-    with session_scope() as session:
-        done = session.scalar(
-            select(AttestationVerdict).where(AttestationVerdict.job_id == ctx.job_id)
-        )
-        if done is not None:
-            asset = session.get(TrustAsset, done.asset_id)
-            return _result(done, asset.state if asset else None, [], repeated=True)
+    earlier = _earlier_result(ctx)
+    if earlier is not None:
+        return earlier
 
     now = datetime.now(UTC)
     at = payload.verify_at or now
@@ -272,19 +268,7 @@ def verify_evidence(payload: VerifyEvidencePayload, ctx: JobContext) -> dict[str
     def plan(session: Session, asset: TrustAsset) -> list[Move]:
         asset_class = session.get(TrustAssetClass, asset.asset_class) if asset.asset_class else None
         verdict = judge_evidence(payload, asset, asset_class, at=at)
-        row = AttestationVerdict(
-            asset_id=asset.id,
-            job_id=ctx.job_id,
-            kind=verdict.kind.value,
-            verified=verdict.verified,
-            summary=verdict.summary(),
-            checks=[check.as_dict() for check in verdict.checks],
-            claims=verdict.claims,
-            nonce=payload.nonce,
-            judged_at=at,
-        )
-        session.add(row)
-        session.flush()
+        row = _record_verdict(session, asset, verdict, ctx, judged_at=at, nonce=payload.nonce)
         ttl = asset_class.evidence_ttl_seconds if asset_class else None
         expires = at + timedelta(seconds=ttl or get_settings().trust_default_evidence_ttl_seconds)
         expired = expires <= now
@@ -322,20 +306,53 @@ def verify_evidence(payload: VerifyEvidencePayload, ctx: JobContext) -> dict[str
     return outcome.result(payload.asset_id, records)
 
 
-def _result(
-    row: AttestationVerdict, state: str | None, transitions: list[str], *, repeated: bool
-) -> dict[str, Any]:
-    return {
-        "asset_id": str(row.asset_id),
-        "verdict_id": row.id,
-        "kind": row.kind,
-        "verified": row.verified,
-        "summary": row.summary,
-        "failed_checks": [check for check in row.checks if check.get("outcome") == "fail"],
-        "state": state,
-        "transitions": transitions,
-        "repeated": repeated,
-    }
+def _earlier_result(ctx: JobContext) -> dict[str, Any] | None:
+    """The result of this job's verdict if an earlier delivery already recorded it."""
+    with session_scope() as session:
+        done = session.scalar(
+            select(AttestationVerdict).where(AttestationVerdict.job_id == ctx.job_id)
+        )
+        if done is None:
+            return None
+        asset = session.get(TrustAsset, done.asset_id)
+        return {
+            "asset_id": str(done.asset_id),
+            "verdict_id": done.id,
+            "kind": done.kind,
+            "verified": done.verified,
+            "summary": done.summary,
+            "failed_checks": [check for check in done.checks if check.get("outcome") == "fail"],
+            "state": asset.state if asset else None,
+            # This delivery moved nothing: the first one did.
+            "transitions": [],
+            "repeated": True,
+        }
+
+
+def _record_verdict(
+    session: Session,
+    asset: TrustAsset,
+    verdict: Verdict,
+    ctx: JobContext,
+    *,
+    judged_at: datetime,
+    nonce: str | None = None,
+) -> AttestationVerdict:
+    """Keep the verdict, one per job (the unique job_id refuses a second)."""
+    row = AttestationVerdict(
+        asset_id=asset.id,
+        job_id=ctx.job_id,
+        kind=verdict.kind.value,
+        verified=verdict.verified,
+        summary=verdict.summary(),
+        checks=[check.as_dict() for check in verdict.checks],
+        claims=verdict.claims,
+        nonce=nonce,
+        judged_at=judged_at,
+    )
+    session.add(row)
+    session.flush()
+    return row
 
 
 # -- accelerator posture -----------------------------------------------------------------------
@@ -346,13 +363,9 @@ def ingest_accelerator_posture(
 ) -> dict[str, Any]:
     """Judge a GPU's posture against its tier and move the accelerator: passing gates trust it
     (for its class's evidence TTL), a failing gate quarantines it, named in the transition."""
-    with session_scope() as session:
-        done = session.scalar(
-            select(AttestationVerdict).where(AttestationVerdict.job_id == ctx.job_id)
-        )
-        if done is not None:
-            asset = session.get(TrustAsset, done.asset_id)
-            return _result(done, asset.state if asset else None, [], repeated=True)
+    earlier = _earlier_result(ctx)
+    if earlier is not None:
+        return earlier
     now = datetime.now(UTC)
     outcome = _Outcome()
 
@@ -375,18 +388,7 @@ def ingest_accelerator_posture(
                     "with `drydock trust register ... --class TIER`",
                 )
             )
-        row = AttestationVerdict(
-            asset_id=asset.id,
-            job_id=ctx.job_id,
-            kind=verdict.kind.value,
-            verified=verdict.verified,
-            summary=verdict.summary(),
-            checks=[check.as_dict() for check in verdict.checks],
-            claims=verdict.claims,
-            judged_at=now,
-        )
-        session.add(row)
-        session.flush()
+        row = _record_verdict(session, asset, verdict, ctx, judged_at=now)
         asset.posture = payload.posture.model_dump()
         failed = verdict.failures
         evidence = {
