@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {**canaries(settings), **trust_upkeep(settings)}
+    return {**canaries(settings), **trust_upkeep(settings), **remediation_upkeep(settings)}
 
 
 def trust_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -26,6 +26,22 @@ def trust_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": float(interval),
             "kwargs": {},
             "options": {"queue": "attestation", "expires": float(interval)},
+        }
+    }
+
+
+def remediation_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.remediation_expiry_interval_seconds
+    if not interval:
+        return {}
+    # Runs whose approval wait or approval ran out expire; runs whose job was never sent are
+    # sent. Each part reads only due rows (partial indexes).
+    return {
+        "remediation-sweep": {
+            "task": "remediation.sweep_runs",
+            "schedule": float(interval),
+            "kwargs": {},
+            "options": {"queue": "remediation", "expires": float(interval)},
         }
     }
 

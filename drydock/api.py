@@ -17,16 +17,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from drydock import client
+from drydock import api_remediation, client
+from drydock.api_auth import Caller
 from drydock.health import FleetHealth, check_fleet
 from drydock.metrics import DrydockCollector, render
 from models import jobs as job_store
@@ -141,30 +141,6 @@ class ErrorBody(BaseModel):
     detail: Any
 
 
-# ---- authentication ----------------------------------------------------------------------------
-
-_bearer = HTTPBearer(auto_error=False, description="A token from `drydock tokens create`.")
-
-
-def _unauthorized(message: str) -> HTTPException:
-    return HTTPException(401, message, headers={"WWW-Authenticate": 'Bearer realm="drydock"'})
-
-
-def current_caller(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> tokens.Caller:
-    if credentials is None:
-        raise _unauthorized("missing bearer token (Authorization: Bearer ddk_…)")
-    with session_scope() as session:
-        caller = tokens.authenticate(session, credentials.credentials)
-    if caller is None:
-        raise _unauthorized("invalid or revoked token")
-    return caller
-
-
-Caller = Annotated[tokens.Caller, Depends(current_caller)]
-
-
 def _scope_filter(caller: tokens.Caller) -> list[str] | None:
     """Task names the caller may see, or None for every task (a ``*`` scope)."""
     if "*" in caller.scopes:
@@ -181,6 +157,11 @@ app = FastAPI(
     responses={401: {"model": ErrorBody, "description": "Missing, invalid or revoked token."}},
 )
 _metrics = DrydockCollector()
+
+
+for _error, _handler in api_remediation.EXCEPTION_HANDLERS.items():
+    app.add_exception_handler(_error, _handler)
+app.include_router(api_remediation.router)
 
 
 @app.exception_handler(PayloadInvalidError)
@@ -272,6 +253,11 @@ def enqueue_job(
             403,
             f"token {caller.name!r} may not enqueue {task_name} (scopes: "
             f"{', '.join(caller.scopes)})",
+        )
+    named = (payload or {}).get("tenant")
+    if caller.tenant is not None and named is not None and named != caller.tenant:
+        raise HTTPException(
+            403, f"token {caller.name!r} acts for tenant {caller.tenant} only, not {named!r}"
         )
     job = client.enqueue(
         task_name, payload or {}, idempotency_key, enqueued_by=f"api:{caller.name}"

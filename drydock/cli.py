@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drydock.cli_builds import builds_app, registry_app, retention_app
+from drydock.cli_remediation import playbooks_app, remediation_app
 from drydock.cli_text import current_operator, when
 from drydock.cli_trust import attest_app, trust_app
 
@@ -39,6 +40,8 @@ app.add_typer(retention_app, name="retention")
 app.add_typer(builds_app, name="builds")
 app.add_typer(attest_app, name="attest")
 app.add_typer(trust_app, name="trust")
+app.add_typer(playbooks_app, name="playbooks")
+app.add_typer(remediation_app, name="remediation")
 
 out = Console()
 err = Console(stderr=True)
@@ -609,7 +612,15 @@ def tokens_create(
         ...,
         "--scope",
         "-s",
-        help="Task-name pattern the token may enqueue and read, e.g. 'builds.*'; repeatable.",
+        help=(
+            "Task-name pattern the token may enqueue and read, e.g. 'builds.*', or a "
+            "permission (remediation.approve, remediation.playbooks); repeatable."
+        ),
+    ),
+    tenant: str | None = typer.Option(
+        None,
+        "--tenant",
+        help="Bind the token to a tenant: it sees and acts on that tenant's remediation only.",
     ),
 ) -> None:
     """Create an API token. It is printed once: only its hash is stored."""
@@ -620,12 +631,20 @@ def tokens_create(
     try:
         with session_scope() as session:
             token, plaintext = tokens.create_token(
-                session, name=name, scopes=scope, known_tasks=CATALOG, created_by=current_operator()
+                session,
+                name=name,
+                scopes=scope,
+                known_tasks=CATALOG,
+                created_by=current_operator(),
+                tenant=tenant,
             )
             scopes = ", ".join(token.scopes)
     except tokens.TokenError as exc:
         raise CliError(str(exc)) from None
-    err.print(f"token {name!r} with scopes {scopes}; shown once, store it now:", highlight=False)
+    bound = f" for tenant {tenant}" if tenant else ""
+    err.print(
+        f"token {name!r}{bound} with scopes {scopes}; shown once, store it now:", highlight=False
+    )
     sys.stdout.write(plaintext + "\n")
 
 
@@ -649,11 +668,12 @@ def tokens_list(
     from models import tokens
     from models.db import session_scope
 
-    table = Table("name", "scopes", "created", "by", "last used", "revoked")
+    table = Table("name", "tenant", "scopes", "created", "by", "last used", "revoked")
     with session_scope() as session:
         for token in tokens.list_tokens(session, include_revoked=all_):
             table.add_row(
                 token.name,
+                token.tenant or "(all)",
                 ", ".join(token.scopes),
                 when(token.created_at),
                 token.created_by or "",

@@ -1,5 +1,9 @@
 """API tokens: created with a name and task-name scopes, stored as SHA-256, revoked by name.
 
+Scopes are task-name patterns, plus the permissions in PERMISSIONS for what is not a task
+(approving remediation runs). A token may be bound to a tenant: it then reads and changes only
+that tenant's remediation playbooks, runs and artifacts.
+
 A token is 256 random bits, so a fast hash is enough: nobody can brute-force the preimage, and
 looking a token up by its hash is one index probe per request.
 """
@@ -27,6 +31,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}")
 _SCOPE = re.compile(r"[a-z0-9_.*?\[\]-]{1,200}")
 
 
+# Scopes that are not task names: what else a token may do.
+PERMISSIONS: dict[str, str] = {
+    "remediation.approve": "approve or reject remediation runs",
+    "remediation.playbooks": "create remediation playbooks",
+}
+
+
 class TokenError(DrydockError):
     """A token could not be created or revoked as asked."""
 
@@ -37,6 +48,8 @@ class Caller:
 
     name: str
     scopes: tuple[str, ...]
+    # The tenant the token acts for; None: an operator token, across tenants.
+    tenant: str | None = None
 
     def may_use(self, task_name: str) -> bool:
         return task_may_be_used(self.scopes, task_name)
@@ -56,7 +69,7 @@ def hash_token(token: str) -> str:
 def check_scopes(scopes: Sequence[str], known_tasks: Iterable[str]) -> list[str]:
     """The scopes, cleaned; TokenError for a malformed one or one that matches no task (a typo
     would otherwise make a token that can do nothing, silently)."""
-    known = sorted(known_tasks)
+    known = sorted({*known_tasks, *PERMISSIONS})
     cleaned: list[str] = []
     for raw in scopes:
         for scope in (part.strip() for part in raw.split(",")):
@@ -69,7 +82,7 @@ def check_scopes(scopes: Sequence[str], known_tasks: Iterable[str]) -> list[str]
                 )
             if not any(fnmatch.fnmatchcase(task, scope) for task in known):
                 raise TokenError(
-                    f"scope {scope!r} matches no task; known tasks: {', '.join(known)}"
+                    f"scope {scope!r} matches no task or permission; known: {', '.join(known)}"
                 )
             if scope not in cleaned:
                 cleaned.append(scope)
@@ -85,6 +98,7 @@ def create_token(
     scopes: Sequence[str],
     known_tasks: Iterable[str],
     created_by: str | None,
+    tenant: str | None = None,
 ) -> tuple[ApiToken, str]:
     """A new token and its plaintext, which is not stored anywhere and cannot be shown again."""
     if not _NAME.fullmatch(name):
@@ -93,6 +107,8 @@ def create_token(
             "letter or digit"
         )
     cleaned = check_scopes(scopes, known_tasks)
+    if tenant is not None and not _NAME.fullmatch(tenant):
+        raise TokenError(f"tenant {tenant!r} must be 1-100 letters, digits or _.@-")
     existing = session.execute(
         select(ApiToken.id).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
     ).first()
@@ -100,7 +116,11 @@ def create_token(
         raise TokenError(f"a token named {name!r} already exists; revoke it first")
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
-        name=name, token_hash=hash_token(plaintext), scopes=cleaned, created_by=created_by
+        name=name,
+        token_hash=hash_token(plaintext),
+        scopes=cleaned,
+        created_by=created_by,
+        tenant=tenant,
     )
     session.add(token)
     session.flush()
@@ -139,4 +159,4 @@ def authenticate(session: Session, plaintext: str, *, now: datetime | None = Non
     moment = now or datetime.now(UTC)
     if token.last_used_at is None or moment - token.last_used_at > LAST_USED_RESOLUTION:
         token.last_used_at = moment
-    return Caller(name=token.name, scopes=tuple(token.scopes))
+    return Caller(name=token.name, scopes=tuple(token.scopes), tenant=token.tenant)

@@ -18,6 +18,7 @@ from tasks.attestation.payloads import (
 from tasks.builds.payloads import BuildImagePayload
 from tasks.canary.payloads import CanaryPayload
 from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
+from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
 from workers.errors import UnknownTaskError
 from workers.payload import Payload
 from workers.queues import WORK_QUEUES, queue_for_task
@@ -103,6 +104,23 @@ def _specs() -> list[TaskSpec]:
             name="attestation.expire_stale_evidence",
             payload=ExpireStaleEvidencePayload,
             summary="Move trusted assets whose evidence has expired to stale (Beat runs it).",
+        ),
+        TaskSpec(
+            name="remediation.run_playbook",
+            payload=RunPlaybookPayload,
+            summary=(
+                "Run a remediation run's playbook against its quarantined asset (with the run's "
+                "approval token when it needs one), keep every step's artifacts, and send the "
+                "asset to pending_attestation on success or back to quarantined on failure."
+            ),
+        ),
+        TaskSpec(
+            name="remediation.sweep_runs",
+            payload=SweepRunsPayload,
+            summary=(
+                "Expire runs whose approval wait or approval ran out, send runs whose job never "
+                "reached the broker, fail runs whose job died (Beat runs it)."
+            ),
         ),
     ]
     return specs

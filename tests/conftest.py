@@ -40,7 +40,13 @@ TEST_VISIBILITY_TIMEOUT = TEST_BUILD_TIME_LIMIT + 2
 _state: dict[str, Any] = {}
 
 # Fixtures of the builds and pushes tests: a Docker engine, buildah, git repositories, a registry.
-pytest_plugins = ["tests.image_builders", "tests.registry_server", "tests.tpm_simulator"]
+pytest_plugins = [
+    "tests.image_builders",
+    "tests.registry_server",
+    "tests.tpm_simulator",
+    "tests.sandbox_image",
+    "tests.kube_standin",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,6 +90,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_ATTESTATION_ROOTS_DIR": str(_pin_sample_roots(base / "attestation-roots")),
             "DRYDOCK_LIBVIRT_URI": "test:///default",
             "DRYDOCK_TRUST_STALENESS_INTERVAL_SECONDS": "0",
+            # Remediation: Beat's sweep off (tests run it themselves).
+            "DRYDOCK_REMEDIATION_EXPIRY_INTERVAL_SECONDS": "0",
         }
     )
 
@@ -178,7 +186,7 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
         conn.execute(
             text(
                 "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
-                "trust_asset_classes CASCADE"
+                "trust_asset_classes, remediation_playbooks, tenant_policies CASCADE"
             )
         )
     client = redis.Redis.from_url(redis_server)

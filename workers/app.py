@@ -18,6 +18,7 @@ TASK_MODULES = [
     "tasks.builds.celery_tasks",
     "tasks.pushes.celery_tasks",
     "tasks.attestation.celery_tasks",
+    "tasks.remediation.celery_tasks",
 ]
 
 

@@ -256,6 +256,58 @@ class Settings(BaseSettings):
         86400,
         description="How long verified evidence keeps an asset trusted when its class sets no TTL.",
     )
+    remediation_sandbox_image: str = Field(
+        "drydock/remediation-sandbox:latest",
+        description=(
+            "Image `shell` playbook steps run in (`drydock remediation sandbox build` makes one "
+            "from a static busybox); `container` playbooks name their own."
+        ),
+    )
+    remediation_allow_local_ansible: bool = Field(
+        False,
+        description=(
+            "Let `ansible` playbooks use `ansible_connection: local`, which runs their tasks on "
+            "the worker itself. Off in production: playbooks reach their target over SSH."
+        ),
+    )
+    kubeconfig: str | None = Field(
+        None,
+        description=(
+            "kubeconfig file of the Kubernetes API `kubernetes` playbooks act on; unset: the "
+            "in-cluster service account, else ~/.kube/config."
+        ),
+    )
+    remediation_approval_ttl_seconds: Annotated[int, Field(gt=0)] = Field(
+        3600,
+        description=(
+            "How long an approval token is valid: a run not started by then becomes `expired`."
+        ),
+    )
+    remediation_request_ttl_seconds: Annotated[int, Field(gt=0)] = Field(
+        86400,
+        description="How long a run waits for approval before it becomes `expired`.",
+    )
+    remediation_signing_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Key signing approval tokens (HS256). Unset: derived from DRYDOCK_SECRET_KEY; with "
+            "neither set, approvals are refused."
+        ),
+    )
+    remediation_artifact_max_bytes: Annotated[int, Field(ge=1024)] = Field(
+        65536,
+        description=(
+            "Most bytes of stdout and of stderr kept per playbook step (the head and the tail; "
+            "the middle is cut and marked)."
+        ),
+    )
+    remediation_expiry_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        60.0,
+        description=(
+            "How often Beat expires runs whose approval wait or approval token ran out; 0 "
+            "turns the entry off."
+        ),
+    )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
     log_json: bool = Field(True, description="Log one JSON object per line (structlog).")
     extra_secret_fields: list[str] = Field(

@@ -1,0 +1,370 @@
+"""``/v1/remediation``: playbooks, runs, approvals and artifacts over HTTP.
+
+Tenancy: a token bound to a tenant (`drydock tokens create --tenant T`) sees and acts on that
+tenant only; another tenant's run or playbook is 404, exactly as if it did not exist, and
+naming another tenant is 403. An operator token (no tenant) reads across tenants and names the
+tenant when it writes.
+
+Permissions: requesting, cancelling and reading runs need the `remediation.run_playbook` scope;
+approving and rejecting need `remediation.approve`; creating playbooks needs
+`remediation.playbooks`. A run cannot be approved by the token that requested it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from drydock.api_auth import Caller
+from models import remediation as store
+from models import tokens
+from models.db import session_scope
+from models.remediation import RemediationRefusedError
+from models.tables import RunState
+from tasks.remediation import domain
+from tasks.remediation.approvals import ApprovalsUnavailableError
+from tasks.remediation.playbooks import PlaybookDefinition
+
+router = APIRouter(prefix="/v1/remediation", tags=["remediation"])
+
+
+TenantQuery = Annotated[
+    str | None,
+    Query(description="Operator tokens: the tenant. Tenant tokens: their own, or omitted."),
+]
+
+# ---- bodies ----------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+
+
+class PlaybookBody(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    name: str
+    version: int
+    executor: str
+    timeout_seconds: int
+    requires_approval: bool
+    asset_kinds: list[str]
+    description: str
+    created_at: datetime | None
+    created_by: str | None
+    spec: dict[str, Any] | None = None
+
+
+class PlaybookDetailBody(PlaybookBody):
+    versions: list[int]
+
+
+class RunRequestBody(BaseModel):
+    asset: str = Field(description="The asset's id, or its name within the tenant.")
+    playbook: str = Field(description="The playbook's name (its newest version runs).")
+    reason: str = Field("", max_length=2000, description="Why: kept in the audit trail.")
+    tenant: str | None = Field(None, description="Operator tokens: the asset's tenant.")
+
+
+class DecisionBody(BaseModel):
+    reason: str = Field("", max_length=2000, description="Why: kept in the audit trail.")
+
+
+class RunRequestedBody(BaseModel):
+    run_id: uuid.UUID
+    created: bool = Field(
+        description="False: the asset and playbook already had an active run; this is it."
+    )
+    state: str
+    job_id: uuid.UUID | None
+    approval_reasons: list[str]
+    url: str
+
+
+class ApprovedBody(BaseModel):
+    run_id: uuid.UUID
+    approval_token: str = Field(
+        description="Signed, bound to this run, expiring; the run's job carries it."
+    )
+    expires_at: datetime
+    job_id: uuid.UUID | None = Field(
+        description="Null when the broker was unreachable: the run is sent by the next sweep."
+    )
+
+
+class RunBody(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    asset_id: uuid.UUID
+    playbook: str
+    playbook_version: int
+    state: RunState
+    reason: str
+    requested_by: str
+    requested_at: datetime | None
+    approval_reasons: list[str]
+    approval_deadline: datetime | None
+    approved_by: str | None
+    approved_at: datetime | None
+    approval_expires_at: datetime | None
+    trust_context: dict[str, Any]
+    attempts: int
+    job_id: uuid.UUID | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    outputs: dict[str, Any]
+    evidence_nonce: str | None
+
+
+class AuditBody(BaseModel):
+    action: str
+    actor: str
+    reason: str
+    detail: dict[str, Any]
+    at: datetime | None
+
+
+class ArtifactBody(BaseModel):
+    attempt: int
+    step: int
+    name: str
+    ok: bool
+    timed_out: bool
+    exit_code: int | None
+    error: str | None
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+    truncated: bool = Field(description="The output was longer than kept: its middle is cut.")
+    outputs: dict[str, Any]
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float
+
+
+class RunDetailBody(RunBody):
+    asset: dict[str, Any] | None
+    audit: list[AuditBody]
+    artifacts: list[ArtifactBody]
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _require(caller: tokens.Caller, scope: str) -> None:
+    if not tokens.task_may_be_used(caller.scopes, scope):
+        raise HTTPException(
+            403,
+            f"token {caller.name!r} lacks the {scope} scope (scopes: {', '.join(caller.scopes)})",
+        )
+
+
+def _tenant_to_read(caller: tokens.Caller, given: str | None) -> str | None:
+    """The tenant a read is limited to: the token's own; an operator's choice (None: all)."""
+    if caller.tenant is not None:
+        if given is not None and given != caller.tenant:
+            raise HTTPException(403, f"token {caller.name!r} acts for tenant {caller.tenant} only")
+        return caller.tenant
+    return given
+
+
+def _tenant_to_write(caller: tokens.Caller, given: str | None) -> str:
+    tenant = _tenant_to_read(caller, given)
+    if tenant is None:
+        raise HTTPException(422, "say which tenant: ?tenant= (or a token bound to one)")
+    return tenant
+
+
+def _actor(caller: tokens.Caller) -> str:
+    return f"api:{caller.name}"
+
+
+def refused_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Registered by drydock.api: a refused request is 409 with its reason."""
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+def approvals_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+EXCEPTION_HANDLERS = {
+    RemediationRefusedError: refused_handler,
+    ApprovalsUnavailableError: approvals_unavailable_handler,
+}
+
+# ---- playbooks -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/playbooks",
+    status_code=201,
+    response_model=PlaybookBody,
+    responses={403: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def create_playbook(
+    definition: PlaybookDefinition, caller: Caller, tenant: TenantQuery = None
+) -> dict[str, Any]:
+    """Store a playbook definition as the next version of its name; the spec is validated by
+    its executor's schema (422 names each problem)."""
+    _require(caller, "remediation.playbooks")
+    return domain.create_playbook(
+        definition, tenant=_tenant_to_write(caller, tenant), actor=_actor(caller)
+    )
+
+
+@router.get("/playbooks", response_model=list[PlaybookBody])
+def list_playbooks(caller: Caller, tenant: TenantQuery = None) -> list[dict[str, Any]]:
+    """The newest version of every playbook the token may see."""
+    _require(caller, "remediation.run_playbook")
+    with session_scope() as session:
+        return [
+            domain.playbook_summary(book, with_spec=False)
+            for book in store.list_playbooks(session, _tenant_to_read(caller, tenant))
+        ]
+
+
+@router.get(
+    "/playbooks/{name}", response_model=PlaybookDetailBody, responses={404: {"model": ErrorBody}}
+)
+def show_playbook(
+    name: str,
+    caller: Caller,
+    tenant: TenantQuery = None,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """One playbook version (the newest unless ?version=) with its spec."""
+    _require(caller, "remediation.run_playbook")
+    owner = _tenant_to_write(caller, tenant)
+    with session_scope() as session:
+        book = store.get_playbook(session, owner, name, version)
+        versions = [row.version for row in store.playbook_versions(session, owner, name)]
+        return {**domain.playbook_summary(book), "versions": versions}
+
+
+# ---- runs ------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/runs",
+    status_code=201,
+    response_model=RunRequestedBody,
+    responses={
+        200: {"model": RunRequestedBody, "description": "Joined the asset's active run."},
+        404: {"model": ErrorBody, "description": "No such asset or playbook for the tenant."},
+        409: {"model": ErrorBody, "description": "Refused: the asset is not distrusted, ..."},
+    },
+)
+def request_run(body: RunRequestBody, caller: Caller, response: Response) -> RunRequestedBody:
+    """Ask for a playbook to run against a quarantined asset. Concurrent requests for the same
+    asset and playbook collapse into one run: 201 for the one that created it, 200 for the
+    others, all with its id."""
+    _require(caller, "remediation.run_playbook")
+    outcome = domain.request_run(
+        tenant=_tenant_to_write(caller, body.tenant),
+        asset=body.asset,
+        playbook=body.playbook,
+        requested_by=_actor(caller),
+        reason=body.reason,
+    )
+    if not outcome.created:
+        response.status_code = 200
+    url = f"/v1/remediation/runs/{outcome.run_id}"
+    response.headers["Location"] = url
+    return RunRequestedBody(
+        run_id=outcome.run_id,
+        created=outcome.created,
+        state=outcome.state,
+        job_id=outcome.job_id,
+        approval_reasons=outcome.approval_reasons,
+        url=url,
+    )
+
+
+@router.get("/runs", response_model=list[RunBody])
+def list_runs(
+    caller: Caller,
+    tenant: TenantQuery = None,
+    state: RunState | None = None,
+    asset: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[dict[str, Any]]:
+    """Runs newest first."""
+    _require(caller, "remediation.run_playbook")
+    return domain.list_run_views(
+        tenant=_tenant_to_read(caller, tenant),
+        state=state.value if state else None,
+        asset=asset,
+        limit=limit,
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunDetailBody, responses={404: {"model": ErrorBody}})
+def show_run(run_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
+    """A run with its audit trail and each step's artifacts (output capped, secrets redacted)."""
+    _require(caller, "remediation.run_playbook")
+    return domain.describe_run(run_id, tenant=caller.tenant)
+
+
+@router.post(
+    "/runs/{run_id}/approve",
+    response_model=ApprovedBody,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+def approve_run(
+    run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+) -> ApprovedBody:
+    """Approve a pending run: it is queued with a signed approval token bound to it, valid for
+    DRYDOCK_REMEDIATION_APPROVAL_TTL_SECONDS."""
+    _require(caller, "remediation.approve")
+    approved = domain.approve_run(
+        run_id,
+        tenant=caller.tenant,
+        approver=_actor(caller),
+        reason=body.reason if body else "",
+    )
+    return ApprovedBody(
+        run_id=approved.run_id,
+        approval_token=approved.token,
+        expires_at=approved.expires_at,
+        job_id=approved.job_id,
+    )
+
+
+@router.post(
+    "/runs/{run_id}/reject",
+    response_model=RunBody,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def reject_run(
+    run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+) -> dict[str, Any]:
+    """Refuse a pending run; it becomes cancelled."""
+    _require(caller, "remediation.approve")
+    domain.reject_run(
+        run_id, tenant=caller.tenant, actor=_actor(caller), reason=body.reason if body else ""
+    )
+    return domain.describe_run(run_id, tenant=caller.tenant)
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=RunBody,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+def cancel_run(
+    run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+) -> dict[str, Any]:
+    """Cancel a run that has not started."""
+    _require(caller, "remediation.run_playbook")
+    domain.cancel_run(
+        run_id, tenant=caller.tenant, actor=_actor(caller), reason=body.reason if body else ""
+    )
+    return domain.describe_run(run_id, tenant=caller.tenant)

@@ -1,0 +1,1 @@
+"""The remediation queue: playbooks run against distrusted assets, behind approval gates."""

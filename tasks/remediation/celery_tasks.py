@@ -1,0 +1,34 @@
+"""The remediation queue's Celery tasks: thin wrappers over ``tasks.remediation.domain``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.trust import TransitionConflictError
+from tasks.remediation import domain
+from tasks.remediation.executors.base import ExecutorUnavailableError
+from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
+from workers.base_task import DrydockTask, JobContext, drydock_task
+
+# Retried with backoff: the engine, daemon or API unreachable; another playbook running on the
+# asset; writers racing for the asset. A playbook step that fails is an outcome, not an error.
+# A refused job (bad approval token, another tenant's run) is dead-lettered at once.
+
+
+def run_playbook(payload: RunPlaybookPayload, ctx: JobContext) -> dict[str, Any]:
+    return domain.execute_run(payload, ctx)
+
+
+def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
+    return domain.sweep_runs(payload, ctx)
+
+
+RUN_PLAYBOOK: DrydockTask = drydock_task(
+    "remediation.run_playbook",
+    transient=(ExecutorUnavailableError, domain.AssetBusyError, TransitionConflictError),
+    on_dead_lettered=domain.gave_up,
+)(run_playbook)
+
+SWEEP_RUNS: DrydockTask = drydock_task(
+    "remediation.sweep_runs", transient=(TransitionConflictError,)
+)(sweep_runs)

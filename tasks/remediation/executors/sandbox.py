@@ -1,0 +1,727 @@
+"""The sandbox executors: ``shell`` and ``container`` playbook steps, each step one container on
+the Docker engine.
+
+Every step runs in a fresh container, locked down the same way whatever the image:
+
+- no network (``network_mode=none``) and no IPC namespace shared or ``/dev/shm`` (``ipc=none``);
+- a read-only root file system; ``/scratch`` (the working directory) and a small ``/tmp`` are
+  tmpfs, the only writable places. They are memory-backed and **per step**: a file one step
+  writes is gone when the next step starts, and nothing a step writes ever reaches a disk;
+- every capability dropped, ``no-new-privileges``, memory (no swap beyond it), CPU and process
+  limits from the spec's ``limits``;
+- ``shell`` steps run as nobody (65534:65534) in the sandbox image (a static busybox, built by
+  :func:`build_sandbox_image`); ``container`` steps run an argv in the image the playbook
+  names, as its ``user`` or the image's own user;
+- the environment is the target's (``DRYDOCK_ASSET_*``, ``DRYDOCK_TENANT``), ``DRYDOCK_RUN_ID``,
+  the spec's ``env`` and the run's resolved secrets;
+- labels (``io.drydock.remediation.*``) name the run, attempt and step, so an operator can find
+  a sandbox container with ``docker ps --filter label=io.drydock.remediation.sandbox``.
+
+A step waits at most for what is left of the run's time budget, then is killed. Its container
+is removed however the step ends (exit, timeout, error, the task being cancelled), before its
+result is yielded. Images are never pulled: a missing image is a failed step saying how to get
+it. An engine that cannot be reached raises ExecutorUnavailableError (the task retries).
+
+The docker SDK is imported inside functions: the spec models here are imported by every
+producer that validates a playbook, which must not need the SDK loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from tasks.remediation.executors.base import (
+    ExecutorKind,
+    ExecutorSpec,
+    ExecutorUnavailableError,
+    RunContext,
+    SecretEnvSpec,
+    StepResult,
+    Target,
+    parse_outputs,
+    utcnow,
+)
+from workers.errors import DrydockError
+from workers.settings import get_settings
+
+MAX_STEPS = 50
+MAX_STEP_NAME_LENGTH = 64
+# A script or argv is code a person wrote into a playbook, not data: 64 KiB is plenty.
+MAX_SCRIPT_BYTES = 64 * 1024
+MAX_ARGS = 256
+MAX_IMAGE_REFERENCE_LENGTH = 255
+
+SANDBOX_USER = "65534:65534"
+SCRATCH_DIR = "/scratch"
+TMP_SIZE_MB = 16
+
+LABEL_PREFIX = "io.drydock.remediation."
+SANDBOX_LABEL = LABEL_PREFIX + "sandbox"
+RUN_ID_LABEL = LABEL_PREFIX + "run-id"
+ATTEMPT_LABEL = LABEL_PREFIX + "attempt"
+STEP_LABEL = LABEL_PREFIX + "step"
+STEP_INDEX_LABEL = LABEL_PREFIX + "step-index"
+ASSET_ID_LABEL = LABEL_PREFIX + "asset-id"
+EXECUTOR_LABEL = LABEL_PREFIX + "executor"
+
+# Seconds a killed container gets to be reported dead before its logs are read anyway.
+_KILL_WAIT_SECONDS = 10.0
+
+_STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+# Drydock sets these itself (the target, the run id); a playbook may not pass off its own.
+_RESERVED_ENV_PREFIX = "DRYDOCK_"
+
+
+# --- spec models ------------------------------------------------------------------------------
+
+
+class SandboxLimits(ExecutorSpec):
+    """What each step's container may use. The defaults suit a script of coreutils."""
+
+    memory_mb: Annotated[int, Field(ge=16, le=16384)] = Field(
+        256, description="Memory limit of each step's container in MiB (no swap beyond it)."
+    )
+    cpus: Annotated[float, Field(ge=0.1, le=64)] = Field(
+        1.0, description="CPU limit of each step's container, in CPUs (0.5 = half of one)."
+    )
+    pids: Annotated[int, Field(ge=8, le=4096)] = Field(
+        128, description="Most processes and threads a step's container may have at once."
+    )
+    scratch_mb: Annotated[int, Field(ge=1, le=4096)] = Field(
+        64,
+        description=(
+            "Size of the step's /scratch tmpfs in MiB (its working directory; counts against "
+            "memory_mb when filled)."
+        ),
+    )
+
+
+def _check_step_name(name: str) -> str:
+    if not _STEP_NAME.fullmatch(name):
+        raise ValueError(
+            "a step name is letters, digits, spaces, '.', '_' and '-', starting with a letter "
+            "or digit"
+        )
+    return name
+
+
+StepName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_STEP_NAME_LENGTH),
+    AfterValidator(_check_step_name),
+]
+
+
+def _check_steps(steps: Sequence[Any]) -> None:
+    if not steps:
+        raise ValueError("a playbook needs at least one step")
+    if len(steps) > MAX_STEPS:
+        raise ValueError(f"at most {MAX_STEPS} steps, not {len(steps)}")
+    names = [step.name for step in steps]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"step names must be unique; repeated: {', '.join(duplicates)}")
+
+
+def _check_image(image: str) -> str:
+    if not image or any(char.isspace() for char in image):
+        raise ValueError("an image reference is a non-empty name without spaces, e.g. app:1.2")
+    return image
+
+
+class _SandboxSpec(SecretEnvSpec):
+    """What shell and container specs share: limits, and env names a step can receive."""
+
+    limits: SandboxLimits = Field(
+        default_factory=SandboxLimits, description="Resource limits of each step's container."
+    )
+
+    @model_validator(mode="after")
+    def _check_env_names(self) -> _SandboxSpec:
+        for field_name, names in (("env", self.env), ("secret_env", self.secret_env)):
+            for name in names:
+                if not _ENV_NAME.fullmatch(name):
+                    raise ValueError(
+                        f"{field_name}: {name!r} is not an environment variable name "
+                        "(letters, digits and '_', not starting with a digit)"
+                    )
+                if name.upper().startswith(_RESERVED_ENV_PREFIX):
+                    raise ValueError(
+                        f"{field_name}: {name!r} is reserved: Drydock sets the DRYDOCK_* "
+                        "variables a step sees (its target and run)"
+                    )
+        both = sorted(set(self.env) & set(self.secret_env))
+        if both:
+            raise ValueError(f"env and secret_env both set {', '.join(both)}")
+        for name, value in self.env.items():
+            if "\0" in value:
+                raise ValueError(f"env: the value of {name} contains a NUL character")
+        return self
+
+
+class ShellStep(ExecutorSpec):
+    name: StepName = Field(
+        description="The step's name, unique in the playbook; shown in its run record."
+    )
+    run: Annotated[str, Field(min_length=1)] = Field(
+        description=(
+            "A script for `/bin/sh -c` (busybox ash in the default image), run in /scratch as "
+            "nobody; a non-zero exit fails the step."
+        )
+    )
+
+    @field_validator("run")
+    @classmethod
+    def _check_script(cls, script: str) -> str:
+        if not script.strip():
+            raise ValueError("the script is empty")
+        if len(script.encode()) > MAX_SCRIPT_BYTES:
+            raise ValueError(f"the script is longer than {MAX_SCRIPT_BYTES} bytes")
+        if "\0" in script:
+            raise ValueError("the script contains a NUL character")
+        return script
+
+
+class ShellSpec(_SandboxSpec):
+    """`shell` playbooks: scripts run one per step in the busybox sandbox image."""
+
+    steps: list[ShellStep] = Field(
+        description=f"The steps, run in order (1 to {MAX_STEPS}); the first failure stops the run."
+    )
+    image: str | None = Field(
+        None,
+        max_length=MAX_IMAGE_REFERENCE_LENGTH,
+        description=(
+            "Image the steps run in, which must have /bin/sh and already be on the Docker "
+            "engine (never pulled); unset: the worker's DRYDOCK_REMEDIATION_SANDBOX_IMAGE."
+        ),
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _check_step_list(cls, steps: list[ShellStep]) -> list[ShellStep]:
+        _check_steps(steps)
+        return steps
+
+    @field_validator("image")
+    @classmethod
+    def _check_image_reference(cls, image: str | None) -> str | None:
+        return None if image is None else _check_image(image)
+
+
+class ContainerStep(ExecutorSpec):
+    name: StepName = Field(
+        description="The step's name, unique in the playbook; shown in its run record."
+    )
+    command: list[str] = Field(
+        description=(
+            "The argv to run, executed directly (no shell: `$VAR` and `;` are literal); the "
+            "first item is the program. A non-zero exit fails the step."
+        )
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, command: list[str]) -> list[str]:
+        if not command or not command[0]:
+            raise ValueError("the command needs at least a program to run")
+        if len(command) > MAX_ARGS:
+            raise ValueError(f"at most {MAX_ARGS} arguments, not {len(command)}")
+        if sum(len(arg.encode()) for arg in command) > MAX_SCRIPT_BYTES:
+            raise ValueError(f"the command is longer than {MAX_SCRIPT_BYTES} bytes")
+        if any("\0" in arg for arg in command):
+            raise ValueError("an argument contains a NUL character")
+        return command
+
+
+class ContainerSpec(_SandboxSpec):
+    """`container` playbooks: an argv per step in an image of the playbook's choosing."""
+
+    image: str = Field(
+        max_length=MAX_IMAGE_REFERENCE_LENGTH,
+        description="Image every step runs in; it must already be on the Docker engine (never "
+        "pulled).",
+    )
+    steps: list[ContainerStep] = Field(
+        description=f"The steps, run in order (1 to {MAX_STEPS}); the first failure stops the run."
+    )
+    user: str | None = Field(
+        None,
+        max_length=64,
+        description="User the steps run as (`uid`, `uid:gid` or names the image knows); unset: "
+        "the image's own user.",
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _check_image_reference(cls, image: str) -> str:
+        return _check_image(image)
+
+    @field_validator("steps")
+    @classmethod
+    def _check_step_list(cls, steps: list[ContainerStep]) -> list[ContainerStep]:
+        _check_steps(steps)
+        return steps
+
+    @field_validator("user")
+    @classmethod
+    def _check_user(cls, user: str | None) -> str | None:
+        if user is not None and not _USER.fullmatch(user):
+            raise ValueError("user is `uid`, `uid:gid`, `name` or `name:group`")
+        return user
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+def _engine_address(base_url: str | None) -> str | None:
+    return base_url or get_settings().docker_host or os.environ.get("DOCKER_HOST") or None
+
+
+@contextlib.contextmanager
+def _engine_errors(address: str | None) -> Iterator[None]:
+    """The engine unreachable (or gone mid-call) -> ExecutorUnavailableError. The engine's own
+    answers (APIError: no such image, a refused container; BuildError) pass through for the
+    caller."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.Timeout,
+        docker.errors.DockerException,
+    ) as exc:
+        if isinstance(exc, docker.errors.APIError | docker.errors.BuildError):
+            raise
+        raise ExecutorUnavailableError(
+            f"the Docker engine at {address or 'the default socket'} cannot be reached: {exc}"
+        ) from None
+
+
+def _connect(address: str | None) -> Any:
+    """A docker.DockerClient for ``address``; the engine is asked its API version, so an
+    unreachable one fails here."""
+    import docker
+
+    with _engine_errors(address):
+        return docker.DockerClient(base_url=address) if address else docker.from_env()
+
+
+@dataclass(frozen=True)
+class _Step:
+    index: int
+    name: str
+    command: list[str]
+
+
+@dataclass(frozen=True)
+class _Sandbox:
+    """Everything about a step's container but its command."""
+
+    image: str
+    user: str | None
+    limits: SandboxLimits
+    environment: dict[str, str]
+    labels: dict[str, str]
+    # Said when the image is not on the engine: how to get it there.
+    missing_image_hint: str
+
+
+class _DockerSandboxExecutor:
+    kind: ClassVar[ExecutorKind]
+
+    def __init__(self, base_url: str | None = None) -> None:
+        """``base_url`` (e.g. ``unix:///run/docker.sock``) unset: DRYDOCK_DOCKER_HOST, else
+        DOCKER_HOST, else the engine's default socket."""
+        self._address = _engine_address(base_url)
+
+    @property
+    def engine_address(self) -> str:
+        return self._address or "the default socket"
+
+    def _run_steps(
+        self, sandbox: _Sandbox, steps: list[_Step], run: RunContext
+    ) -> Iterator[StepResult]:
+        client = _connect(self._address)
+        try:
+            for step in steps:
+                with _engine_errors(self._address):
+                    result = self._run_step(client, sandbox, step, run)
+                yield result
+                if not result.ok:
+                    return
+        finally:
+            client.close()
+
+    def _run_step(self, client: Any, sandbox: _Sandbox, step: _Step, run: RunContext) -> StepResult:
+        import docker.errors
+
+        started_at = utcnow()
+
+        def failed(error: str, **fields: Any) -> StepResult:
+            return StepResult(
+                name=step.name,
+                ok=False,
+                started_at=started_at,
+                finished_at=utcnow(),
+                error=error,
+                **fields,
+            )
+
+        if run.remaining() <= 0:
+            return failed(run.timeout_message(), timed_out=True)
+        limits = sandbox.limits
+        try:
+            container = client.containers.create(
+                sandbox.image,
+                command=step.command,
+                user=sandbox.user,
+                environment=sandbox.environment,
+                labels={
+                    **sandbox.labels,
+                    STEP_LABEL: step.name,
+                    STEP_INDEX_LABEL: str(step.index),
+                },
+                working_dir=SCRATCH_DIR,
+                network_mode="none",
+                ipc_mode="none",
+                read_only=True,
+                tmpfs={
+                    SCRATCH_DIR: f"size={limits.scratch_mb}m,mode=1777",
+                    "/tmp": f"size={TMP_SIZE_MB}m,mode=1777",
+                },
+                mem_limit=f"{limits.memory_mb}m",
+                # Equal to mem_limit: no swap on top of the memory limit.
+                memswap_limit=f"{limits.memory_mb}m",
+                nano_cpus=round(limits.cpus * 1e9),
+                pids_limit=limits.pids,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                # The output is read back from the logs: json-file, whatever the engine's
+                # default driver (syslog, none) is, as those cannot be read back.
+                log_config={"type": "json-file", "config": {}},
+            )
+        except docker.errors.ImageNotFound:
+            return failed(sandbox.missing_image_hint)
+        except docker.errors.APIError as exc:
+            return failed(f"the Docker engine refused the step's container: {_explain(exc)}")
+        try:
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                # E.g. the program is not in the image ("executable file not found").
+                return failed(f"the step's container did not start: {_explain(exc)}")
+            exit_code = self._wait(container, run)
+            if exit_code is None:
+                self._kill(container)
+            stdout = _decode(container.logs(stdout=True, stderr=False))
+            stderr = _decode(container.logs(stdout=False, stderr=True))
+            if exit_code is None:
+                return failed(run.timeout_message(), timed_out=True, stdout=stdout, stderr=stderr)
+            error = None
+            if exit_code != 0:
+                container.reload()
+                error = _exit_error(exit_code, container.attrs, limits)
+            return StepResult(
+                name=step.name,
+                ok=exit_code == 0,
+                started_at=started_at,
+                finished_at=utcnow(),
+                exit_code=exit_code,
+                stdout=stdout,
+                stderr=stderr,
+                outputs=parse_outputs(stdout),
+                error=error,
+            )
+        finally:
+            self._remove(container)
+
+    def _wait(self, container: Any, run: RunContext) -> int | None:
+        """The step's exit code, or None when the run's time ran out first."""
+        import requests.exceptions
+
+        while True:
+            remaining = run.remaining()
+            if remaining <= 0:
+                return None
+            try:
+                status = container.wait(timeout=remaining)
+            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+                # Over a unix socket a read timeout arrives as a ConnectionError: ask the engine
+                # again (an engine that went away fails that with ExecutorUnavailableError).
+                container.reload()
+                continue
+            return int(status["StatusCode"])
+
+    def _kill(self, container: Any) -> None:
+        import docker.errors
+        import requests.exceptions
+
+        # 409: it ended on its own between the deadline and the kill.
+        with contextlib.suppress(docker.errors.APIError):
+            container.kill()
+        with contextlib.suppress(requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+            container.wait(timeout=_KILL_WAIT_SECONDS)
+
+    def _remove(self, container: Any) -> None:
+        """Remove the container, never raising: this runs while another error (the engine gone,
+        the task cancelled) may be on its way up, which must not be masked."""
+        import docker.errors
+
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:
+            from workers.logs import get_logger
+
+            get_logger(action="remediation.sandbox.remove_failed").warning(
+                "a remediation sandbox container could not be removed",
+                container=container.id,
+                engine=self.engine_address,
+                error=str(exc),
+            )
+
+    def _labels(self, target: Target, run: RunContext) -> dict[str, str]:
+        return {
+            SANDBOX_LABEL: "true",
+            EXECUTOR_LABEL: str(self.kind),
+            RUN_ID_LABEL: str(run.run_id),
+            ATTEMPT_LABEL: str(run.attempt),
+            ASSET_ID_LABEL: str(target.asset_id),
+        }
+
+    def _environment(self, spec: _SandboxSpec, target: Target, run: RunContext) -> dict[str, str]:
+        return {
+            **target.environment(),
+            "DRYDOCK_RUN_ID": str(run.run_id),
+            **spec.env,
+            **run.secret_env,
+        }
+
+
+class ShellExecutor(_DockerSandboxExecutor):
+    """`shell` steps: each a ``/bin/sh -c`` script in its own locked-down container of the
+    sandbox image, as nobody, with a per-step tmpfs /scratch as working directory."""
+
+    kind: ClassVar[ExecutorKind] = ExecutorKind.SHELL
+    spec_model: ClassVar[type[ExecutorSpec]] = ShellSpec
+
+    def __init__(self, base_url: str | None = None, default_image: str | None = None) -> None:
+        """``default_image`` unset: DRYDOCK_REMEDIATION_SANDBOX_IMAGE."""
+        super().__init__(base_url)
+        self.default_image = default_image or get_settings().remediation_sandbox_image
+
+    def execute(
+        self, spec: ShellSpec | Mapping[str, Any], target: Target, run: RunContext
+    ) -> Iterator[StepResult]:
+        spec = spec if isinstance(spec, ShellSpec) else ShellSpec.model_validate(spec)
+        image = spec.image or self.default_image
+        if image == self.default_image:
+            hint = (
+                f"the sandbox image {image!r} is not on the Docker engine at "
+                f"{self.engine_address}: build it there with `drydock remediation sandbox "
+                "build` (steps never pull images)"
+            )
+        else:
+            hint = _missing_image_hint(image, self.engine_address)
+        sandbox = _Sandbox(
+            image=image,
+            user=SANDBOX_USER,
+            limits=spec.limits,
+            environment=self._environment(spec, target, run),
+            labels=self._labels(target, run),
+            missing_image_hint=hint,
+        )
+        steps = [
+            _Step(index, step.name, ["/bin/sh", "-c", step.run])
+            for index, step in enumerate(spec.steps)
+        ]
+        yield from self._run_steps(sandbox, steps, run)
+
+
+class ContainerExecutor(_DockerSandboxExecutor):
+    """`container` steps: each an argv run directly in its own locked-down container of the
+    playbook's image, with a per-step tmpfs /scratch as working directory."""
+
+    kind: ClassVar[ExecutorKind] = ExecutorKind.CONTAINER
+    spec_model: ClassVar[type[ExecutorSpec]] = ContainerSpec
+
+    def execute(
+        self, spec: ContainerSpec | Mapping[str, Any], target: Target, run: RunContext
+    ) -> Iterator[StepResult]:
+        spec = spec if isinstance(spec, ContainerSpec) else ContainerSpec.model_validate(spec)
+        sandbox = _Sandbox(
+            image=spec.image,
+            user=spec.user,
+            limits=spec.limits,
+            environment=self._environment(spec, target, run),
+            labels=self._labels(target, run),
+            missing_image_hint=_missing_image_hint(spec.image, self.engine_address),
+        )
+        steps = [
+            _Step(index, step.name, list(step.command)) for index, step in enumerate(spec.steps)
+        ]
+        yield from self._run_steps(sandbox, steps, run)
+
+
+def _missing_image_hint(image: str, engine: str) -> str:
+    return (
+        f"image {image!r} is not on the Docker engine at {engine}: load or build it there "
+        "first (steps never pull images)"
+    )
+
+
+def _decode(data: bytes | str) -> str:
+    return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+
+
+def _explain(exc: Any) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+def _exit_error(exit_code: int, attrs: Mapping[str, Any], limits: SandboxLimits) -> str:
+    if attrs.get("State", {}).get("OOMKilled"):
+        return (
+            f"exit code {exit_code}: killed for going over its memory limit of "
+            f"{limits.memory_mb} MiB"
+        )
+    # The engine reports a process killed by signal N as 128 + N.
+    if exit_code > 128:
+        return f"exit code {exit_code} (killed by signal {exit_code - 128})"
+    return f"exit code {exit_code}"
+
+
+# --- the sandbox image ------------------------------------------------------------------------
+
+
+class SandboxImageError(DrydockError):
+    """The sandbox image cannot be built: no usable busybox, or the build failed."""
+
+
+SANDBOX_DOCKERFILE = f"""\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN ["/bin/mkdir", "-m", "1777", "{SCRATCH_DIR}", "/tmp"]
+# Names for root and nobody, so `id`, `ls -l` and `whoami` have something to say.
+COPY passwd group /etc/
+ENV PATH=/bin HOME={SCRATCH_DIR}
+WORKDIR {SCRATCH_DIR}
+LABEL {SANDBOX_LABEL}="image" org.opencontainers.image.title="drydock remediation sandbox"
+USER {SANDBOX_USER}
+"""
+_SANDBOX_PASSWD = (
+    f"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:{SCRATCH_DIR}:/bin/sh\n"
+)
+_SANDBOX_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+_PT_INTERP = 3
+
+
+def _check_static_executable(path: Path) -> None:
+    """Refuse anything but a statically linked ELF executable: the image is FROM scratch, with
+    no dynamic loader and no libraries."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SandboxImageError(
+            f"{path} does not exist: the sandbox image needs a static busybox "
+            "(Debian and Ubuntu: the busybox-static package)"
+        ) from None
+    except OSError as exc:
+        raise SandboxImageError(f"{path} cannot be read: {exc.strerror}") from None
+    if data[:4] != b"\x7fELF" or len(data) < 64 or data[4] not in (1, 2) or data[5] not in (1, 2):
+        raise SandboxImageError(f"{path} is not an ELF executable; a static busybox is needed")
+    is_64 = data[4] == 2
+    order = "<" if data[5] == 1 else ">"
+    if is_64:
+        phoff, phentsize, phnum = (
+            struct.unpack_from(order + "Q", data, 32)[0],
+            *struct.unpack_from(order + "HH", data, 54),
+        )
+    else:
+        phoff, phentsize, phnum = (
+            struct.unpack_from(order + "I", data, 28)[0],
+            *struct.unpack_from(order + "HH", data, 42),
+        )
+    for index in range(phnum):
+        offset = phoff + index * phentsize
+        if offset + 4 > len(data):
+            raise SandboxImageError(f"{path} is a truncated ELF file")
+        (p_type,) = struct.unpack_from(order + "I", data, offset)
+        if p_type == _PT_INTERP:
+            raise SandboxImageError(
+                f"{path} is dynamically linked: the sandbox image has no libraries, so it needs "
+                "a static busybox (Debian and Ubuntu: the busybox-static package)"
+            )
+
+
+def build_sandbox_image(
+    tag: str | None = None, busybox: Path = Path("/bin/busybox"), base_url: str | None = None
+) -> str:
+    """Build the `shell` executor's sandbox image on the Docker engine: ``FROM scratch``, a
+    static ``busybox`` with its applets in /bin, /scratch, running as nobody (65534:65534).
+
+    ``tag`` unset: DRYDOCK_REMEDIATION_SANDBOX_IMAGE; ``base_url`` unset: DRYDOCK_DOCKER_HOST,
+    else DOCKER_HOST. Returns the image id. Nothing is pulled; the build runs with no network.
+    """
+    import docker.errors
+    import docker.utils
+
+    _check_static_executable(busybox)
+    tag = tag or get_settings().remediation_sandbox_image
+    if not docker.utils.match_tag(tag):
+        raise SandboxImageError(
+            f"{tag!r} is not an image tag (lowercase repository, optional :tag), e.g. "
+            "drydock/remediation-sandbox:latest"
+        )
+    address = _engine_address(base_url)
+    with tempfile.TemporaryDirectory(prefix="drydock-sandbox-image-") as directory:
+        context = Path(directory)
+        shutil.copyfile(busybox, context / "busybox")
+        (context / "busybox").chmod(0o755)
+        (context / "Dockerfile").write_text(SANDBOX_DOCKERFILE)
+        (context / "passwd").write_text(_SANDBOX_PASSWD)
+        (context / "group").write_text(_SANDBOX_GROUP)
+        client = _connect(address)
+        try:
+            with _engine_errors(address):
+                image, _ = client.images.build(
+                    path=str(context),
+                    tag=tag,
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    # RUN steps need no network, and an engine without a bridge has no other.
+                    network_mode="none",
+                )
+        except docker.errors.BuildError as exc:
+            lines = [
+                str(entry.get("stream") or entry.get("error") or "").rstrip()
+                for entry in exc.build_log
+                if isinstance(entry, dict)
+            ]
+            tail = "\n".join(line for line in lines if line)[-2000:]
+            raise SandboxImageError(f"building {tag} failed: {exc.msg}\n{tail}") from None
+        except docker.errors.APIError as exc:
+            raise SandboxImageError(f"building {tag} failed: {_explain(exc)}") from None
+        finally:
+            client.close()
+    return str(image.id)

@@ -1,0 +1,33 @@
+"""Payloads of the remediation queue's tasks."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field
+
+from workers.payload import Payload
+
+# A JWT: three base64url parts. Checked for shape here (at enqueue and at the task); its
+# signature, run and expiry are judged by the task, which audits every refusal.
+APPROVAL_TOKEN_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$"
+
+
+class RunPlaybookPayload(Payload):
+    run_id: uuid.UUID = Field(description="The remediation run to execute.")
+    tenant: str = Field(
+        min_length=1, max_length=100, description="The run's tenant; another tenant's is refused."
+    )
+    approval_token: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=APPROVAL_TOKEN_PATTERN,
+        description=(
+            "The signed approval token `drydock remediation approve` (or the API) issued for "
+            "this run; required when the run needs approval."
+        ),
+    )
+
+
+class SweepRunsPayload(Payload):
+    limit: int = Field(500, ge=1, le=10_000, description="Most runs handled in one sweep.")

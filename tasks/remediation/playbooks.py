@@ -1,0 +1,97 @@
+"""A playbook as a tenant defines it: validated here, by the executor's own spec model, before
+it is stored, so a run never meets a spec it cannot read."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models.tables import AssetKind
+from tasks.remediation.executors import spec_model_for
+from tasks.remediation.executors.base import ExecutorKind, ExecutorSpec
+from workers.settings import get_settings
+
+NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,99}"
+TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def max_timeout_seconds() -> int:
+    """The longest a playbook may run: under the remediation queue's soft time limit, with
+    room left to record the outcome before Celery stops the task."""
+    soft, _ = get_settings().time_limits_for("remediation")
+    return max(1, soft - min(30, max(1, soft // 5)))
+
+
+class PlaybookDefinition(BaseModel):
+    """What `drydock playbooks create` reads (YAML or JSON) and the API accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")] = Field(
+        description="Lower-case letters, digits, '_', '.', '-'; versions share a name."
+    )
+    executor: ExecutorKind = Field(
+        description="shell, container, ansible, libvirt or kubernetes: how the playbook acts."
+    )
+    spec: dict[str, Any] = Field(description="The executor's spec; see the README.")
+    timeout_seconds: int = Field(
+        ge=1, description="Longest the whole playbook may run before it is stopped and failed."
+    )
+    requires_approval: bool = Field(
+        False, description="Every run needs an approval, whatever the asset and tenant."
+    )
+    asset_kinds: list[AssetKind] = Field(
+        default_factory=lambda: list(AssetKind),
+        min_length=1,
+        description="Kinds of asset it may run against (vm, host, accelerator).",
+    )
+    description: str = Field("", max_length=2000)
+
+    @field_validator("asset_kinds")
+    @classmethod
+    def _distinct(cls, kinds: list[AssetKind]) -> list[AssetKind]:
+        return list(dict.fromkeys(kinds))
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _fits_queue(cls, value: int) -> int:
+        longest = max_timeout_seconds()
+        if value > longest:
+            raise ValueError(
+                f"at most {longest}s: the remediation queue's time limit "
+                "(DRYDOCK_TIME_LIMITS) must leave room to record the outcome"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _spec_valid(self) -> PlaybookDefinition:
+        self.parsed_spec()
+        return self
+
+    def parsed_spec(self) -> ExecutorSpec:
+        return parse_spec(self.executor, self.spec)
+
+
+class PlaybookSpecError(ValueError):
+    pass
+
+
+def parse_spec(kind: ExecutorKind, spec: dict[str, Any]) -> ExecutorSpec:
+    """The spec as its executor's model, or ValueError naming every problem by path."""
+    try:
+        return spec_model_for(kind).model_validate(spec)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in error['loc']) or '(spec)'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise PlaybookSpecError(f"invalid {kind.value} spec: {problems}") from None
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"playbook name {name!r} must match {NAME_PATTERN}")
+    return name
