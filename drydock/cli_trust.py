@@ -489,21 +489,14 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """An asset's state, its newest verdict and its whole history."""
-    from sqlalchemy import select
 
     from models import trust
     from models.db import session_scope
-    from models.tables import AttestationVerdict
 
     with session_scope() as session:
         asset = trust.find_asset(session, asset_ref, tenant)
         rows = trust.history(session, asset.id)
-        verdict = session.scalars(
-            select(AttestationVerdict)
-            .where(AttestationVerdict.asset_id == asset.id)
-            .order_by(AttestationVerdict.id.desc())
-            .limit(1)
-        ).first()
+        verdict = trust.latest_verdict(session, asset.id)
         records = [trust.TransitionRecord.of(row, asset) for row in rows]
         if as_json:
             document = {

@@ -33,7 +33,14 @@ from tenacity import (
 )
 
 from models.db import session_scope
-from models.tables import AssetKind, TrustAsset, TrustAssetClass, TrustState, TrustTransition
+from models.tables import (
+    AssetKind,
+    AttestationVerdict,
+    TrustAsset,
+    TrustAssetClass,
+    TrustState,
+    TrustTransition,
+)
 from workers.errors import DrydockError, NotFoundError, TransientError
 from workers.logs import get_logger
 from workers.settings import get_settings
@@ -359,6 +366,16 @@ def history(session: Session, asset_id: uuid.UUID) -> list[TrustTransition]:
             .order_by(TrustTransition.seq)
         )
     )
+
+
+def latest_verdict(session: Session, asset_id: uuid.UUID) -> AttestationVerdict | None:
+    """The asset's newest verdict (of evidence or posture), if any."""
+    return session.scalars(
+        select(AttestationVerdict)
+        .where(AttestationVerdict.asset_id == asset_id)
+        .order_by(AttestationVerdict.id.desc())
+        .limit(1)
+    ).first()
 
 
 def due_for_staleness(session: Session, now: datetime, limit: int) -> list[uuid.UUID]:

@@ -859,3 +859,64 @@ def test_a_kubernetes_cordon_reaches_the_api(
     view = remediate("node-a", "cordon")
     assert kube_standin.node("worker-7")["spec"]["unschedulable"] is True
     assert view["artifacts"][0]["outputs"]["changed"] is True
+
+
+# ---- artifacts -------------------------------------------------------------------------------
+
+
+def test_a_kept_step_is_capped_head_and_tail_with_secrets_gone_before_the_cut() -> None:
+    from datetime import UTC, datetime
+
+    from tasks.remediation.artifacts import kept_step
+    from tasks.remediation.executors.base import StepResult
+
+    secret = "hunter2-very-secret"
+    # The secret sits right where the cut would split it.
+    noisy = "a" * 3000 + secret + "b" * 3000 + "\nerror: the real reason\n"
+    now = datetime.now(UTC)
+    step = StepResult(
+        name="noisy",
+        ok=False,
+        started_at=now,
+        finished_at=now,
+        exit_code=2,
+        stdout=noisy,
+        stderr=f"using {secret}",
+        outputs={"password": "p4ssw0rd!", "note": f"with {secret}", "count": 3},
+        error=f"failed using {secret}",
+    )
+    kept = kept_step(step, secrets=[secret], max_bytes=1024)
+    assert kept["truncated"] and len(kept["stdout"].encode()) <= 1024
+    assert kept["stdout_bytes"] == len(noisy.replace(secret, "[REDACTED]").encode())
+    assert kept["stdout"].startswith("aaa") and kept["stdout"].endswith("the real reason\n")
+    assert "bytes cut" in kept["stdout"]
+    everything = json.dumps(kept, default=str)
+    assert secret not in everything and "hunter2" not in everything
+    assert "p4ssw0rd" not in everything
+    assert kept["outputs"] == {"password": "[REDACTED]", "note": "with [REDACTED]", "count": 3}
+    assert kept["stderr"] == "using [REDACTED]" and not kept["error"].count(secret)
+
+
+def test_validating_playbooks_of_every_kind_loads_none_of_the_executors_libraries() -> None:
+    # The API and the CLI validate every spec; the docker SDK, ansible-runner, libvirt and the
+    # Kubernetes client load only in the worker that runs one.
+    code = """
+import sys
+from tasks.remediation.playbooks import PlaybookDefinition
+specs = {
+    "shell": {"steps": [{"name": "a", "run": "true"}]},
+    "container": {"image": "busybox", "steps": [{"name": "a", "command": ["true"]}]},
+    "ansible": {"plays": [{"tasks": [{"name": "a", "ping": {}}]}]},
+    "libvirt": {"actions": [{"action": "reboot"}]},
+    "kubernetes": {"actions": [{"action": "cordon"}]},
+}
+for kind, spec in specs.items():
+    PlaybookDefinition(name="p", executor=kind, spec=spec, timeout_seconds=5)
+heavy = ("docker", "ansible", "ansible_runner", "libvirt", "kubernetes")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+"""
+    checked = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "[]"

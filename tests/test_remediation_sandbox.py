@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -513,7 +512,7 @@ def test_container_specs_are_validated_with_clear_messages(
         ContainerSpec.model_validate(fields)
 
 
-def test_spec_defaults_and_the_sandbox_module_imports_no_docker() -> None:
+def test_spec_defaults() -> None:
     spec = ShellSpec(steps=[shell_step()])
     assert spec.image is None
     assert spec.limits.model_dump() == {
@@ -522,8 +521,3 @@ def test_spec_defaults_and_the_sandbox_module_imports_no_docker() -> None:
         "pids": 128,
         "scratch_mb": 64,
     }
-    code = (
-        "import sys; import tasks.remediation.executors.sandbox; "
-        "assert 'docker' not in sys.modules, 'docker imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)

@@ -42,7 +42,6 @@ from models import trust
 from models.db import get_engine, session_scope
 from models.remediation import RemediationRefusedError
 from models.tables import (
-    AttestationVerdict,
     Job,
     JobStatus,
     RemediationAuditAction,
@@ -274,12 +273,7 @@ def trust_context(session: Session, asset: TrustAsset) -> dict[str, Any]:
     there and its newest verdict."""
     history = trust.history(session, asset.id)
     last = history[-1] if history else None
-    verdict = session.scalars(
-        select(AttestationVerdict)
-        .where(AttestationVerdict.asset_id == asset.id)
-        .order_by(AttestationVerdict.id.desc())
-        .limit(1)
-    ).first()
+    verdict = trust.latest_verdict(session, asset.id)
     return {
         "state": asset.state,
         "version": asset.version,

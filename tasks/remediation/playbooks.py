@@ -3,7 +3,6 @@ it is stored, so a run never meets a spec it cannot read."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -14,8 +13,6 @@ from tasks.remediation.executors.base import ExecutorKind, ExecutorSpec
 from workers.settings import get_settings
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,99}"
-TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
-_NAME = re.compile(NAME_PATTERN)
 
 
 def max_timeout_seconds() -> int:
@@ -89,9 +86,3 @@ def parse_spec(kind: ExecutorKind, spec: dict[str, Any]) -> ExecutorSpec:
             for error in exc.errors(include_input=False, include_url=False)
         )
         raise PlaybookSpecError(f"invalid {kind.value} spec: {problems}") from None
-
-
-def check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"playbook name {name!r} must match {NAME_PATTERN}")
-    return name
