@@ -242,11 +242,7 @@ def show_playbook(
 ) -> dict[str, Any]:
     """One playbook version (the newest unless ?version=) with its spec."""
     _require(caller, "remediation.run_playbook")
-    owner = _tenant_to_write(caller, tenant)
-    with session_scope() as session:
-        book = store.get_playbook(session, owner, name, version)
-        versions = [row.version for row in store.playbook_versions(session, owner, name)]
-        return {**domain.playbook_summary(book), "versions": versions}
+    return domain.describe_playbook(_tenant_to_write(caller, tenant), name, version)
 
 
 # ---- runs ------------------------------------------------------------------------------------

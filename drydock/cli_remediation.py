@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from drydock.cli_text import current_operator, when
-from workers.errors import DrydockError
+from workers.errors import DrydockError, field_problems, list_problems
 
 playbooks_app = typer.Typer(
     help="Remediation playbooks: create (a new version), list, show.", no_args_is_help=True
@@ -91,10 +91,7 @@ def create_playbook(
     try:
         definition = PlaybookDefinition.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(definition)'}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
+        problems = list_problems(field_problems(exc, whole="(definition)"))
         raise DrydockError(f"{file}: invalid playbook: {problems}") from None
     summary = domain.create_playbook(definition, tenant=tenant, actor=_by(by))
     out.print(
@@ -132,16 +129,9 @@ def show_playbook(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """A playbook version with its spec."""
-    from models import remediation as store
-    from models.db import session_scope
     from tasks.remediation import domain
 
-    with session_scope() as session:
-        book = store.get_playbook(session, tenant, name, version)
-        summary = domain.playbook_summary(book)
-        summary["versions"] = [
-            row.version for row in store.playbook_versions(session, tenant, name)
-        ]
+    summary = domain.describe_playbook(tenant, name, version)
     if as_json:
         _print_json(summary)
         return

@@ -248,12 +248,17 @@ def audit_trail(session: Session, run_id: uuid.UUID) -> list[RemediationAudit]:
 
 
 def keep_artifact(
-    session: Session, run: RemediationRun, attempt: int, step_index: int, fields: dict[str, Any]
+    session: Session,
+    run_id: uuid.UUID,
+    tenant: str,
+    attempt: int,
+    step_index: int,
+    fields: dict[str, Any],
 ) -> None:
     """Keep one step's artifact; a step already kept for this attempt is left as it is."""
     session.execute(
         insert(RemediationArtifact)
-        .values(run_id=run.id, tenant=run.tenant, attempt=attempt, step_index=step_index, **fields)
+        .values(run_id=run_id, tenant=tenant, attempt=attempt, step_index=step_index, **fields)
         .on_conflict_do_nothing(index_elements=["run_id", "attempt", "step_index"])
     )
 

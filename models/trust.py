@@ -275,19 +275,25 @@ def _append(
 
 def publish_to_redis(records: Sequence[TransitionRecord]) -> None:
     """Publish committed transitions on Redis. Best effort: the rows and the PostgreSQL
-    notification are the record; a Redis outage is logged, not raised."""
-    if not records:
+    notification are the record."""
+    publish(REDIS_CHANNEL, [record.as_message() for record in records])
+
+
+def publish(channel: str, messages: Sequence[str | bytes]) -> None:
+    """Publish messages on a Redis channel, best effort: a Redis outage is logged, not raised
+    (what is published is always recorded elsewhere first)."""
+    if not messages:
         return
     try:
         client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
         try:
-            for record in records:
-                client.publish(REDIS_CHANNEL, record.as_message())
+            for message in messages:
+                client.publish(channel, message)
         finally:
             client.close()
     except redis.RedisError as exc:
         get_logger().warning(
-            "trust.publish_failed", channel=REDIS_CHANNEL, error=f"{type(exc).__name__}: {exc}"
+            "trust.publish_failed", channel=channel, error=f"{type(exc).__name__}: {exc}"
         )
 
 

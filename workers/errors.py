@@ -26,26 +26,36 @@ class FieldProblem:
         return {"field": self.field, "problem": self.problem}
 
 
+def field_problems(
+    exc: ValidationError, *, whole: str = "(payload)", prefix: str = ""
+) -> list[FieldProblem]:
+    """Each problem pydantic found, by its dotted path (``whole`` for the value itself)."""
+    # include_input=False: the offending value may be a secret, and must not be echoed.
+    return [
+        FieldProblem(
+            field=prefix + (".".join(str(part) for part in err["loc"]) or whole),
+            problem=err["msg"],
+        )
+        for err in exc.errors(include_input=False, include_url=False)
+    ]
+
+
+def list_problems(problems: list[FieldProblem]) -> str:
+    """``field: problem; field: problem``, as every error message shows them."""
+    return "; ".join(f"{p.field}: {p.problem}" for p in problems)
+
+
 class PayloadInvalidError(DrydockError):
     """A payload its task's model refuses. Never retried: the same input fails the same way."""
 
     def __init__(self, task_name: str, problems: list[FieldProblem]) -> None:
-        listed = "; ".join(f"{p.field}: {p.problem}" for p in problems)
-        super().__init__(f"invalid payload for {task_name}: {listed}")
+        super().__init__(f"invalid payload for {task_name}: {list_problems(problems)}")
         self.task_name = task_name
         self.problems = problems
 
     @classmethod
     def from_validation(cls, task_name: str, exc: ValidationError) -> PayloadInvalidError:
-        # include_input=False: the offending value may be a secret, and must not be echoed.
-        problems = [
-            FieldProblem(
-                field=".".join(str(part) for part in err["loc"]) or "(payload)",
-                problem=err["msg"],
-            )
-            for err in exc.errors(include_input=False, include_url=False)
-        ]
-        return cls(task_name, problems)
+        return cls(task_name, field_problems(exc))
 
 
 class BrokerUnavailableError(DrydockError):

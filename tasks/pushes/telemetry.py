@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.db import session_scope
 from models.tables import RegistryEvent, RegistryEventKind
 from tasks.pushes.errors import PushErrorKind
-from workers.errors import DrydockError
+from workers.errors import DrydockError, field_problems, list_problems
 from workers.logs import get_logger
 
 SCHEMA_VERSION = 1
@@ -125,10 +125,7 @@ def validated(kind: RegistryEventKind | str, fields: dict[str, Any]) -> dict[str
     try:
         return model.model_validate(fields).model_dump(mode="json")
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(event)'}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_url=False)
-        )
+        problems = list_problems(field_problems(exc, whole="(event)"))
         raise TelemetrySchemaError(
             f"registry event {kind.value} v{SCHEMA_VERSION} breaks its schema: {problems}"
         ) from None

@@ -13,9 +13,6 @@ from typing import Any
 from tasks.remediation.executors.base import StepResult
 from workers.redaction import redact, scrub_text
 
-# Scrubbing free text of very short values would mangle it (a secret "1" is everywhere).
-MIN_SECRET_LENGTH = 4
-
 
 @dataclass(frozen=True)
 class KeptText:
@@ -37,12 +34,6 @@ def cap_text(text: str, max_bytes: int) -> KeptText:
     head = raw[: keep // 2].decode(errors="ignore")
     tail = raw[len(raw) - (keep - keep // 2) :].decode(errors="ignore")
     return KeptText(head + marker.decode() + tail, len(raw), True)
-
-
-def secret_values(values: Iterable[str]) -> list[str]:
-    """The values worth scrubbing, longest first (a secret containing another goes whole)."""
-    kept = {value for value in values if len(value) >= MIN_SECRET_LENGTH}
-    return sorted(kept, key=len, reverse=True)
 
 
 def _scrub_value(value: Any, secrets: Sequence[str]) -> Any:

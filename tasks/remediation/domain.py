@@ -23,6 +23,7 @@ with a new nonce; failure sends it back to ``quarantined`` with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import uuid
@@ -32,7 +33,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import redis
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -59,7 +59,6 @@ from tasks.remediation.executors.base import (
     ExecutorKind,
     RunContext,
     SecretEnvSpec,
-    StepResult,
     Target,
 )
 from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
@@ -67,7 +66,7 @@ from tasks.remediation.playbooks import PlaybookDefinition, parse_spec
 from workers.base_task import JobContext
 from workers.errors import BrokerUnavailableError, DrydockError, TransientError
 from workers.logs import get_logger
-from workers.redaction import is_secret_name, scrub_text
+from workers.redaction import is_secret_name, scrub_text, secret_strings
 from workers.settings import get_settings
 
 A = RemediationAuditAction
@@ -139,6 +138,14 @@ def playbook_summary(playbook: RemediationPlaybook, *, with_spec: bool = True) -
     if with_spec:
         summary["spec"] = playbook.spec
     return summary
+
+
+def describe_playbook(tenant: str, name: str, version: int | None = None) -> dict[str, Any]:
+    """One version of a playbook (the newest unless given) with its spec and every version."""
+    with session_scope() as session:
+        book = store.get_playbook(session, tenant, name, version)
+        versions = [row.version for row in store.playbook_versions(session, tenant, name)]
+        return {**playbook_summary(book), "versions": versions}
 
 
 def check_tenant(tenant: str) -> str:
@@ -214,7 +221,7 @@ def request_run(
     else:
         raise TransientError("the asset's runs kept changing under the request; try again")
     if outcome.state == RunState.QUEUED and outcome.job_id is None:
-        outcome = _with_job(outcome, send_run(outcome.run_id))
+        outcome = dataclasses.replace(outcome, job_id=send_run(outcome.run_id))
     return outcome
 
 
@@ -225,12 +232,6 @@ def _outcome(run: RemediationRun, *, created: bool) -> RequestOutcome:
         state=run.state,
         job_id=run.job_id,
         approval_reasons=list(run.approval_reasons),
-    )
-
-
-def _with_job(outcome: RequestOutcome, job_id: uuid.UUID | None) -> RequestOutcome:
-    return RequestOutcome(
-        outcome.run_id, outcome.created, outcome.state, job_id, outcome.approval_reasons
     )
 
 
@@ -482,7 +483,7 @@ def _admit(payload: RunPlaybookPayload, actor: str) -> dict[str, Any] | None:
     with session_scope() as session:
         run = store.get_run(session, payload.run_id, payload.tenant, lock=True)
         if run.state in store.TERMINAL_RUN_STATES:
-            return run_result(session, run, repeated=True)
+            return run_result(run, repeated=True)
         if run.state == RunState.PENDING_APPROVAL.value:
             refusal = _refuse_token(
                 session,
@@ -558,7 +559,6 @@ def _run_lock(run_id: uuid.UUID) -> Iterator[bool]:
 @dataclass(frozen=True)
 class _Started:
     run_id: uuid.UUID
-    tenant: str
     attempt: int
     executor: ExecutorKind
     spec: dict[str, Any]
@@ -575,7 +575,7 @@ def _start(run_id: uuid.UUID, ctx: JobContext) -> _Started | dict[str, Any]:
         with session_scope() as session:
             run = store.get_run(session, run_id, None, lock=True)
             if run.state in store.TERMINAL_RUN_STATES:
-                return run_result(session, run, repeated=True)
+                return run_result(run, repeated=True)
             run.state = RunState.RUNNING.value
             run.attempts += 1
             run.started_at = run.started_at or datetime.now(UTC)
@@ -586,7 +586,7 @@ def _start(run_id: uuid.UUID, ctx: JobContext) -> _Started | dict[str, Any]:
             )
             session.flush()
             attempt = run.attempts
-            asset_id, tenant = run.asset_id, run.tenant
+            asset_id = run.asset_id
             book = session.get(RemediationPlaybook, run.playbook_id)
             assert book is not None  # a foreign key
     except IntegrityError:
@@ -624,7 +624,7 @@ def _start(run_id: uuid.UUID, ctx: JobContext) -> _Started | dict[str, Any]:
                 actor,
                 f"the asset is {exc.state} now, no longer distrusted: nothing to remediate",
             )
-            return run_result(session, run)
+            return run_result(run)
     with session_scope() as session:
         asset = session.get(TrustAsset, asset_id)
         assert asset is not None
@@ -638,7 +638,6 @@ def _start(run_id: uuid.UUID, ctx: JobContext) -> _Started | dict[str, Any]:
         )
     return _Started(
         run_id=run_id,
-        tenant=tenant,
         attempt=attempt,
         executor=ExecutorKind(book.executor),
         spec=dict(book.spec),
@@ -666,12 +665,13 @@ def _execute(started: _Started, ctx: JobContext) -> dict[str, Any]:
         secret_env = resolve_secret_env(spec)
     except SecretUnavailableError as exc:
         return _conclude(started, ctx, {}, failure=str(exc))
-    scrub = artifacts.secret_values(secret_env.values())
+    scrub = secret_strings(secret_env)
     run = RunContext.starting_now(
         started.run_id, started.attempt, started.timeout_seconds, secret_env
     )
     total = _step_count(spec)
-    steps: list[StepResult] = []
+    ran = 0
+    failure: str | None = None
     # The steps' outputs as kept (redacted), merged in order: the run's outputs.
     outputs: dict[str, Any] = {}
     log = get_logger(run_id=str(started.run_id), attempt=started.attempt)
@@ -688,17 +688,20 @@ def _execute(started: _Started, ctx: JobContext) -> dict[str, Any]:
                     extra_secret_fields=settings.extra_secret_fields,
                 )
                 with session_scope() as session:
-                    row = store.get_run(session, started.run_id, None)
-                    store.keep_artifact(session, row, started.attempt, index, kept)
-                steps.append(step)
+                    store.keep_artifact(
+                        session, started.run_id, started.target.tenant, started.attempt, index, kept
+                    )
+                ran = index + 1
                 outputs.update(kept["outputs"])
-                percent = None if total is None else min(100.0, 100.0 * (index + 1) / total)
+                percent = None if total is None else min(100.0, 100.0 * ran / total)
                 ctx.progress(
                     percent,
-                    f"step {index + 1} {kept['step_name']}: {'ok' if step.ok else 'failed'}",
+                    f"step {ran} {kept['step_name']}: {'ok' if step.ok else 'failed'}",
                     run_id=str(started.run_id),
                 )
                 if not step.ok:
+                    reason = step.error or "no reason given"
+                    failure = scrub_text(f"step {ran} {step.name!r} failed: {reason}", scrub)
                     break
         finally:
             # A generator's close() stops it where it stands (GeneratorExit inside it).
@@ -713,13 +716,7 @@ def _execute(started: _Started, ctx: JobContext) -> dict[str, Any]:
                 row.error = scrub_text(str(exc), scrub)
         log.warning("remediation.executor_unavailable", error=str(exc)[:300])
         raise
-    failed = next((step for step in steps if not step.ok), None)
-    failure = None
-    if failed is not None:
-        index = steps.index(failed) + 1
-        failure = f"step {index} {failed.name!r} failed: {failed.error or 'no reason given'}"
-        failure = scrub_text(failure, scrub)
-    elif not steps:
+    if not ran:
         failure = "the playbook ran no step"
     return _conclude(started, ctx, outputs, failure=failure)
 
@@ -782,7 +779,7 @@ def _conclude(
                 f"playbook {started.playbook} run {run.id} failed: {failure}"[:2000],
                 evidence,
             )
-        summary.update(run_result(session, run))
+        summary.update(run_result(run))
         if asset.state != TrustState.REMEDIATING.value:
             return []
         return [move]
@@ -807,16 +804,7 @@ def _request_evidence(started: _Started, nonce: str | None) -> None:
         "nonce": nonce,
         "requested_at": datetime.now(UTC).isoformat(),
     }
-    try:
-        client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
-        try:
-            client.publish(EVIDENCE_REQUEST_CHANNEL, orjson.dumps(message))
-        finally:
-            client.close()
-    except redis.RedisError as exc:
-        get_logger(run_id=str(started.run_id)).warning(
-            "remediation.evidence_request_failed", error=f"{type(exc).__name__}: {exc}"
-        )
+    trust.publish(EVIDENCE_REQUEST_CHANNEL, [orjson.dumps(message)])
 
 
 def gave_up(exc: BaseException, ctx: JobContext, reason: str) -> None:
@@ -827,13 +815,11 @@ def gave_up(exc: BaseException, ctx: JobContext, reason: str) -> None:
         run = session.scalar(select(RemediationRun).where(RemediationRun.job_id == ctx.job_id))
         if run is None:
             return
-        run_id, attempts = run.id, run.attempts
-    fail_orphaned_run(
-        run_id, f"{reason}: {type(exc).__name__}: {exc}"[:2000], actor_of(ctx), attempts
-    )
+        run_id = run.id
+    fail_orphaned_run(run_id, f"{reason}: {type(exc).__name__}: {exc}"[:2000], actor_of(ctx))
 
 
-def fail_orphaned_run(run_id: uuid.UUID, failure: str, actor: str, attempts: int) -> bool:
+def fail_orphaned_run(run_id: uuid.UUID, failure: str, actor: str) -> bool:
     """Fail a started run whose job ended without concluding it. False when it had concluded."""
     outcome: dict[str, bool] = {}
 
@@ -850,7 +836,7 @@ def fail_orphaned_run(run_id: uuid.UUID, failure: str, actor: str, attempts: int
             Move(
                 TrustState.QUARANTINED,
                 "remediation_failed",
-                f"run {run_id} gave up after {attempts} attempt(s): {failure}"[:2000],
+                f"run {run_id} gave up after {run.attempts} attempt(s): {failure}"[:2000],
                 {"run_id": str(run_id)},
             )
         ]
@@ -879,7 +865,7 @@ def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
             expired.append(str(run.id))
         unsent = [run.id for run in store.unsent_runs(session, now - UNSENT_GRACE, payload.limit)]
         orphaned = [
-            (run.id, run.attempts)
+            run.id
             for run in session.scalars(
                 select(RemediationRun)
                 .join(Job, Job.id == RemediationRun.job_id)
@@ -894,10 +880,8 @@ def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
     sent = [str(run_id) for run_id in unsent if send_run(run_id) is not None]
     failed = [
         str(run_id)
-        for run_id, attempts in orphaned
-        if fail_orphaned_run(
-            run_id, "its job was dead-lettered before it concluded", actor, attempts
-        )
+        for run_id in orphaned
+        if fail_orphaned_run(run_id, "its job was dead-lettered before it concluded", actor)
     ]
     return {"expired": expired, "sent": sent, "failed": failed}
 
@@ -905,7 +889,7 @@ def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def run_result(session: Session, run: RemediationRun, *, repeated: bool = False) -> dict[str, Any]:
+def run_result(run: RemediationRun, *, repeated: bool = False) -> dict[str, Any]:
     """A run's outcome as a job result (and the API's run summary)."""
     result = {
         "run_id": str(run.id),

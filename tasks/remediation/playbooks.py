@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.tables import AssetKind
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind, ExecutorSpec
+from workers.errors import field_problems, list_problems
 from workers.settings import get_settings
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,99}"
@@ -81,8 +82,5 @@ def parse_spec(kind: ExecutorKind, spec: dict[str, Any]) -> ExecutorSpec:
     try:
         return spec_model_for(kind).model_validate(spec)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"spec.{'.'.join(str(p) for p in error['loc']) or '(spec)'}: {error['msg']}"
-            for error in exc.errors(include_input=False, include_url=False)
-        )
+        problems = list_problems(field_problems(exc, whole="(spec)", prefix="spec."))
         raise PlaybookSpecError(f"invalid {kind.value} spec: {problems}") from None
