@@ -428,6 +428,38 @@ def tpm_payload(asset_id: Any, quote: TpmQuote, nonce: bytes) -> dict[str, Any]:
     }
 
 
+def tpm_asset(
+    tenant: str, name: str, kind: AssetKind, attestation_key: bytes, reference: dict[str, str]
+) -> Any:
+    """An asset of a class of its own whose sha256 reference PCRs are ``reference``, its quotes
+    signed by ``attestation_key``."""
+    class_name = f"swtpm-{name}"
+    with session_scope() as session:
+        session.merge(
+            TrustAssetClass(
+                name=class_name, evidence_ttl_seconds=3600, tpm_pcrs={"sha256": reference}
+            )
+        )
+    asset_id, _ = trust.register_asset(
+        tenant=tenant, name=name, kind=kind, asset_class=class_name,
+        attestation_key=attestation_key, actor="test",
+    )  # fmt: skip
+    return asset_id
+
+
+def verify_through_queue(asset_id: Any, quote: TpmQuote, nonce: bytes) -> tuple[Any, str]:
+    """Send the quote to attestation.verify_evidence; its verdict and the asset's state after."""
+    job = enqueue("attestation.verify_evidence", tpm_payload(asset_id, quote, nonce))
+    assert wait_for_job(job.id).status == "succeeded"
+    with session_scope() as session:
+        verdict = session.scalar(
+            select(AttestationVerdict).where(AttestationVerdict.job_id == job.id)
+        )
+        asset = session.get(TrustAsset, asset_id)
+        assert verdict is not None and asset is not None
+        return verdict, asset.state
+
+
 def test_real_tpm_quotes_through_the_queue_trust_then_refuse_a_replay(
     fleet: WorkerProcess, tpm_simulator: SoftwareTpm
 ) -> None:
@@ -435,27 +467,10 @@ def test_real_tpm_quotes_through_the_queue_trust_then_refuse_a_replay(
     banks = {"sha256": [0, 1, 7]}
     first = tpm_simulator.quote(ak, bytes.fromhex("a1b2c3d4e5f60718"), banks)
     reference = json.loads(first.pcrs)["sha256"]
-    with session_scope() as session:
-        session.merge(
-            TrustAssetClass(
-                name="swtpm-vm", evidence_ttl_seconds=3600, tpm_pcrs={"sha256": reference}
-            )
-        )
-    asset_id, _ = trust.register_asset(
-        tenant="lab", name="vm-tpm", kind=AssetKind.VM, asset_class="swtpm-vm",
-        attestation_key=ak.pem, actor="test",
-    )  # fmt: skip
+    asset_id = tpm_asset("lab", "vm-tpm", AssetKind.VM, ak.pem, reference)
 
     def verify(quote: TpmQuote, nonce: bytes) -> tuple[Any, str]:
-        job = enqueue("attestation.verify_evidence", tpm_payload(asset_id, quote, nonce))
-        assert wait_for_job(job.id).status == "succeeded"
-        with session_scope() as session:
-            verdict = session.scalar(
-                select(AttestationVerdict).where(AttestationVerdict.job_id == job.id)
-            )
-            asset = session.get(TrustAsset, asset_id)
-            assert verdict is not None and asset is not None
-            return verdict, asset.state
+        return verify_through_queue(asset_id, quote, nonce)
 
     verdict, state = verify(first, first.nonce)
     assert verdict.verified, verdict.checks
@@ -483,20 +498,10 @@ def test_a_quote_after_a_measured_change_quarantines_the_asset(
     ak = tpm_simulator.create_ak("rsa")
     banks = {"sha256": [0, 7, 16]}
     baseline = json.loads(tpm_simulator.quote(ak, b"baseline", banks).pcrs)["sha256"]
-    with session_scope() as session:
-        session.merge(
-            TrustAssetClass(
-                name="swtpm-host", evidence_ttl_seconds=3600, tpm_pcrs={"sha256": baseline}
-            )
-        )
-    asset_id, _ = trust.register_asset(
-        tenant="lab", name="host-1", kind=AssetKind.HOST, asset_class="swtpm-host",
-        attestation_key=ak.tpmt_public, actor="test",
-    )  # fmt: skip
+    asset_id = tpm_asset("lab", "host-1", AssetKind.HOST, ak.tpmt_public, baseline)
     tpm_simulator.extend(16, "sha256", b"an unexpected boot component")
     quote = tpm_simulator.quote(ak, b"challenge-2", banks)
-    job = enqueue("attestation.verify_evidence", tpm_payload(asset_id, quote, b"challenge-2"))
-    assert wait_for_job(job.id).status == "succeeded"
+    verify_through_queue(asset_id, quote, b"challenge-2")
     last = history_of_asset(asset_id)[-1]
     assert (last.from_state, last.to_state) == ("pending_attestation", "quarantined")
     assert last.evidence["failed_checks"] == ["pcr_reference"]

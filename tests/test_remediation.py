@@ -32,7 +32,6 @@ from models.tables import (
     RemediationAudit,
     RemediationRun,
     TrustAsset,
-    TrustAssetClass,
     TrustState,
 )
 from models.trust import Move
@@ -40,7 +39,7 @@ from tasks.remediation import approvals, domain
 from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
 from tasks.remediation.playbooks import PlaybookDefinition
 from tests.conftest import WorkerProcess, wait_for_job
-from tests.test_attestation_samples import tpm_payload
+from tests.test_attestation_samples import tpm_asset, verify_through_queue
 from tests.tpm_simulator import SoftwareTpm
 from workers.base_task import JobContext
 from workers.settings import get_settings
@@ -551,23 +550,11 @@ def test_a_replayed_quote_is_remediated_and_fresh_evidence_trusts_the_asset_agai
     ak = tpm_simulator.create_ak("ecc")
     banks = {"sha256": [0, 7]}
     first = tpm_simulator.quote(ak, bytes.fromhex("01" * 16), banks)
-    with session_scope() as session:
-        session.merge(
-            TrustAssetClass(
-                name="swtpm-vm",
-                evidence_ttl_seconds=3600,
-                tpm_pcrs={"sha256": json.loads(first.pcrs)["sha256"]},
-            )
-        )
-    asset_id, _ = trust.register_asset(
-        tenant="acme", name="vm-tpm", kind=AssetKind.VM, asset_class="swtpm-vm",
-        attestation_key=ak.pem, actor="test",
-    )  # fmt: skip
+    reference = json.loads(first.pcrs)["sha256"]
+    asset_id = tpm_asset("acme", "vm-tpm", AssetKind.VM, ak.pem, reference)
 
     def verify(quote: Any, nonce: bytes) -> str:
-        job = enqueue("attestation.verify_evidence", tpm_payload(asset_id, quote, nonce))
-        assert wait_for_job(job.id).status == "succeeded"
-        return asset_state(asset_id)
+        return verify_through_queue(asset_id, quote, nonce)[1]
 
     assert verify(first, first.nonce) == "trusted"
     second = tpm_simulator.quote(ak, bytes.fromhex("02" * 16), banks)
