@@ -159,7 +159,7 @@ class RunDetailBody(RunBody):
 
 
 def _require(caller: tokens.Caller, scope: str) -> None:
-    if not tokens.task_may_be_used(caller.scopes, scope):
+    if not caller.may_use(scope):
         raise HTTPException(
             403,
             f"token {caller.name!r} lacks the {scope} scope (scopes: {', '.join(caller.scopes)})",
