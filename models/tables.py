@@ -36,9 +36,11 @@ class JobStatus(StrEnum):
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     DEAD_LETTERED = "dead_lettered"
+    # Cancelled before it ran: its target asset was quarantined while it waited in the queue.
+    PREEMPTED = "preempted"
 
 
-TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED)
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.PREEMPTED)
 
 
 class EventKind(StrEnum):
@@ -49,10 +51,16 @@ class EventKind(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
+    PREEMPTED = "preempted"
 
 
 # A job has at most one of each of these: the database itself refuses a duplicated outcome.
-OUTCOME_EVENT_KINDS = (EventKind.SUCCEEDED, EventKind.FAILED, EventKind.DEAD_LETTERED)
+OUTCOME_EVENT_KINDS = (
+    EventKind.SUCCEEDED,
+    EventKind.FAILED,
+    EventKind.DEAD_LETTERED,
+    EventKind.PREEMPTED,
+)
 
 
 def sql_in_list(column: str, values: tuple[StrEnum, ...]) -> str:
@@ -87,6 +95,14 @@ class Job(Base):
     result: Mapped[Any | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     error_class: Mapped[str | None] = mapped_column(String(200))
+    # Admission: the tenant the job acts for (the token's, or the payload's), the asset it is
+    # bound to (a quarantine of that asset preempts it while it waits), and the admission
+    # decision it passed (its id and gates), carried into the job's outcome event.
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    target_asset_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="SET NULL")
+    )
+    policy_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     # No index may cover a column that changes while a job runs (status, attempts, times):
     # then PostgreSQL updates the row in place (HOT, helped by the fillfactor) without touching
@@ -94,6 +110,9 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(sql_in_list("status", tuple(JobStatus)), name="status"),
         Index(None, "enqueued_at"),
+        # Never changes once written, so it keeps updates HOT: a quarantine finds the asset's
+        # waiting jobs through it.
+        Index(None, "target_asset_id"),
         {"postgresql_with": {"fillfactor": 80}},
     )
 
@@ -388,6 +407,16 @@ class RegistryCredentialRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     refresh_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Rotation (Beat's credential-rotation): rotate once the password is this old (None: only
+    # when it is refused or its provider says it expires), and when the provider's credential
+    # expires (a helper may say so).
+    rotate_after_seconds: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Kubernetes image-pull secret (a dockerconfigjson Secret) kept in step with it.
+    pull_secret_namespace: Mapped[str | None] = mapped_column(String(253))
+    pull_secret_name: Mapped[str | None] = mapped_column(String(253))
+    probed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    probe_accepted: Mapped[bool | None]
 
     __table_args__ = (
         CheckConstraint(sql_in_list("provider", tuple(CredentialProviderKind)), name="provider"),
@@ -639,6 +668,10 @@ class TenantPolicy(Base):
     tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
     # Every remediation of the tenant's assets needs an approval.
     remediation_requires_approval: Mapped[bool] = mapped_column(default=False)
+    # Task-name patterns (``builds.*``) the tenant may enqueue; None: every task its tokens allow.
+    allowed_tasks: Mapped[list[str] | None] = mapped_column(JSONB)
+    # Evaluation tiers the tenant may place digests at; None: any tier.
+    allowed_tiers: Mapped[list[str] | None] = mapped_column(JSONB)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -834,3 +867,227 @@ class RemediationArtifact(Base):
     duration_ms: Mapped[float]
 
     __table_args__ = (UniqueConstraint("run_id", "attempt", "step_index"),)
+
+
+# --- Evaluation, policy and Beat upkeep ------------------------------------------------------------
+
+
+class CertificationStatus(StrEnum):
+    # The newest passing evaluation of a (digest, tier), within its validity.
+    ACTIVE = "active"
+    # Replaced by a newer passing evaluation (``replaces_id`` on the newer row points here).
+    SUPERSEDED = "superseded"
+    # Nobody refreshed it before it expired: the policy engine denies it.
+    STALE = "stale"
+    # A later evaluation failed, or an operator revoked it.
+    REVOKED = "revoked"
+    # This evaluation failed; its evidence says which checks.
+    FAILED = "failed"
+
+
+class EvaluationTier(Base):
+    """A tier of certification: the suite an image must pass for it and how long a pass lasts."""
+
+    __tablename__ = "evaluation_tiers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # tasks.evaluation.suite.SuiteSpec: the command run in the image, its files, result format.
+    suite: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # How long a passing evaluation certifies the digest.
+    validity_seconds: Mapped[int] = mapped_column(Integer)
+    # How long before expiry Beat enqueues the refresh.
+    refresh_window_seconds: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        CheckConstraint("validity_seconds > 0", name="validity_positive"),
+        CheckConstraint(
+            "refresh_window_seconds >= 0 AND refresh_window_seconds < validity_seconds",
+            name="window_inside_validity",
+        ),
+    )
+
+
+class EvaluationCertification(Base):
+    """One evaluation of an image digest at a tier: its per-check evidence and what it
+    certifies, until when. Rows of one (digest, tier) form a lineage through ``replaces_id``."""
+
+    __tablename__ = "evaluation_certifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    digest: Mapped[str] = mapped_column(String(100))
+    tier: Mapped[str] = mapped_column(
+        String(100), ForeignKey("evaluation_tiers.name", ondelete="RESTRICT")
+    )
+    # Where the image is pulled from for its evaluations.
+    host: Mapped[str] = mapped_column(String(255))
+    repository: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(20))
+    # Per-check results: [{"name", "status", "message", "duration_ms"}].
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set on a pass: the certification holds from issued_at to expires_at, and Beat enqueues
+    # its refresh from refresh_at (expires_at less the tier's window).
+    issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cadence_seconds: Mapped[int] = mapped_column(Integer)
+    replaces_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("evaluation_certifications.id", ondelete="RESTRICT")
+    )
+    # The job whose evaluation this is.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    # The refresh Beat enqueued for this certification: set once, so a second sweep skips it.
+    refresh_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    refresh_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("status", tuple(CertificationStatus)), name="status"),
+        CheckConstraint(
+            "status <> 'active' OR (issued_at IS NOT NULL AND expires_at IS NOT NULL "
+            "AND refresh_at IS NOT NULL)",
+            name="active_has_validity",
+        ),
+        # One live certification per digest and tier.
+        Index(
+            "uq_evaluation_certifications_active",
+            "digest",
+            "tier",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+        ),
+        # One evaluation per job: a redelivered refresh finds its row instead of adding one.
+        Index("uq_evaluation_certifications_job", "job_id", unique=True),
+        Index(None, "digest", "tier", "evaluated_at"),
+        # The cadence sweep reads only due rows, through these.
+        Index(
+            "ix_evaluation_certifications_refresh_due",
+            "refresh_at",
+            postgresql_where=text("status = 'active' AND refresh_job_id IS NULL"),
+        ),
+        Index(
+            "ix_evaluation_certifications_expiry",
+            "expires_at",
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+
+class PolicyDecisionKind(StrEnum):
+    # May this digest at this tier be placed on this asset for this tenant?
+    PLACEMENT = "placement"
+    # May this job be enqueued?
+    ADMISSION = "admission"
+    # May this evaluation worker run a suite on its host?
+    EVALUATION_HOST = "evaluation_host"
+    # A waiting job cancelled because its target asset was quarantined.
+    PREEMPTION = "preemption"
+
+
+class PolicyDecision(Base):
+    """Every decision the policy engine made: the request, each gate with its reason, and the
+    outcome. Append-only by use."""
+
+    __tablename__ = "policy_decisions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    allowed: Mapped[bool]
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    # The request as decided (digest, tier, asset, task name...).
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # [{"gate", "passed", "reason"}], in the order the engine checked them.
+    gates: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    # The failing gates' reasons joined, or "allowed".
+    summary: Mapped[str] = mapped_column(Text)
+    # The job decided about (admitted, refused before it existed: None, or preempted).
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    actor: Mapped[str] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("kind", tuple(PolicyDecisionKind)), name="kind"),
+        Index(None, "decided_at"),
+        Index(None, "tenant", "decided_at"),
+        Index(None, "job_id"),
+    )
+
+
+class CapabilityMetric(StrEnum):
+    # Robust z-score of the newest build's latency against the rolling median/MAD.
+    BUILD_LATENCY = "build_latency"
+    # Credential rotations and registry auth failures within the window.
+    CREDENTIAL_CHURN = "credential_churn"
+    # Expected platforms not built within the window.
+    MISSING_ARCHITECTURES = "missing_architectures"
+
+
+class CapabilityScore(Base):
+    """Anomaly scores per repository, recomputed by Beat from the build ledger and read by the
+    policy engine's anomaly gate."""
+
+    __tablename__ = "capability_scores"
+
+    repository: Mapped[str] = mapped_column(String(500))
+    metric: Mapped[str] = mapped_column(String(40))
+    value: Mapped[float]
+    # Over the metric's threshold at recomputation: the anomaly gate fails on it.
+    flagged: Mapped[bool]
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        PrimaryKeyConstraint("repository", "metric"),
+        CheckConstraint(sql_in_list("metric", tuple(CapabilityMetric)), name="metric"),
+    )
+
+
+class CredentialEventKind(StrEnum):
+    # The registry accepted the stored credential.
+    PROBE_ACCEPTED = "probe_accepted"
+    # The registry refused it, or could not be asked.
+    PROBE_REFUSED = "probe_refused"
+    PROBE_FAILED = "probe_failed"
+    ROTATED = "rotated"
+    ROTATION_FAILED = "rotation_failed"
+    # Its provider cannot rotate it (static): an operator must.
+    ROTATION_UNSUPPORTED = "rotation_unsupported"
+    # The Kubernetes image-pull secret now holds the new credential.
+    PULL_SECRET_WRITTEN = "pull_secret_written"
+    PULL_SECRET_FAILED = "pull_secret_failed"
+
+
+class CredentialEvent(Base):
+    """Every probe and rotation of a registry credential. ``detail`` never holds a secret."""
+
+    __tablename__ = "credential_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("kind", tuple(CredentialEventKind)), name="kind"),
+        Index(None, "host", "at"),
+        Index(None, "kind", "at"),
+    )
