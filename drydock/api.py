@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from drydock import api_remediation, client
+from drydock import api_policy, api_remediation, client
 from drydock.api_auth import Caller
 from drydock.health import FleetHealth, check_fleet
 from drydock.metrics import DrydockCollector, render
@@ -159,9 +159,13 @@ app = FastAPI(
 _metrics = DrydockCollector()
 
 
-for _error, _handler in api_remediation.EXCEPTION_HANDLERS.items():
+for _error, _handler in {
+    **api_remediation.EXCEPTION_HANDLERS,
+    **api_policy.EXCEPTION_HANDLERS,
+}.items():
     app.add_exception_handler(_error, _handler)
 app.include_router(api_remediation.router)
+app.include_router(api_policy.router)
 
 
 @app.exception_handler(PayloadInvalidError)
@@ -220,7 +224,10 @@ TaskName = Annotated[str, Path(description="A task name, e.g. builds.canary.")]
     response_model=EnqueuedJobBody,
     responses={
         200: {"model": EnqueuedJobBody, "description": "Idempotency-Key already used."},
-        403: {"model": ErrorBody, "description": "The task is outside the token's scopes."},
+        403: {
+            "model": ErrorBody,
+            "description": "Outside the token's scopes, or refused by admission (with gates).",
+        },
         404: {"model": ErrorBody, "description": "No such task."},
         409: {"model": ErrorBody, "description": "Idempotency-Key used with another payload."},
         422: {"model": ErrorBody, "description": "Invalid payload; each problem has its path."},
@@ -243,6 +250,23 @@ def enqueue_job(
             description="Send the same key again to get the first job back instead of a new one.",
         ),
     ] = None,
+    target_asset: Annotated[
+        str | None,
+        Header(
+            alias="X-Drydock-Target-Asset",
+            description=(
+                "Bind the job to an asset (id, or name within the tenant): its quarantine "
+                "preempts the job while it waits; a protected asset needs an approval token."
+            ),
+        ),
+    ] = None,
+    approval_token: Annotated[
+        str | None,
+        Header(
+            alias="X-Drydock-Approval",
+            description="An approval token (POST /v1/admission/approvals) for a protected target.",
+        ),
+    ] = None,
 ) -> EnqueuedJobBody:
     """Validate and enqueue one job. 202 with the new job, or 200 with the existing one when the
     Idempotency-Key was already used with the same task and payload."""
@@ -260,7 +284,13 @@ def enqueue_job(
             403, f"token {caller.name!r} acts for tenant {caller.tenant} only, not {named!r}"
         )
     job = client.enqueue(
-        task_name, payload or {}, idempotency_key, enqueued_by=f"api:{caller.name}"
+        task_name,
+        payload or {},
+        idempotency_key,
+        enqueued_by=f"api:{caller.name}",
+        tenant=caller.tenant,
+        target_asset=target_asset,
+        approval_token=approval_token,
     )
     if not job.created:
         response.status_code = 200

@@ -30,3 +30,31 @@ def current_caller(
 
 
 Caller = Annotated[tokens.Caller, Depends(current_caller)]
+
+
+def require_scope(caller: tokens.Caller, scope: str) -> None:
+    if not caller.may_use(scope):
+        raise HTTPException(
+            403,
+            f"token {caller.name!r} lacks the {scope} scope (scopes: {', '.join(caller.scopes)})",
+        )
+
+
+def tenant_to_read(caller: tokens.Caller, given: str | None) -> str | None:
+    """The tenant a read is limited to: the token's own; an operator's choice (None: all)."""
+    if caller.tenant is not None:
+        if given is not None and given != caller.tenant:
+            raise HTTPException(403, f"token {caller.name!r} acts for tenant {caller.tenant} only")
+        return caller.tenant
+    return given
+
+
+def tenant_to_write(caller: tokens.Caller, given: str | None) -> str:
+    tenant = tenant_to_read(caller, given)
+    if tenant is None:
+        raise HTTPException(422, "say which tenant: ?tenant= (or a token bound to one)")
+    return tenant
+
+
+def actor_of(caller: tokens.Caller) -> str:
+    return f"api:{caller.name}"

@@ -16,13 +16,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from drydock.api_auth import Caller
+from drydock.api_auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
 from models import remediation as store
-from models import tokens
 from models.db import session_scope
 from models.remediation import RemediationRefusedError
 from models.tables import RunState
@@ -158,34 +157,6 @@ class RunDetailBody(RunBody):
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _require(caller: tokens.Caller, scope: str) -> None:
-    if not caller.may_use(scope):
-        raise HTTPException(
-            403,
-            f"token {caller.name!r} lacks the {scope} scope (scopes: {', '.join(caller.scopes)})",
-        )
-
-
-def _tenant_to_read(caller: tokens.Caller, given: str | None) -> str | None:
-    """The tenant a read is limited to: the token's own; an operator's choice (None: all)."""
-    if caller.tenant is not None:
-        if given is not None and given != caller.tenant:
-            raise HTTPException(403, f"token {caller.name!r} acts for tenant {caller.tenant} only")
-        return caller.tenant
-    return given
-
-
-def _tenant_to_write(caller: tokens.Caller, given: str | None) -> str:
-    tenant = _tenant_to_read(caller, given)
-    if tenant is None:
-        raise HTTPException(422, "say which tenant: ?tenant= (or a token bound to one)")
-    return tenant
-
-
-def _actor(caller: tokens.Caller) -> str:
-    return f"api:{caller.name}"
-
-
 def refused_handler(request: Request, exc: Exception) -> JSONResponse:
     """Registered by drydock.api: a refused request is 409 with its reason."""
     return JSONResponse({"detail": str(exc)}, status_code=409)
@@ -214,20 +185,20 @@ def create_playbook(
 ) -> dict[str, Any]:
     """Store a playbook definition as the next version of its name; the spec is validated by
     its executor's schema (422 names each problem)."""
-    _require(caller, "remediation.playbooks")
+    require_scope(caller, "remediation.playbooks")
     return domain.create_playbook(
-        definition, tenant=_tenant_to_write(caller, tenant), actor=_actor(caller)
+        definition, tenant=tenant_to_write(caller, tenant), actor=actor_of(caller)
     )
 
 
 @router.get("/playbooks", response_model=list[PlaybookBody])
 def list_playbooks(caller: Caller, tenant: TenantQuery = None) -> list[dict[str, Any]]:
     """The newest version of every playbook the token may see."""
-    _require(caller, "remediation.run_playbook")
+    require_scope(caller, "remediation.run_playbook")
     with session_scope() as session:
         return [
             domain.playbook_summary(book, with_spec=False)
-            for book in store.list_playbooks(session, _tenant_to_read(caller, tenant))
+            for book in store.list_playbooks(session, tenant_to_read(caller, tenant))
         ]
 
 
@@ -241,8 +212,8 @@ def show_playbook(
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
     """One playbook version (the newest unless ?version=) with its spec."""
-    _require(caller, "remediation.run_playbook")
-    return domain.describe_playbook(_tenant_to_write(caller, tenant), name, version)
+    require_scope(caller, "remediation.run_playbook")
+    return domain.describe_playbook(tenant_to_write(caller, tenant), name, version)
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -262,12 +233,12 @@ def request_run(body: RunRequestBody, caller: Caller, response: Response) -> Run
     """Ask for a playbook to run against a quarantined asset. Concurrent requests for the same
     asset and playbook collapse into one run: 201 for the one that created it, 200 for the
     others, all with its id."""
-    _require(caller, "remediation.run_playbook")
+    require_scope(caller, "remediation.run_playbook")
     outcome = domain.request_run(
-        tenant=_tenant_to_write(caller, body.tenant),
+        tenant=tenant_to_write(caller, body.tenant),
         asset=body.asset,
         playbook=body.playbook,
-        requested_by=_actor(caller),
+        requested_by=actor_of(caller),
         reason=body.reason,
     )
     if not outcome.created:
@@ -293,9 +264,9 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict[str, Any]]:
     """Runs newest first."""
-    _require(caller, "remediation.run_playbook")
+    require_scope(caller, "remediation.run_playbook")
     return domain.list_run_views(
-        tenant=_tenant_to_read(caller, tenant),
+        tenant=tenant_to_read(caller, tenant),
         state=state.value if state else None,
         asset=asset,
         limit=limit,
@@ -305,7 +276,7 @@ def list_runs(
 @router.get("/runs/{run_id}", response_model=RunDetailBody, responses={404: {"model": ErrorBody}})
 def show_run(run_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
     """A run with its audit trail and each step's artifacts (output capped, secrets redacted)."""
-    _require(caller, "remediation.run_playbook")
+    require_scope(caller, "remediation.run_playbook")
     return domain.describe_run(run_id, tenant=caller.tenant)
 
 
@@ -319,11 +290,11 @@ def approve_run(
 ) -> ApprovedBody:
     """Approve a pending run: it is queued with a signed approval token bound to it, valid for
     DRYDOCK_REMEDIATION_APPROVAL_TTL_SECONDS."""
-    _require(caller, "remediation.approve")
+    require_scope(caller, "remediation.approve")
     approved = domain.approve_run(
         run_id,
         tenant=caller.tenant,
-        approver=_actor(caller),
+        approver=actor_of(caller),
         reason=body.reason if body else "",
     )
     return ApprovedBody(
@@ -343,9 +314,9 @@ def reject_run(
     run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
 ) -> dict[str, Any]:
     """Refuse a pending run; it becomes cancelled."""
-    _require(caller, "remediation.approve")
+    require_scope(caller, "remediation.approve")
     domain.reject_run(
-        run_id, tenant=caller.tenant, actor=_actor(caller), reason=body.reason if body else ""
+        run_id, tenant=caller.tenant, actor=actor_of(caller), reason=body.reason if body else ""
     )
     return domain.describe_run(run_id, tenant=caller.tenant)
 
@@ -359,8 +330,8 @@ def cancel_run(
     run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
 ) -> dict[str, Any]:
     """Cancel a run that has not started."""
-    _require(caller, "remediation.run_playbook")
+    require_scope(caller, "remediation.run_playbook")
     domain.cancel_run(
-        run_id, tenant=caller.tenant, actor=_actor(caller), reason=body.reason if body else ""
+        run_id, tenant=caller.tenant, actor=actor_of(caller), reason=body.reason if body else ""
     )
     return domain.describe_run(run_id, tenant=caller.tenant)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
+
+from workers.errors import DrydockError
 
 
 def when(moment: datetime | None) -> str:
@@ -17,3 +20,12 @@ def current_operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``12h``, ``7d`` (or seconds: ``90s``) as a timedelta."""
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match:
+        raise DrydockError(f"{text!r} is not a duration like 30m, 12h or 7d")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})

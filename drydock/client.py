@@ -22,6 +22,7 @@ from models.db import session_scope
 from models.tables import Job
 from tasks.catalog import TaskSpec, spec_for
 from workers import dead_letter
+from workers.admission import admit
 from workers.app import app
 from workers.errors import (
     BrokerUnavailableError,
@@ -81,12 +82,23 @@ def enqueue(
     idempotency_key: str | None = None,
     *,
     enqueued_by: str = "python",
+    tenant: str | None = None,
+    target_asset: str | uuid.UUID | None = None,
+    approval_token: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> EnqueuedJob:
-    """Validate, record and send one job. The same idempotency key twice returns the first job
-    and sends nothing."""
+    """Validate, admit, record and send one job. The same idempotency key (or ``job_id``) twice
+    returns the first job and sends nothing.
+
+    Admission (``workers.admission``): the job acts for ``tenant`` (else the payload's
+    ``tenant`` field, if any) and is bound to ``target_asset`` (an asset id or ``tenant/name``),
+    whose quarantine preempts it while it waits; a protected target needs ``approval_token``.
+    A refusal raises AdmissionRefusedError and is recorded as a policy decision."""
     _check_key(task_name, idempotency_key)
     prepared = _prepare(task_name, payload)
-    job_id = uuid.uuid4()
+    named = prepared.payload.get("tenant")
+    acting_for = tenant if tenant is not None else named if isinstance(named, str) else None
+    job_id = job_id or uuid.uuid4()
     with session_scope() as session:
         job, created = job_store.create_job(
             session,
@@ -107,9 +119,22 @@ def enqueue(
                     f"({job.task_name}) with a different task or payload"
                 )
             return _enqueued(job, created=False)
+        # After the insert, so the decision names the job; a refusal rolls the job back.
+        admission = admit(
+            session,
+            task_name=task_name,
+            tenant=acting_for,
+            target=target_asset,
+            approval_token=approval_token,
+            actor=enqueued_by,
+            job_id=job_id,
+        )
+        job.tenant = acting_for
+        job.target_asset_id = admission.target_asset_id
+        job.policy_context = admission.context()
     _send_or_forget(prepared, job_id)
     get_logger(job_id=str(job_id), task=task_name, queue=prepared.spec.queue).info(
-        "job.enqueued", action="enqueued", enqueued_by=enqueued_by
+        "job.enqueued", action="enqueued", enqueued_by=enqueued_by, tenant=acting_for
     )
     return EnqueuedJob(job_id, task_name, prepared.spec.queue, "queued", created=True)
 

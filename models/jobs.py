@@ -193,19 +193,27 @@ def record_progress(
     _event(session, job_id, EventKind.PROGRESS, attempt, who, detail=detail)
 
 
+# An outcome event is the job's audit row: the worker that ran it (its columns) and the policy
+# context it was admitted under (from the job row), beside what happened.
+_POLICY_DETAIL = (
+    "CASE WHEN policy_context IS NULL THEN '{}'::jsonb "
+    "ELSE jsonb_build_object('policy', policy_context) END"
+)
+
 _RECORD_SUCCESS = f"""
     WITH done AS (
         UPDATE jobs
            SET status = 'succeeded', result = CAST(%(result)s AS jsonb), finished_at = now(),
                error = NULL, error_class = NULL
          WHERE id = CAST(%(job_id)s AS uuid) AND {_UNFINISHED}
-     RETURNING id
+     RETURNING id, policy_context
     )
     INSERT INTO job_events (job_id, kind, attempt, at, latency_ms, queue, worker, worker_pid,
                             detail)
     SELECT id, 'succeeded', CAST(%(attempt)s AS integer), now(),
            CAST(%(latency_ms)s AS double precision), CAST(%(queue)s AS varchar),
-           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer), '{{}}'::jsonb
+           CAST(%(worker)s AS varchar), CAST(%(worker_pid)s AS integer),
+           {_POLICY_DETAIL}
       FROM done
     RETURNING id
     """
@@ -291,13 +299,16 @@ def record_dead_letter(
             error=message,
             error_class=error_class,
         )
-        .returning(Job.task_name, Job.queue, Job.payload)
+        .returning(Job.task_name, Job.queue, Job.payload, Job.policy_context)
     ).one_or_none()
     if row is None:
         return None
     detail = {"error_class": error_class, "message": message, "reason": reason}
     _event(session, job_id, EventKind.FAILED, attempt, who, latency_ms=latency_ms, detail=detail)
-    _event(session, job_id, EventKind.DEAD_LETTERED, attempt, who, detail={"reason": reason})
+    outcome: dict[str, Any] = {"reason": reason}
+    if row.policy_context is not None:
+        outcome["policy"] = row.policy_context
+    _event(session, job_id, EventKind.DEAD_LETTERED, attempt, who, detail=outcome)
     letter = DeadLetter(
         job_id=job_id,
         task_name=row.task_name,

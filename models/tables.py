@@ -869,7 +869,7 @@ class RemediationArtifact(Base):
     __table_args__ = (UniqueConstraint("run_id", "attempt", "step_index"),)
 
 
-# --- Evaluation, policy and Beat upkeep ------------------------------------------------------------
+# --- Evaluation, policy and Beat upkeep -----------------------------------------------------------
 
 
 class CertificationStatus(StrEnum):
@@ -981,6 +981,12 @@ class EvaluationCertification(Base):
             "ix_evaluation_certifications_expiry",
             "expires_at",
             postgresql_where=text("status = 'active'"),
+        ),
+        # Claimed refreshes, for finding claims whose job was never sent.
+        Index(
+            "ix_evaluation_certifications_refresh_claimed",
+            "refresh_requested_at",
+            postgresql_where=text("status = 'active' AND refresh_job_id IS NOT NULL"),
         ),
     )
 

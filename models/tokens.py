@@ -35,6 +35,8 @@ _SCOPE = re.compile(r"[a-z0-9_.*?\[\]-]{1,200}")
 PERMISSIONS: dict[str, str] = {
     "remediation.approve": "approve or reject remediation runs",
     "remediation.playbooks": "create remediation playbooks",
+    "policy.decide": "ask for placement decisions and read recorded decisions",
+    "admission.approve": "issue approval tokens for jobs on protected assets",
 }
 
 

@@ -210,6 +210,22 @@ def _transition_once(
         rows = [apply_move(session, asset, move, actor=actor, job_id=job_id) for move in moves]
         # Flush whatever else the plan changed on the asset, under the same version check.
         session.flush()
+        quarantine = next((r for r in rows if r.to_state == TrustState.QUARANTINED.value), None)
+        if quarantine is not None:
+            # Imported here: the policy records import this module.
+            from models.policy import preempt_waiting_jobs
+
+            why = (
+                f"{quarantine.cause}: {quarantine.detail}"
+                if quarantine.detail
+                else quarantine.cause
+            )
+            preempt_waiting_jobs(
+                session,
+                asset,
+                reason=f"target asset {asset.tenant}/{asset.name} was quarantined ({why})"[:1000],
+                actor=actor,
+            )
         return _notify(session, asset, rows)
 
 

@@ -308,6 +308,71 @@ class Settings(BaseSettings):
             "turns the entry off."
         ),
     )
+    evaluation_host_asset: str | None = Field(
+        None,
+        description=(
+            "Trust asset (id, or `tenant/name`) of the host this evaluation worker runs on: a "
+            "suite runs only while it is trusted (a recorded policy gate); unset: none runs."
+        ),
+    )
+    evaluation_cadence_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        60.0,
+        description=(
+            "How often Beat enqueues refreshes of certifications inside their refresh window "
+            "and marks expired ones stale; 0 turns the entry off."
+        ),
+    )
+    evaluation_refresh_batch: Annotated[int, Field(gt=0)] = Field(
+        1000,
+        description=(
+            "Most refreshes one cadence sweep enqueues; the rest wait for the next sweep, so a "
+            "backlog never floods the evaluation queue at once."
+        ),
+    )
+    anomaly_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        300.0,
+        description="How often Beat recomputes capability scores; 0 turns the entry off.",
+    )
+    anomaly_window_seconds: Annotated[int, Field(gt=0)] = Field(
+        7 * 86400,
+        description="The rolling window anomaly scores are computed over (builds, credentials).",
+    )
+    anomaly_latency_z_threshold: Annotated[float, Field(gt=0)] = Field(
+        3.5,
+        description=(
+            "A repository's newest build latency is flagged above this robust z-score "
+            "(0.6745 * (x - median) / MAD over the window)."
+        ),
+    )
+    anomaly_min_builds: Annotated[int, Field(ge=2)] = Field(
+        5,
+        description="Builds a repository needs in the window before its latency is scored.",
+    )
+    anomaly_churn_threshold: Annotated[int, Field(ge=0)] = Field(
+        3,
+        description=(
+            "A repository is flagged for credential churn above this many rotations and auth "
+            "failures of its registry within the window."
+        ),
+    )
+    credential_rotation_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        3600.0,
+        description=(
+            "How often Beat probes every registry credential and rotates those due; 0 turns "
+            "the entry off."
+        ),
+    )
+    credential_rotation_margin_seconds: Annotated[int, Field(ge=0)] = Field(
+        86400,
+        description="A credential whose provider says it expires within this long is rotated.",
+    )
+    beat_lock_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        30.0,
+        description=(
+            "Beat's lock in Redis (celery-redbeat) expires this long after the Beat holding it "
+            "stops renewing it; a second Beat waits on the lock and takes over after it."
+        ),
+    )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
     log_json: bool = Field(True, description="Log one JSON object per line (structlog).")
     extra_secret_fields: list[str] = Field(
@@ -337,6 +402,14 @@ class Settings(BaseSettings):
                 f"time limit ({longest}s) plus retry_max_seconds ({self.retry_max_seconds:g}s); "
                 "otherwise Redis redelivers jobs that are still running or waiting to retry"
             )
+        # Beat renews its lock once a tick and sleeps up to a heartbeat between ticks; the
+        # second heartbeat is room for a slow tick before the lock lapses to another Beat.
+        if self.beat_lock_timeout_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"beat_lock_timeout_seconds ({self.beat_lock_timeout_seconds:g}s) must be at "
+                f"least twice heartbeat_seconds ({self.heartbeat_seconds:g}s); otherwise Beat's "
+                "lock lapses between ticks and another Beat fires too"
+            )
         return self
 
     @property
@@ -353,6 +426,12 @@ class Settings(BaseSettings):
         hard = self.time_limits[queue]
         soft = hard - SOFT_LIMIT_GRACE_SECONDS if hard > 60 else int(hard * 0.8)
         return max(1, soft), hard
+
+    def work_budget_seconds(self, queue: str) -> int:
+        """The longest a task's own timed work (a playbook, an evaluation suite) may be given:
+        under the queue's soft time limit, with room left to record the outcome."""
+        soft, _ = self.time_limits_for(queue)
+        return max(1, soft - min(30, max(1, soft // 5)))
 
 
 @lru_cache(maxsize=1)

@@ -203,6 +203,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'active'"),
     )
     op.create_index(
+        "ix_evaluation_certifications_refresh_claimed",
+        "evaluation_certifications",
+        ["refresh_requested_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'active' AND refresh_job_id IS NOT NULL"),
+    )
+    op.create_index(
         "ix_evaluation_certifications_refresh_due",
         "evaluation_certifications",
         ["refresh_at"],
@@ -307,6 +314,9 @@ def downgrade() -> None:
         "uq_evaluation_certifications_active",
         table_name="evaluation_certifications",
         postgresql_where=sa.text("status = 'active'"),
+    )
+    op.drop_index(
+        "ix_evaluation_certifications_refresh_claimed", table_name="evaluation_certifications"
     )
     op.drop_index(
         "ix_evaluation_certifications_refresh_due",

@@ -19,8 +19,7 @@ NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,99}"
 def max_timeout_seconds() -> int:
     """The longest a playbook may run: under the remediation queue's soft time limit, with
     room left to record the outcome before Celery stops the task."""
-    soft, _ = get_settings().time_limits_for("remediation")
-    return max(1, soft - min(30, max(1, soft // 5)))
+    return get_settings().work_budget_seconds("remediation")
 
 
 class PlaybookDefinition(BaseModel):

@@ -1,0 +1,329 @@
+"""The policy engine's facts and records: gathering what ``tasks.evaluation.policy`` decides on,
+persisting each decision (``policy_decisions``), and preempting waiting jobs of a quarantined
+asset.
+
+A decision is announced with ``pg_notify`` inside the transaction that records it, on the same
+footing as trust transitions: ``drydock policy watch`` hears it only if it committed, in commit
+order, beside the transitions.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from models import anomaly, evaluation, trust
+from models.tables import (
+    ACTIVE_RUN_STATES,
+    PolicyDecision,
+    PolicyDecisionKind,
+    RemediationRun,
+    TenantPolicy,
+    TrustAsset,
+)
+from tasks.evaluation import policy as engine
+from tasks.evaluation.policy import (
+    AssetFacts,
+    CertificationFacts,
+    Decision,
+    Gate,
+    GateName,
+    PlacementFacts,
+    ScoreFacts,
+    TenantRules,
+)
+from workers.errors import NotFoundError
+from workers.settings import get_settings
+
+PG_CHANNEL = "drydock_policy"
+
+
+def asset_facts(asset: TrustAsset) -> AssetFacts:
+    return AssetFacts(
+        id=asset.id,
+        tenant=asset.tenant,
+        name=asset.name,
+        kind=asset.kind,
+        state=asset.state,
+        evidence_expires_at=asset.evidence_expires_at,
+        protected=asset.protected,
+    )
+
+
+def tenant_rules(session: Session, tenant: str | None) -> TenantRules:
+    if tenant is None:
+        return TenantRules()
+    policy = session.get(TenantPolicy, tenant)
+    if policy is None:
+        return TenantRules()
+    return TenantRules(
+        allowed_tasks=None if policy.allowed_tasks is None else tuple(policy.allowed_tasks),
+        allowed_tiers=None if policy.allowed_tiers is None else tuple(policy.allowed_tiers),
+    )
+
+
+def set_tenant_rules(
+    session: Session,
+    tenant: str,
+    *,
+    allowed_tasks: Sequence[str] | None,
+    allowed_tiers: Sequence[str] | None,
+    by: str,
+) -> TenantPolicy:
+    """Replace a tenant's admission and placement rules (None: no restriction)."""
+    policy = session.get(TenantPolicy, tenant, with_for_update=True)
+    if policy is None:
+        policy = TenantPolicy(tenant=tenant, remediation_requires_approval=False)
+        session.add(policy)
+    policy.allowed_tasks = None if allowed_tasks is None else list(allowed_tasks)
+    policy.allowed_tiers = None if allowed_tiers is None else list(allowed_tiers)
+    policy.updated_by = by
+    session.flush()
+    return policy
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    digest: str
+    tier: str
+    asset: str
+    tenant: str
+    accelerators: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "tier": self.tier,
+            "asset": self.asset,
+            "tenant": self.tenant,
+            "accelerators": list(self.accelerators),
+        }
+
+
+def placement_facts(session: Session, request: PlacementRequest, now: datetime) -> PlacementFacts:
+    asset = _maybe_asset(session, request.asset, request.tenant)
+    accelerators: list[AssetFacts] = []
+    unknown: list[uuid.UUID] = []
+    for ref in request.accelerators:
+        found = _maybe_asset(session, ref, request.tenant)
+        if found is None:
+            unknown.append(_uuid_or_nil(ref))
+        else:
+            accelerators.append(asset_facts(found))
+    cert = evaluation.latest_certification(session, request.digest, request.tier)
+    repository = anomaly.repository_for_digest(session, request.digest)
+    scores = anomaly.scores_for(session, repository) if repository is not None else []
+    runs: list[uuid.UUID] = []
+    if asset is not None:
+        runs = list(
+            session.scalars(
+                select(RemediationRun.id).where(
+                    RemediationRun.asset_id == asset.id,
+                    RemediationRun.state.in_([s.value for s in ACTIVE_RUN_STATES]),
+                )
+            )
+        )
+    return PlacementFacts(
+        now=now,
+        digest=request.digest,
+        tier=request.tier,
+        tenant=request.tenant,
+        asset=asset_facts(asset) if asset is not None else None,
+        accelerators=tuple(accelerators),
+        unknown_accelerators=tuple(unknown),
+        certification=(
+            CertificationFacts(
+                id=cert.id,
+                status=cert.status,
+                expires_at=cert.expires_at,
+                evaluated_at=cert.evaluated_at,
+                summary=cert.summary,
+            )
+            if cert is not None
+            else None
+        ),
+        active_remediations=tuple(runs),
+        repository=repository,
+        scores=tuple(ScoreFacts(s.metric, s.value, s.flagged) for s in scores),
+        rules=tenant_rules(session, request.tenant),
+    )
+
+
+def decide_placement(
+    session: Session, request: PlacementRequest, *, actor: str, now: datetime | None = None
+) -> PolicyDecision:
+    """Gather the facts, decide, and record the decision (announced on commit)."""
+    facts = placement_facts(session, request, now or datetime.now(UTC))
+    return record_decision(
+        session,
+        PolicyDecisionKind.PLACEMENT,
+        engine.decide_placement(facts),
+        request=request.as_json(),
+        tenant=request.tenant,
+        actor=actor,
+    )
+
+
+def _maybe_asset(session: Session, ref: str, tenant: str | None) -> TrustAsset | None:
+    try:
+        return trust.find_asset(session, ref, tenant)
+    except NotFoundError:
+        return None
+
+
+def _uuid_or_nil(ref: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return uuid.UUID(int=0)
+
+
+def record_decision(
+    session: Session,
+    kind: PolicyDecisionKind,
+    decision: Decision,
+    *,
+    request: dict[str, Any],
+    tenant: str | None,
+    actor: str,
+    job_id: uuid.UUID | None = None,
+) -> PolicyDecision:
+    """Persist a decision and announce it (``pg_notify``, delivered on commit)."""
+    row = PolicyDecision(
+        kind=kind.value,
+        allowed=decision.allowed,
+        tenant=tenant,
+        request=request,
+        gates=decision.gates_json(),
+        summary=decision.summary,
+        job_id=job_id,
+        actor=actor,
+    )
+    session.add(row)
+    session.flush()
+    session.refresh(row, ["decided_at"])
+    session.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": PG_CHANNEL, "payload": decision_message(row)},
+    )
+    return row
+
+
+def decision_json(row: PolicyDecision) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "allowed": row.allowed,
+        "tenant": row.tenant,
+        "request": row.request,
+        "gates": row.gates,
+        "summary": row.summary,
+        "job_id": str(row.job_id) if row.job_id else None,
+        "actor": row.actor,
+        "decided_at": row.decided_at.astimezone(UTC).isoformat(),
+    }
+
+
+def decision_message(row: PolicyDecision) -> str:
+    message = decision_json(row)
+    # NOTIFY payloads must stay under 8000 bytes; the row keeps everything.
+    message["gates"] = [{**g, "reason": str(g.get("reason", ""))[:300]} for g in message["gates"]]
+    message["request"] = {k: v for k, v in message["request"].items() if k != "payload"}
+    return json.dumps(message, separators=(",", ":"))
+
+
+def list_decisions(
+    session: Session,
+    *,
+    tenant: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+) -> Sequence[PolicyDecision]:
+    stmt = select(PolicyDecision)
+    if tenant is not None:
+        stmt = stmt.where(PolicyDecision.tenant == tenant)
+    if kind is not None:
+        stmt = stmt.where(PolicyDecision.kind == kind)
+    return session.scalars(stmt.order_by(PolicyDecision.id.desc()).limit(limit)).all()
+
+
+# ---- preemption ----------------------------------------------------------------------------------
+
+# Waiting jobs bound to the asset end "preempted", with their outcome event, in the quarantine's
+# own transaction: a worker that receives one later finds it finished and runs nothing.
+_PREEMPT_SQL = """
+    WITH preempted AS (
+        UPDATE jobs
+           SET status = 'preempted', finished_at = now(), error = :reason,
+               error_class = 'Preempted'
+         WHERE target_asset_id = :asset_id AND status IN ('queued', 'retrying')
+     RETURNING id, task_name, queue, tenant, attempts, policy_context
+    ), events AS (
+        INSERT INTO job_events (job_id, kind, attempt, at, queue, detail)
+        SELECT id, 'preempted', attempts, now(), queue,
+               jsonb_build_object('reason', CAST(:reason AS text), 'policy', policy_context)
+          FROM preempted
+    )
+    SELECT id, task_name, tenant FROM preempted
+"""
+
+
+def preempt_waiting_jobs(
+    session: Session, asset: TrustAsset, *, reason: str, actor: str
+) -> list[uuid.UUID]:
+    """Cancel the asset's queued and retrying jobs, each with a recorded decision."""
+    rows = session.execute(text(_PREEMPT_SQL), {"asset_id": asset.id, "reason": reason}).all()
+    decision = Decision.of([Gate(GateName.TARGET_TRUST, False, reason)])
+    for row in rows:
+        record_decision(
+            session,
+            PolicyDecisionKind.PREEMPTION,
+            decision,
+            request={"task_name": row.task_name, "target_asset_id": str(asset.id)},
+            tenant=row.tenant or asset.tenant,
+            actor=actor,
+            job_id=row.id,
+        )
+    if rows:
+        session.flush()
+    return [row.id for row in rows]
+
+
+# ---- watching ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One thing ``policy watch`` shows: a decision or a trust transition, as published."""
+
+    kind: str  # "decision" or "transition"
+    data: dict[str, Any]
+
+
+def watch(*, tenant: str | None = None, on_ready: Any = None) -> Iterator[Announcement]:
+    """Decisions and trust transitions as they commit, forever (the caller stops)."""
+    conninfo = (
+        make_url(get_settings().database_url)
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"LISTEN {PG_CHANNEL}")
+        conn.execute(f"LISTEN {trust.PG_CHANNEL}")
+        if on_ready is not None:
+            on_ready()
+        for notice in conn.notifies():
+            data = json.loads(notice.payload)
+            if tenant is not None and data.get("tenant") != tenant:
+                continue
+            kind = "decision" if notice.channel == PG_CHANNEL else "transition"
+            yield Announcement(kind, data)

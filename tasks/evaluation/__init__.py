@@ -1,0 +1,1 @@
+"""The evaluation queue: certifications of image digests, the policy engine, Beat upkeep."""

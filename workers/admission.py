@@ -1,0 +1,199 @@
+"""Admission control: the policy every enqueue passes before a job reaches a queue.
+
+``admit`` gathers the facts (the tenant's rules, the bound target asset, the approval token),
+asks the pure engine (``tasks.evaluation.policy.decide_admission``) and records the decision
+when there was anything to decide: always when refused, and whenever a tenant or a target was
+involved. A job with nothing to decide (an operator's job with no target) carries the trivial
+context and adds no row, which keeps the enqueue path as cheap as before.
+
+Protected targets need an approval token: a JWT (the remediation approvals' key, its own
+audience) naming the asset, the task-name pattern it covers and the tenant, expiring.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from sqlalchemy.orm import Session
+
+from models import policy as policy_store
+from models import trust
+from models.tables import PolicyDecisionKind
+from tasks.evaluation.policy import AdmissionFacts, Decision, TokenCheck, decide_admission
+from tasks.remediation.approvals import ALGORITHM, signing_key
+from workers.errors import DrydockError, NotFoundError
+
+AUDIENCE = "drydock:admission-approval"
+
+
+class AdmissionRefusedError(DrydockError):
+    """The job broke an admission rule; nothing was enqueued. The decision is recorded."""
+
+    def __init__(self, task_name: str, decision: Decision, decision_id: int) -> None:
+        super().__init__(
+            f"admission refused {task_name} (decision {decision_id}): {decision.summary}"
+        )
+        self.decision = decision
+        self.decision_id = decision_id
+
+
+@dataclass(frozen=True)
+class Admission:
+    decision: Decision
+    # None: nothing to decide, so nothing recorded.
+    decision_id: int | None
+    tenant: str | None
+    target_asset_id: uuid.UUID | None
+
+    def context(self) -> dict[str, Any]:
+        """What the job row keeps, and its outcome event repeats."""
+        return {
+            "decision_id": self.decision_id,
+            "allowed": self.decision.allowed,
+            "tenant": self.tenant,
+            "target_asset_id": str(self.target_asset_id) if self.target_asset_id else None,
+            "gates": [
+                {"gate": g.name.value, "passed": g.passed} for g in self.decision.gates
+            ],
+        }
+
+
+def issue_token(
+    *,
+    asset_id: uuid.UUID,
+    task_pattern: str,
+    tenant: str,
+    approver: str,
+    ttl_seconds: int,
+    now: datetime | None = None,
+) -> str:
+    """An approval to enqueue tasks matching ``task_pattern`` on a protected asset."""
+    issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    claims = {
+        "sub": str(asset_id),
+        "tsk": task_pattern,
+        "ten": tenant,
+        "apr": approver,
+        "jti": secrets.token_hex(16),
+        "iat": int(issued.timestamp()),
+        "exp": int((issued + timedelta(seconds=ttl_seconds)).timestamp()),
+        "aud": AUDIENCE,
+    }
+    return jwt.encode(claims, signing_key(), algorithm=ALGORITHM)
+
+
+def check_token(token: str, *, asset_id: uuid.UUID, task_name: str, tenant: str) -> str | None:
+    """None when the token approves this task on this asset for this tenant; else why not."""
+    try:
+        claims = jwt.decode(
+            token,
+            signing_key(),
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["sub", "tsk", "ten", "apr", "exp", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        return "it has expired"
+    except jwt.InvalidSignatureError:
+        return "its signature is not this fleet's (tampered with or forged)"
+    except jwt.InvalidTokenError as exc:
+        return f"it is not an admission approval token ({exc})"
+    if claims["sub"] != str(asset_id):
+        return f"it approves asset {claims['sub']}, not {asset_id}"
+    if claims["ten"] != tenant:
+        return f"it is for tenant {claims['ten']}, not {tenant}"
+    if not fnmatch.fnmatchcase(task_name, str(claims["tsk"])):
+        return f"it approves {claims['tsk']}, not {task_name}"
+    return None
+
+
+def admit(
+    session: Session,
+    *,
+    task_name: str,
+    tenant: str | None,
+    target: str | uuid.UUID | None,
+    approval_token: str | None,
+    actor: str,
+    job_id: uuid.UUID | None = None,
+) -> Admission:
+    """Decide whether the job may be enqueued; record the decision when there was something to
+    decide. Raises AdmissionRefusedError (after recording) when refused. The caller's session
+    commits the recorded decision with the job; a refusal is recorded in its own transaction."""
+    target_id: uuid.UUID | None = None
+    target_facts = None
+    if target is not None:
+        try:
+            asset = trust.find_asset(session, str(target), tenant)
+        except NotFoundError:
+            target_id = _uuid_or_nil(target)
+        else:
+            target_id = asset.id
+            target_facts = policy_store.asset_facts(asset)
+    token_check, problem = TokenCheck.NONE, ""
+    if approval_token and target_facts is not None:
+        problem = (
+            check_token(
+                approval_token,
+                asset_id=target_facts.id,
+                task_name=task_name,
+                tenant=tenant or target_facts.tenant,
+            )
+            or ""
+        )
+        token_check = TokenCheck.INVALID if problem else TokenCheck.VALID
+    facts = AdmissionFacts(
+        task_name=task_name,
+        tenant=tenant,
+        rules=policy_store.tenant_rules(session, tenant),
+        target_id=target_id,
+        target=target_facts,
+        token=token_check,
+        token_problem=problem,
+    )
+    decision = decide_admission(facts)
+    request = {
+        "task_name": task_name,
+        "target": str(target) if target is not None else None,
+        "approval_token": "presented" if approval_token else None,
+    }
+    if not decision.allowed:
+        from models.db import session_scope
+
+        # Its own transaction: the refusal stays recorded though the enqueue fails.
+        with session_scope() as refusal:
+            row = policy_store.record_decision(
+                refusal,
+                PolicyDecisionKind.ADMISSION,
+                decision,
+                request=request,
+                tenant=tenant,
+                actor=actor,
+            )
+            refused_id = row.id
+        raise AdmissionRefusedError(task_name, decision, refused_id)
+    decision_id = None
+    if tenant is not None or target is not None:
+        decision_id = policy_store.record_decision(
+            session,
+            PolicyDecisionKind.ADMISSION,
+            decision,
+            request=request,
+            tenant=tenant,
+            actor=actor,
+            job_id=job_id,
+        ).id
+    return Admission(decision, decision_id, tenant, target_id)
+
+
+def _uuid_or_nil(ref: str | uuid.UUID) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(ref))
+    except ValueError:
+        return None
