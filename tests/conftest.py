@@ -46,6 +46,7 @@ pytest_plugins = [
     "tests.tpm_simulator",
     "tests.sandbox_image",
     "tests.kube_standin",
+    "tests.evaluation_images",
 ]
 
 
@@ -92,6 +93,13 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_TRUST_STALENESS_INTERVAL_SECONDS": "0",
             # Remediation: Beat's sweep off (tests run it themselves).
             "DRYDOCK_REMEDIATION_EXPIRY_INTERVAL_SECONDS": "0",
+            # Evaluation, anomaly and credential upkeep: Beat's entries off (tests run them).
+            "DRYDOCK_EVALUATION_CADENCE_INTERVAL_SECONDS": "0",
+            "DRYDOCK_ANOMALY_INTERVAL_SECONDS": "0",
+            "DRYDOCK_CREDENTIAL_ROTATION_INTERVAL_SECONDS": "0",
+            # The evaluation workers' host, as registered (and made trusted) by the tests that
+            # run suites; absent, every refresh is refused by the host-trust gate.
+            "DRYDOCK_EVALUATION_HOST_ASSET": "fleet/evaluation-host",
         }
     )
 
@@ -186,7 +194,9 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
         conn.execute(
             text(
                 "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
-                "trust_asset_classes, remediation_playbooks, tenant_policies CASCADE"
+                "trust_asset_classes, remediation_playbooks, tenant_policies, "
+                "evaluation_tiers, evaluation_certifications, policy_decisions, "
+                "capability_scores, credential_events CASCADE"
             )
         )
     client = redis.Redis.from_url(redis_server)

@@ -1,0 +1,256 @@
+"""Admission control at every enqueue, preemption of waiting jobs by a quarantine, the policy
+context on every job's outcome, and `drydock policy watch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from drydock.client import enqueue
+from models import policy as policy_store
+from models.db import session_scope
+from models.tables import Job, JobEvent, PolicyDecision, TrustState
+from tasks.remediation import domain as remediation
+from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
+from tests.test_api import bearer
+from tests.test_evaluation import asset_in
+from tests.test_remediation import move_to
+from workers.admission import AdmissionRefusedError, issue_token
+
+S = TrustState
+
+
+def decisions_of(kind: str) -> list[PolicyDecision]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(PolicyDecision).where(PolicyDecision.kind == kind).order_by(PolicyDecision.id)
+        ).all()
+        for row in rows:
+            session.expunge(row)
+        return list(rows)
+
+
+def job_count() -> int:
+    with session_scope() as session:
+        return len(session.scalars(select(Job.id)).all())
+
+
+def test_a_tenant_may_enqueue_only_the_task_kinds_its_rules_allow(fleet: WorkerProcess) -> None:
+    with session_scope() as session:
+        policy_store.set_tenant_rules(
+            session, "acme", allowed_tasks=["attestation.*"], allowed_tiers=None, by="test"
+        )
+
+    with pytest.raises(AdmissionRefusedError) as refused:
+        enqueue("builds.canary", {}, tenant="acme")
+
+    assert "tenant acme may enqueue only attestation.*, not builds.canary" in str(refused.value)
+    assert job_count() == 0  # nothing reached a queue or the outcome store
+    [decision] = decisions_of("admission")
+    assert (decision.allowed, decision.tenant) == (False, "acme")
+    assert decision.id == refused.value.decision_id
+    assert {g["gate"]: g["passed"] for g in decision.gates} == {
+        "task_kind": False,
+        "target_trust": True,
+        "protected_target": True,
+    }
+
+    admitted = enqueue("attestation.canary", {}, tenant="acme")
+    assert wait_for_job(admitted.id).status == "succeeded"
+    # Another tenant, and an operator's job (no tenant), are not bound by acme's rules.
+    assert wait_for_job(enqueue("builds.canary", {}, tenant="globex").id).status == "succeeded"
+    assert wait_for_job(enqueue("builds.canary", {}).id).status == "succeeded"
+
+
+def test_a_protected_target_needs_an_approval_token_for_that_task(fleet: WorkerProcess) -> None:
+    asset_id = asset_in(S.TRUSTED, "acme", "node-1")
+    remediation.set_protection(tenant="acme", asset="node-1", protected=True, actor="test")
+
+    with pytest.raises(AdmissionRefusedError) as refused:
+        enqueue("evaluation.canary", {}, tenant="acme", target_asset="node-1")
+    assert "acme/node-1 is protected: enqueueing evaluation.canary on it needs an approval" in (
+        str(refused.value)
+    )
+
+    for_other_task = issue_token(
+        asset_id=asset_id, task_pattern="builds.*", tenant="acme", approver="lead", ttl_seconds=60
+    )
+    with pytest.raises(AdmissionRefusedError) as wrong:
+        enqueue(
+            "evaluation.canary", {}, tenant="acme", target_asset="node-1",
+            approval_token=for_other_task,
+        )  # fmt: skip
+    assert "approves builds.*, not evaluation.canary" in str(wrong.value)
+    forged = for_other_task[:-4] + ("AAAA" if not for_other_task.endswith("AAAA") else "BBBB")
+    with pytest.raises(AdmissionRefusedError) as tampered:
+        enqueue("builds.canary", {}, tenant="acme", target_asset="node-1", approval_token=forged)
+    assert "signature is not this fleet's" in str(tampered.value)
+    assert job_count() == 0
+    assert [d.allowed for d in decisions_of("admission")] == [False, False, False]
+
+    approved = issue_token(
+        asset_id=asset_id,
+        task_pattern="evaluation.*",
+        tenant="acme",
+        approver="lead",
+        ttl_seconds=60,
+    )
+    job = enqueue(
+        "evaluation.canary", {}, tenant="acme", target_asset="node-1", approval_token=approved
+    )
+    done = wait_for_job(job.id)
+    assert done.status == "succeeded"
+    assert (done.tenant, done.target_asset_id) == ("acme", asset_id)
+    context = done.policy_context
+    assert context["allowed"] is True
+    assert {"gate": "protected_target", "passed": True} in context["gates"]
+    admitted = decisions_of("admission")[-1]
+    assert (admitted.id, admitted.job_id, admitted.allowed) == (
+        context["decision_id"],
+        job.id,
+        True,
+    )
+    protected = {g["gate"]: g["reason"] for g in admitted.gates}["protected_target"]
+    assert protected == "acme/node-1 is protected; approval token valid"
+    # The outcome event is the job's audit row: the worker that ran it and the policy context.
+    with session_scope() as session:
+        outcome = session.scalar(
+            select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == "succeeded")
+        )
+        assert outcome is not None
+        assert outcome.worker == fleet.hostname and outcome.worker_pid
+        assert outcome.detail["policy"] == context
+
+
+def test_admission_refusals_over_http_are_403_with_every_gate(fleet: WorkerProcess) -> None:
+    from drydock.api import app
+    from models import tokens
+    from tasks.catalog import CATALOG
+
+    asset_in(S.QUARANTINED, "acme", "node-2")
+    with session_scope() as session:
+        _, plaintext = tokens.create_token(
+            session, name="acme-svc", scopes=["evaluation.*"], known_tasks=CATALOG,
+            created_by="test", tenant="acme",
+        )  # fmt: skip
+    api = TestClient(app)
+
+    answer = api.post(
+        "/v1/jobs/evaluation.canary",
+        json={},
+        headers={**bearer(plaintext), "X-Drydock-Target-Asset": "node-2"},
+    )
+
+    assert answer.status_code == 403, answer.text
+    body = answer.json()
+    assert "target_trust: acme/node-2 is quarantined" in body["detail"]
+    assert {g["gate"]: g["passed"] for g in body["gates"]}["target_trust"] is False
+    with session_scope() as session:
+        decision = session.get(PolicyDecision, body["decision_id"])
+        assert decision is not None and decision.actor == "api:acme-svc"
+        assert decision.tenant == "acme"
+    assert job_count() == 0
+
+
+def test_a_waiting_job_is_preempted_when_its_target_is_quarantined(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    asset_id = asset_in(S.TRUSTED, "acme", "node-3")
+    # Nothing serves the remediation queue yet: the job waits there.
+    waiting = enqueue(f"{PRIVATE_QUEUE}.canary", {}, tenant="acme", target_asset=str(asset_id))
+    unbound = enqueue(f"{PRIVATE_QUEUE}.canary", {}, tenant="acme")
+
+    move_to(asset_id, S.QUARANTINED)
+
+    with session_scope() as session:
+        job = session.get(Job, waiting.id)
+        assert job is not None and job.status == "preempted"
+        assert job.error is not None and "target asset acme/node-3 was quarantined" in job.error
+        [event] = session.scalars(
+            select(JobEvent).where(JobEvent.job_id == waiting.id, JobEvent.kind == "preempted")
+        ).all()
+        assert event.detail["policy"]["target_asset_id"] == str(asset_id)
+    [preemption] = decisions_of("preemption")
+    assert (preemption.job_id, preemption.allowed) == (waiting.id, False)
+    assert "evidence_failed" in preemption.summary
+
+    # A worker receives the message later and runs nothing; the unbound job runs as usual.
+    worker_factory("preempt")
+    assert wait_for_job(unbound.id).status == "succeeded"
+    with session_scope() as session:
+        kinds = session.scalars(
+            select(JobEvent.kind).where(JobEvent.job_id == waiting.id).order_by(JobEvent.id)
+        ).all()
+        assert kinds == ["enqueued", "preempted"]
+        final = session.get(Job, waiting.id)
+        assert final is not None and final.status == "preempted"
+
+
+def test_policy_watch_streams_decisions_and_transitions(fleet: WorkerProcess) -> None:
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "drydock.cli", "policy", "watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+        text=True,
+    )
+    try:
+        assert watcher.stderr is not None and watcher.stdout is not None
+        assert "watching decisions and transitions" in watcher.stderr.readline()
+        asset_id = asset_in(S.TRUSTED, "acme", "node-4")
+        with session_scope() as session:
+            decided = policy_store.decide_placement(
+                session,
+                policy_store.PlacementRequest(
+                    digest="sha256:" + "b" * 64, tier="standard", asset=str(asset_id),
+                    tenant="acme",
+                ),
+                actor="test",
+            )  # fmt: skip
+            decision_id = decided.id
+        seen: list[dict[str, object]] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(item["type"] == "decision" for item in seen):
+            seen.append(json.loads(watcher.stdout.readline()))
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    transitions = [i for i in seen if i["type"] == "transition"]
+    assert [t["to_state"] for t in transitions] == ["unknown", "pending_attestation", "trusted"]
+    [decision] = [i for i in seen if i["type"] == "decision"]
+    assert decision["id"] == decision_id
+    assert decision["allowed"] is False  # never evaluated
+    assert decision["kind"] == "placement"
+
+
+def test_enqueue_cli_refuses_with_the_reason(fleet: WorkerProcess) -> None:
+    with session_scope() as session:
+        policy_store.set_tenant_rules(
+            session, "acme", allowed_tasks=[], allowed_tiers=None, by="test"
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "drydock.cli", "enqueue", "builds.canary", "--tenant", "acme"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "tenant acme may enqueue only (nothing), not builds.canary" in result.stderr
+    assert job_count() == 0
+
+
+def test_enqueue_with_an_unknown_target_is_refused(fleet: WorkerProcess) -> None:
+    missing = uuid.uuid4()
+    with pytest.raises(AdmissionRefusedError, match=f"no target asset {missing}"):
+        enqueue("builds.canary", {}, target_asset=str(missing))
+    assert job_count() == 0
