@@ -1,0 +1,694 @@
+"""Evaluation suites: a command run in the image under test, on the Docker engine, whose
+per-check results decide a certification.
+
+A suite (``SuiteSpec``, stored in ``evaluation_tiers.suite``) is an argv, the check scripts it
+needs (``files``), how it reports its checks (``jsonl`` on standard output or a ``junit`` XML
+file) and its limits. ``run_suite`` runs it against one image digest:
+
+- the image is the engine's own copy when it has that digest, else it is pulled by digest with
+  exactly the credential given (the engine's stored logins are never used);
+- one container, locked down whatever the image: no network (``network_mode=none``), every
+  capability dropped, ``no-new-privileges``, memory (no swap beyond it), CPU and process limits,
+  running as the image's own user with the image's working directory;
+- the suite's files are in ``/eval`` (read-only to the suite's user: mode 0755, owned by root)
+  and ``/results`` is an empty directory anyone may write (mode 1777), both put into the
+  created container before it starts. Both are in the container's own writable layer rather
+  than a tmpfs and a read-only root: a tmpfs is mounted only while the container runs, so a
+  JUnit report written there would be gone by the time it can be read, and the engine refuses
+  to copy files into a read-only root. The layer goes with the container;
+- the environment is the image's, then the suite's ``env``, then ``extra_env`` (the caller's
+  ``DRYDOCK_*`` variables, which a suite's ``env`` may not set);
+- at ``timeout_seconds`` after it started the container is killed and the run is timed out;
+  the container is removed however the run ends (labels ``io.drydock.evaluation.*`` find any an
+  engine crash left behind).
+
+A failing suite is a result, not an exception: a check that fails, a command that is not in the
+image, output that cannot be read all make a ``SuiteRun`` that did not pass, with its problems.
+Exceptions are for what the suite never got to: the engine unreachable
+(``EvaluationEngineUnavailableError``, retried) and an image that cannot be had
+(``EvaluationImageUnavailableError``, permanent; ``EvaluationRegistryUnavailableError``, a
+registry down or busy, retried).
+
+The docker SDK is imported inside functions: a tier's suite is validated (``parse_suite_spec``)
+by producers that must not need the SDK loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import tarfile
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.evaluation.results import (
+    CHECK_STATUSES,
+    MAX_JUNIT_BYTES,
+    CheckResult,
+    parse_json_lines,
+    parse_junit,
+)
+from tasks.remediation.executors.base import ExecutorUnavailableError
+from tasks.remediation.executors.sandbox import (
+    _connect,
+    _decode,
+    _engine_address,
+    _engine_errors,
+    _explain,
+)
+from workers.errors import DrydockError, FieldProblem, TransientError, field_problems, list_problems
+
+if TYPE_CHECKING:
+    from tasks.pushes.credentials import RegistryCredential
+
+EVAL_DIR = "/eval"
+RESULTS_DIR = "/results"
+# The suite's files are code a person wrote into a tier, not data.
+MAX_FILES_BYTES = 256 * 1024
+MAX_PATH_LENGTH = 1024
+MAX_ARGS = 256
+MAX_COMMAND_BYTES = 64 * 1024
+# What standard output a jsonl suite may print: read up to this, the rest is a problem.
+MAX_STDOUT_BYTES = 4 * 1024 * 1024
+# The end of the combined output kept with the run, for the record.
+OUTPUT_TAIL_BYTES = 4 * 1024
+_OUTPUT_TAIL_LINES = 200
+
+LABEL_PREFIX = "io.drydock.evaluation."
+SUITE_LABEL = LABEL_PREFIX + "suite"
+IMAGE_LABEL = LABEL_PREFIX + "image"
+
+# Seconds a killed container gets to be reported dead before its output is read anyway.
+_KILL_WAIT_SECONDS = 10.0
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Drydock sets these itself (the digest, the tier, the image); a suite may not pass off its own.
+_RESERVED_ENV_PREFIX = "DRYDOCK_"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NO_ENV: Mapping[str, str] = MappingProxyType({})
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class SuiteSpecError(DrydockError):
+    """A suite its model refuses; the message lists every problem by path."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__(f"invalid evaluation suite: {list_problems(problems)}")
+        self.problems = problems
+
+
+class EvaluationEngineUnavailableError(TransientError):
+    """The Docker engine cannot be reached (or went away mid-run): another attempt may have it.
+    Never counted as the image failing its suite."""
+
+
+class EvaluationRegistryUnavailableError(EvaluationEngineUnavailableError):
+    """The registry could not serve the pull now (unreachable, 5xx, rate limited): retried like
+    an unreachable engine, as the next attempt may well get the image."""
+
+
+class EvaluationImageUnavailableError(DrydockError):
+    """The image cannot be had: no such digest in its repository, or the registry refused the
+    pull (no or wrong credentials). Permanent: the same pull fails the same way."""
+
+
+# --- the spec ---------------------------------------------------------------------------------
+
+
+def _relative_path_problem(path: str) -> str | None:
+    if not path:
+        return "empty"
+    if len(path) > MAX_PATH_LENGTH:
+        return f"longer than {MAX_PATH_LENGTH} characters"
+    if "\0" in path:
+        return "contains a NUL character"
+    if path.startswith("/"):
+        return "must be relative (to /eval), not absolute"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "must be a plain relative path: no '..', '.', empty parts or trailing '/'"
+    return None
+
+
+def _check_file_path(path: str) -> str:
+    problem = _relative_path_problem(path)
+    if problem is not None:
+        raise ValueError(f"a file path {problem}")
+    return path
+
+
+FilePath = Annotated[str, AfterValidator(_check_file_path)]
+
+
+class SuiteSpec(BaseModel):
+    """What an evaluation tier runs in the image under test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] = Field(
+        min_length=1,
+        description=(
+            "The argv run in the image under test, executed directly (no shell unless it names "
+            "one); the first item is the program. Check scripts are under /eval."
+        ),
+    )
+    files: dict[FilePath, str] = Field(
+        default_factory=dict,
+        description=(
+            "Files placed under /eval before the suite starts: relative path -> text "
+            f"(executable, owned by root); {MAX_FILES_BYTES // 1024} KiB in all at most."
+        ),
+    )
+    results: Literal["jsonl", "junit"] = Field(
+        "jsonl",
+        description=(
+            "How the suite reports its checks: `jsonl`, one JSON object per line of standard "
+            'output ({"check": "tls", "status": "pass"}), or `junit`, a JUnit XML report at '
+            "junit_path."
+        ),
+    )
+    junit_path: str = Field(
+        f"{RESULTS_DIR}/junit.xml",
+        description=(
+            f"Where a `junit` suite writes its report: an absolute path under {RESULTS_DIR} "
+            "(writable by any user), read after the suite exits."
+        ),
+    )
+    timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        description="Seconds the suite may run before it is killed (and the run timed out)."
+    )
+    memory_mb: Annotated[int, Field(ge=16, le=65536)] = Field(
+        256, description="Memory limit of the suite's container in MiB (no swap beyond it)."
+    )
+    cpus: Annotated[float, Field(ge=0.1, le=64)] = Field(
+        1.0, description="CPU limit of the suite's container, in CPUs (0.5 = half of one)."
+    )
+    pids_limit: Annotated[int, Field(ge=8, le=32768)] = Field(
+        256, description="Most processes and threads the suite's container may have at once."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of the suite (not DRYDOCK_*, which Drydock sets).",
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, command: list[str]) -> list[str]:
+        if not command[0]:
+            raise ValueError("the command needs a program to run as its first item")
+        if len(command) > MAX_ARGS:
+            raise ValueError(f"at most {MAX_ARGS} arguments, not {len(command)}")
+        if sum(len(arg.encode()) for arg in command) > MAX_COMMAND_BYTES:
+            raise ValueError(f"the command is longer than {MAX_COMMAND_BYTES} bytes")
+        if any("\0" in arg for arg in command):
+            raise ValueError("an argument contains a NUL character")
+        return command
+
+    @field_validator("files")
+    @classmethod
+    def _check_files(cls, files: dict[str, str]) -> dict[str, str]:
+        total = sum(len(path.encode()) + len(content.encode()) for path, content in files.items())
+        if total > MAX_FILES_BYTES:
+            raise ValueError(f"the files come to {total} bytes; at most {MAX_FILES_BYTES} in all")
+        for path in files:
+            parts = path.split("/")
+            for end in range(1, len(parts)):
+                parent = "/".join(parts[:end])
+                if parent in files:
+                    raise ValueError(f"{parent!r} is both a file and the directory of {path!r}")
+        return files
+
+    @field_validator("junit_path")
+    @classmethod
+    def _check_junit_path(cls, junit_path: str) -> str:
+        prefix = RESULTS_DIR + "/"
+        inside = junit_path[len(prefix) :] if junit_path.startswith(prefix) else None
+        if inside is None or _relative_path_problem(inside) is not None:
+            raise ValueError(
+                f"the JUnit report's path is an absolute file path under {RESULTS_DIR}, "
+                f"e.g. {RESULTS_DIR}/junit.xml, with no '..'"
+            )
+        return junit_path
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not an environment variable name (letters, digits and '_', "
+                    "not starting with a digit)"
+                )
+            if name.upper().startswith(_RESERVED_ENV_PREFIX):
+                raise ValueError(
+                    f"{name!r} is reserved: Drydock sets the DRYDOCK_* variables a suite sees"
+                )
+            if "\0" in value:
+                raise ValueError(f"the value of {name} contains a NUL character")
+        return env
+
+
+def parse_suite_spec(raw: Mapping[str, Any]) -> SuiteSpec:
+    """The suite as a SuiteSpec, or SuiteSpecError naming every problem by its path."""
+    try:
+        return SuiteSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise SuiteSpecError(field_problems(exc, whole="(suite)")) from None
+
+
+# --- a run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    checks: tuple[CheckResult, ...]
+    # None: the suite did not exit by itself (timed out) or never started.
+    exit_code: int | None
+    timed_out: bool
+    # From the container's start to its exit (or its kill).
+    duration_ms: float
+    # The end of the combined standard output and error, for the record.
+    output_tail: str
+    image_id: str
+    # What could not be read or run: each one fails the run.
+    problems: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Exited 0 in time, reported at least one check, none failed or errored (skipped ones
+        do not count against it), and nothing was wrong with what it reported."""
+        return (
+            not self.timed_out
+            and self.exit_code == 0
+            and bool(self.checks)
+            and not any(check.status in ("failed", "error") for check in self.checks)
+            and not self.problems
+        )
+
+    def summary(self) -> str:
+        """One line for a certification's record, e.g. ``5 checks: 4 passed, 1 failed (tls:
+        expected TLS 1.3)``, ``timed out after 3s``, ``no check results (exit 0)``."""
+        if self.timed_out:
+            text = f"timed out after {self.duration_ms / 1000:.0f}s"
+        elif not self.checks:
+            ran = f"exit {self.exit_code}" if self.exit_code is not None else "did not run"
+            text = f"no check results ({ran})"
+        else:
+            counts = Counter(check.status for check in self.checks)
+            tally = ", ".join(
+                f"{counts[status]} {status}" for status in CHECK_STATUSES if counts[status]
+            )
+            total = len(self.checks)
+            text = f"{total} check{'s' if total != 1 else ''}: {tally}"
+            bad = [check for check in self.checks if check.status in ("failed", "error")]
+            if bad:
+                named = [
+                    f"{check.name}: {_short(check.message)}" if check.message else check.name
+                    for check in bad[:3]
+                ]
+                if len(bad) > 3:
+                    named.append(f"{len(bad) - 3} more")
+                text += f" ({'; '.join(named)})"
+            if self.exit_code not in (0, None):
+                text += f"; exit {self.exit_code}"
+        if self.problems:
+            count = len(self.problems)
+            text += f"; {count} problem{'s' if count != 1 else ''}: {_short(self.problems[0])}"
+        return text
+
+
+def _short(text: str, limit: int = 120) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def run_suite(
+    image_ref: str,
+    suite: SuiteSpec,
+    *,
+    docker_host: str | None,
+    credential: RegistryCredential | None,
+    extra_env: Mapping[str, str] = _NO_ENV,
+) -> SuiteRun:
+    """Run ``suite`` in the image ``image_ref`` (``host/repository@sha256:...``) on the Docker
+    engine at ``docker_host`` (unset: DRYDOCK_DOCKER_HOST, else DOCKER_HOST, else the default
+    socket), pulling it with ``credential`` when the engine does not have it."""
+    repository, digest = _split_reference(image_ref)
+    address = _engine_address(docker_host)
+    with _evaluation_engine_errors():
+        client = _connect(address)
+    try:
+        with _evaluation_engine_errors(), _engine_errors(address):
+            image_id = _image_id(client, image_ref, repository, digest, credential)
+            environment = {**suite.env, **extra_env}
+            return _run_container(client, image_id, image_ref, suite, environment)
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _evaluation_engine_errors() -> Iterator[None]:
+    """The sandbox's engine helpers say an unreachable engine with the remediation error; here
+    it is the evaluation's own."""
+    try:
+        yield
+    except ExecutorUnavailableError as exc:
+        raise EvaluationEngineUnavailableError(str(exc)) from None
+
+
+def _split_reference(image_ref: str) -> tuple[str, str]:
+    """``host/repository@sha256:...`` -> (``host/repository``, ``sha256:...``)."""
+    repository, at, digest = image_ref.rpartition("@")
+    if not at or not repository or not _DIGEST.fullmatch(digest) or "/" not in repository:
+        raise EvaluationImageUnavailableError(
+            f"{image_ref!r} is not an image by digest (host/repository@sha256:<64 hex digits>)"
+        )
+    return repository, digest
+
+
+# Pull failures a later attempt may not meet (tasks.pushes.errors reads registry answers the
+# same way for pushes and pulls); every other kind (not found, refused, denied) is permanent.
+_RETRYABLE_PULL_KINDS = frozenset({"rate_limited", "server_error", "network_or_timeout"})
+
+
+def _pull_failure(
+    image_ref: str, message: str, *, status: int | None, had_credentials: bool
+) -> DrydockError:
+    from tasks.pushes.errors import PushErrorKind, classify_push_failure
+
+    failure = classify_push_failure(message, had_credentials=had_credentials, status=status)
+    if failure.kind.value in _RETRYABLE_PULL_KINDS:
+        return EvaluationRegistryUnavailableError(
+            f"the registry could not serve {image_ref} now: {failure.detail}"
+        )
+    if failure.kind in (PushErrorKind.AUTH_REQUIRED, PushErrorKind.AUTH_EXPIRED):
+        said = "refused the credentials given" if had_credentials else "needs credentials"
+        return EvaluationImageUnavailableError(
+            f"cannot pull {image_ref}: the registry {said} ({failure.detail})"
+        )
+    return EvaluationImageUnavailableError(f"cannot pull {image_ref}: {failure.detail}")
+
+
+def _image_id(
+    client: Any,
+    image_ref: str,
+    repository: str,
+    digest: str,
+    credential: RegistryCredential | None,
+) -> str:
+    """The id of the engine's image of ``image_ref``, pulled first when the engine has none."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        return str(client.images.get(image_ref).id)
+    registry = repository.split("/", 1)[0]
+    # Exactly this credential, or none at all: the engine's own stored logins are not used.
+    auth: dict[str, str] = (
+        {
+            "username": credential.username,
+            "password": credential.password,
+            "serveraddress": registry,
+        }
+        if credential is not None
+        else {}
+    )
+    had_credentials = credential is not None
+    try:
+        stream = client.api.pull(repository, tag=digest, stream=True, decode=True, auth_config=auth)
+        for chunk in stream:
+            if "error" in chunk or "errorDetail" in chunk:
+                detail = chunk.get("errorDetail") or {}
+                message = str(detail.get("message") or chunk.get("error") or "unknown error")
+                raise _pull_failure(
+                    image_ref, message, status=None, had_credentials=had_credentials
+                )
+    except docker.errors.APIError as exc:
+        status = getattr(exc, "status_code", None)
+        raise _pull_failure(
+            image_ref,
+            _explain(exc),
+            status=status if isinstance(status, int) else None,
+            had_credentials=had_credentials,
+        ) from None
+    try:
+        return str(client.images.get(image_ref).id)
+    except docker.errors.ImageNotFound:
+        raise EvaluationImageUnavailableError(
+            f"the engine pulled {image_ref} but has no image by that digest afterwards"
+        ) from None
+
+
+def _suite_archive(files: Mapping[str, str]) -> bytes:
+    """A tar of /eval (the suite's files, 0755, root's) and an empty /results anyone may write,
+    extracted at the container's root."""
+    now = time.time()
+    buffer = io.BytesIO()
+
+    def add(name: str, mode: int, data: bytes | None = None) -> None:
+        info = tarfile.TarInfo(name)
+        info.mode = mode
+        info.mtime = now
+        if data is None:
+            info.type = tarfile.DIRTYPE
+            archive.addfile(info)
+        else:
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        add(EVAL_DIR.lstrip("/"), 0o755)
+        add(RESULTS_DIR.lstrip("/"), 0o1777)
+        made: set[str] = set()
+        for path, content in sorted(files.items()):
+            parts = path.split("/")
+            for end in range(1, len(parts)):
+                directory = "/".join(parts[:end])
+                if directory not in made:
+                    made.add(directory)
+                    add(f"{EVAL_DIR.lstrip('/')}/{directory}", 0o755)
+            add(f"{EVAL_DIR.lstrip('/')}/{path}", 0o755, content.encode())
+    return buffer.getvalue()
+
+
+def _run_container(
+    client: Any,
+    image_id: str,
+    image_ref: str,
+    suite: SuiteSpec,
+    environment: Mapping[str, str],
+) -> SuiteRun:
+    import docker.errors
+
+    def not_run(problem: str) -> SuiteRun:
+        return SuiteRun(
+            checks=(),
+            exit_code=None,
+            timed_out=False,
+            duration_ms=0.0,
+            output_tail="",
+            image_id=image_id,
+            problems=(problem,),
+        )
+
+    try:
+        container = client.containers.create(
+            image_id,
+            command=list(suite.command),
+            environment=dict(environment),
+            labels={SUITE_LABEL: "true", IMAGE_LABEL: image_ref},
+            network_mode="none",
+            privileged=False,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=f"{suite.memory_mb}m",
+            # Equal to mem_limit: no swap on top of the memory limit.
+            memswap_limit=f"{suite.memory_mb}m",
+            nano_cpus=round(suite.cpus * 1e9),
+            pids_limit=suite.pids_limit,
+            # The output is read back from the logs: json-file, whatever the engine's default
+            # driver (syslog, none) is, as those cannot be read back.
+            log_config={"type": "json-file", "config": {}},
+        )
+    except docker.errors.ImageNotFound:
+        raise EvaluationImageUnavailableError(
+            f"the engine's image of {image_ref} went away before the suite could run"
+        ) from None
+    except docker.errors.APIError as exc:
+        return not_run(f"the Docker engine refused the suite's container: {_explain(exc)}")
+    try:
+        try:
+            container.put_archive("/", _suite_archive(suite.files))
+        except docker.errors.APIError as exc:
+            return not_run(f"the suite's files could not be put in /eval: {_explain(exc)}")
+        started = time.monotonic()
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            # E.g. the program is not in the image ("executable file not found").
+            return not_run(f"the suite's container did not start: {_explain(exc)}")
+        exit_code = _wait(container, started + suite.timeout_seconds)
+        duration_ms = (time.monotonic() - started) * 1000
+        timed_out = exit_code is None
+        if timed_out:
+            _kill(container)
+        problems: list[str] = []
+        checks: list[CheckResult] = []
+        if suite.results == "jsonl":
+            stdout, truncated = _read_stdout(container)
+            checks, found = parse_json_lines(stdout)
+            if truncated:
+                problems.append(
+                    f"the suite printed more than {MAX_STDOUT_BYTES} bytes: the rest was not read"
+                )
+            problems.extend(found)
+        elif not timed_out:
+            report, problem = _read_file(container, suite.junit_path)
+            if report is not None:
+                checks, found = parse_junit(report)
+                problems.extend(found)
+            if problem is not None:
+                problems.append(problem)
+        if exit_code is not None and exit_code != 0:
+            container.reload()
+            if container.attrs.get("State", {}).get("OOMKilled"):
+                problems.append(f"killed for going over its memory limit of {suite.memory_mb} MiB")
+        return SuiteRun(
+            checks=tuple(checks),
+            exit_code=exit_code,
+            timed_out=timed_out,
+            duration_ms=duration_ms,
+            output_tail=_output_tail(container),
+            image_id=image_id,
+            problems=tuple(problems),
+        )
+    finally:
+        _remove(container)
+
+
+def _wait(container: Any, deadline: float) -> int | None:
+    """The suite's exit code, or None when ``deadline`` (time.monotonic()) passed first."""
+    import requests.exceptions
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            status = container.wait(timeout=remaining)
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+            # Over a unix socket a read timeout arrives as a ConnectionError: ask the engine
+            # again (an engine that went away fails that as unreachable).
+            container.reload()
+            continue
+        return int(status["StatusCode"])
+
+
+def _kill(container: Any) -> None:
+    import docker.errors
+    import requests.exceptions
+
+    # 409: it ended on its own between the deadline and the kill.
+    with contextlib.suppress(docker.errors.APIError):
+        container.kill()
+    with contextlib.suppress(requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+        container.wait(timeout=_KILL_WAIT_SECONDS)
+
+
+def _remove(container: Any) -> None:
+    """Remove the container, never raising: this runs while another error (the engine gone,
+    the task cancelled) may be on its way up, which must not be masked."""
+    import docker.errors
+
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except Exception as exc:
+        from workers.logs import get_logger
+
+        get_logger(action="evaluation.suite.remove_failed").warning(
+            "an evaluation suite container could not be removed",
+            container=container.id,
+            error=str(exc),
+        )
+
+
+def _read_stdout(container: Any) -> tuple[str, bool]:
+    """The suite's standard output, up to MAX_STDOUT_BYTES (cut at the last whole line), and
+    whether there was more."""
+    kept = bytearray()
+    truncated = False
+    stream = container.logs(stdout=True, stderr=False, stream=True, follow=False)
+    try:
+        for chunk in stream:
+            kept += chunk
+            if len(kept) > MAX_STDOUT_BYTES:
+                truncated = True
+                del kept[MAX_STDOUT_BYTES:]
+                # A line cut half-way is not a line the suite printed.
+                del kept[kept.rfind(b"\n") + 1 :]
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return _decode(bytes(kept)), truncated
+
+
+def _output_tail(container: Any) -> str:
+    """The last OUTPUT_TAIL_BYTES of standard output and error, interleaved in the order the
+    engine logged them (lines of the two streams printed close together may swap)."""
+    tail: deque[bytes] = deque()
+    size = 0
+    stream = container.logs(
+        stdout=True, stderr=True, stream=True, follow=False, tail=_OUTPUT_TAIL_LINES
+    )
+    try:
+        for chunk in stream:
+            tail.append(chunk)
+            size += len(chunk)
+            while size - len(tail[0]) >= OUTPUT_TAIL_BYTES:
+                size -= len(tail.popleft())
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    return _decode(b"".join(tail)[-OUTPUT_TAIL_BYTES:])
+
+
+def _read_file(container: Any, path: str) -> tuple[bytes | None, str | None]:
+    """The file at ``path`` in the stopped container, or why it cannot be had."""
+    import docker.errors
+
+    try:
+        chunks, stat = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None, f"the suite wrote no JUnit report at {path}"
+    if int(stat.get("size") or 0) > MAX_JUNIT_BYTES:
+        return None, f"the JUnit report at {path} is larger than {MAX_JUNIT_BYTES} bytes: not read"
+    # The tar around one file: its headers and padding are a few KiB at most.
+    limit = MAX_JUNIT_BYTES + 64 * 1024
+    archived = bytearray()
+    for chunk in chunks:
+        archived += chunk
+        if len(archived) > limit:
+            return None, f"the JUnit report at {path} is larger than {MAX_JUNIT_BYTES} bytes"
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(archived))) as archive:
+            member = archive.next()
+            if member is None or not member.isfile():
+                return None, f"{path} is not a file: the JUnit report must be one"
+            extracted = archive.extractfile(member)
+            assert extracted is not None
+            return extracted.read(), None
+    except tarfile.TarError as exc:
+        return None, f"the JUnit report at {path} could not be copied out: {exc}"
