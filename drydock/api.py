@@ -159,11 +159,9 @@ app = FastAPI(
 _metrics = DrydockCollector()
 
 
-for _error, _handler in {
-    **api_remediation.EXCEPTION_HANDLERS,
-    **api_policy.EXCEPTION_HANDLERS,
-}.items():
-    app.add_exception_handler(_error, _handler)
+for _handlers in (api_remediation.EXCEPTION_HANDLERS, api_policy.EXCEPTION_HANDLERS):
+    for _error, _handler in _handlers.items():
+        app.add_exception_handler(_error, _handler)
 app.include_router(api_remediation.router)
 app.include_router(api_policy.router)
 

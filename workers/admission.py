@@ -58,9 +58,7 @@ class Admission:
             "allowed": self.decision.allowed,
             "tenant": self.tenant,
             "target_asset_id": str(self.target_asset_id) if self.target_asset_id else None,
-            "gates": [
-                {"gate": g.name.value, "passed": g.passed} for g in self.decision.gates
-            ],
+            "gates": [{"gate": g.name.value, "passed": g.passed} for g in self.decision.gates],
         }
 
 

@@ -29,7 +29,7 @@ import fnmatch
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -356,4 +356,4 @@ def _short(digest: str) -> str:
 
 
 def _when(at: datetime | None) -> str:
-    return "never" if at is None else at.strftime("%Y-%m-%d %H:%M:%SZ")
+    return "never" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
