@@ -1021,9 +1021,7 @@ class PolicyDecision(Base):
     # The job decided about (admitted, refused before it existed: None, or preempted).
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     actor: Mapped[str] = mapped_column(String(200))
-    decided_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         CheckConstraint(sql_in_list("kind", tuple(PolicyDecisionKind)), name="kind"),
