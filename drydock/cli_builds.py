@@ -3,9 +3,12 @@ builds and pushes queues (registry credentials, retention policies, the artifact
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -16,7 +19,10 @@ from drydock.cli_text import current_operator, when
 from workers.errors import DrydockError
 
 registry_app = typer.Typer(
-    help="Registry credentials: static, an htpasswd file Drydock manages, or a credential helper.",
+    help=(
+        "Registry credentials: static, an htpasswd file Drydock manages, or a credential helper; "
+        "their rotation and Kubernetes image-pull secrets."
+    ),
     no_args_is_help=True,
 )
 retention_app = typer.Typer(
@@ -93,11 +99,23 @@ def registry_helper(
 
 @registry_app.command("list")
 def registry_list() -> None:
-    """Registries with credentials: provider, user, when changed (never a password)."""
+    """Registries with credentials: provider, user, when changed, rotation (never a password)."""
     from models import credentials
     from models.db import session_scope
 
-    table = Table("registry", "provider", "user", "config", "updated", "refreshed", "refreshes")
+    table = Table(
+        "registry",
+        "provider",
+        "user",
+        "config",
+        "updated",
+        "refreshed",
+        "refreshes",
+        "rotate every",
+        "expires",
+        "pull secret",
+        "probed",
+    )
     with session_scope() as session:
         for row in credentials.summaries(session):
             config = " ".join(f"{k}={v}" for k, v in row.config.items())
@@ -109,6 +127,99 @@ def registry_list() -> None:
                 when(row.updated_at),
                 when(row.refreshed_at),
                 str(row.refresh_count),
+                _duration_text(row.rotate_after_seconds),
+                when(row.expires_at),
+                str(row.pull_secret or ""),
+                _probe_text(row.probed_at, row.probe_accepted),
+            )
+    out.print(table)
+
+
+@registry_app.command("rotation")
+def registry_rotation(
+    registry: str = typer.Argument(..., help="Registry host[:port]."),
+    every: str | None = typer.Option(
+        None, "--every", help="Rotate once the password is this old: 90m, 12h, 30d."
+    ),
+    never: bool = typer.Option(
+        False, "--never", help="Rotate only when refused or expiring, never for age."
+    ),
+    pull_secret: str | None = typer.Option(
+        None,
+        "--pull-secret",
+        metavar="NAMESPACE/NAME",
+        help="Keep this Kubernetes image-pull Secret (dockerconfigjson) holding the credential.",
+    ),
+    no_pull_secret: bool = typer.Option(
+        False, "--no-pull-secret", help="Stop keeping a pull secret (it is left as it is)."
+    ),
+) -> None:
+    """Show or set a credential's rotation policy and pull secret (options left out stay)."""
+    from models import credentials
+    from models.db import session_scope
+
+    if every is not None and never:
+        raise BuildsCliError("give --every or --never, not both")
+    if pull_secret is not None and no_pull_secret:
+        raise BuildsCliError("give --pull-secret or --no-pull-secret, not both")
+    rotate_after: int | credentials.Keep | None = credentials.KEEP
+    if every is not None:
+        rotate_after = _duration_seconds(every)
+    elif never:
+        rotate_after = None
+    secret: credentials.PullSecretRef | credentials.Keep | None = credentials.KEEP
+    if pull_secret is not None:
+        secret = credentials.PullSecretRef.parse(pull_secret)
+    elif no_pull_secret:
+        secret = None
+    with session_scope() as session:
+        policy = credentials.set_rotation_policy(
+            session, registry, rotate_after_seconds=rotate_after, pull_secret=secret
+        )
+    age = _duration_text(policy.rotate_after_seconds)
+    out.print(
+        f"{policy.host}: rotate {'every ' + age if age else 'when refused or expiring'}; "
+        f"pull secret {policy.pull_secret or 'none'}",
+        markup=False,
+    )
+
+
+@registry_app.command("rotate")
+def registry_rotate(
+    registries: list[str] = typer.Argument(
+        None, help="Registry hosts[:port]; default: every stored credential."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rotate even credentials that are not due."),
+) -> None:
+    """Probe now (and rotate what is due) on the pushes queue, as Beat does; prints the job id."""
+    from drydock.client import enqueue
+
+    payload: dict[str, object] = {"force": force}
+    if registries:
+        payload["hosts"] = registries
+    job = enqueue("pushes.rotate_credentials", payload, enqueued_by=f"cli:{current_operator()}")
+    out.print(f"{job.id} {job.task_name} on {job.queue} {job.status}", markup=False)
+    out.print(f"follow it with `drydock job {job.id} --follow`", markup=False)
+
+
+@registry_app.command("events")
+def registry_events(
+    registry: str | None = typer.Argument(None, help="Registry host[:port]; default: all."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=500),
+) -> None:
+    """Recent probes, rotations and pull-secret writes, newest first."""
+    from models import credentials
+    from models.db import session_scope
+
+    table = Table("at", "registry", "event", "detail", "job")
+    with session_scope() as session:
+        for event in credentials.credential_events(session, registry, limit=limit):
+            table.add_row(
+                when(event.at),
+                event.host,
+                event.kind,
+                json.dumps(event.detail, sort_keys=True),
+                str(event.job_id or ""),
             )
     out.print(table)
 
@@ -122,6 +233,30 @@ def registry_remove(registry: str = typer.Argument(..., help="Registry host[:por
     with session_scope() as session:
         credentials.remove(session, registry)
     out.print(f"removed the credentials of {registry}")
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _duration_seconds(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise BuildsCliError(f"{text!r} is not a duration like 90m, 12h or 30d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _duration_text(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    unit = next(unit for unit, size in _UNITS.items() if seconds % size == 0)
+    return f"{seconds // _UNITS[unit]}{unit}"
+
+
+def _probe_text(at: datetime | None, accepted: bool | None) -> str:
+    if at is None:
+        return ""
+    said = {True: "accepted", False: "refused", None: "failed"}[accepted]
+    return f"{said} {when(at)}"
 
 
 # ---- retention ---------------------------------------------------------------------------------

@@ -4,21 +4,34 @@
 ``refresh_credential`` is called when the registry refused them, and gives fresh ones or
 raises. Both lock the row, so two pushes refused at once refresh once: the second finds the
 password already changed and uses it.
+
+Rotation (``tasks.pushes.rotation``) uses the same lock: ``rotate`` issues a new password only
+if the credential is still the one the rotation looked at, so a rotation and a push's refresh
+(or two rotations) never replace the password twice, and a push that read the old password
+is refused once and refreshed to the new one. Every probe and rotation is a
+``credential_events`` row (``record_event``); its detail never holds a secret.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from models.db import session_scope
-from models.tables import CredentialProviderKind, RegistryCredentialRow
+from models.tables import (
+    CredentialEvent,
+    CredentialEventKind,
+    CredentialProviderKind,
+    RegistryCredentialRow,
+)
 from tasks.pushes.credentials import (
     CredentialConfigError,
     CredentialRefusedError,
@@ -36,6 +49,39 @@ class SecretKeyRequiredError(DrydockError):
     pass
 
 
+class RotationUnsupportedError(DrydockError):
+    """The provider cannot issue a new credential (static): an operator must store one."""
+
+
+@dataclass(frozen=True)
+class PullSecretRef:
+    """A Kubernetes image-pull Secret kept holding a registry's credential."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> PullSecretRef:
+        """``NAMESPACE/NAME``, each a valid Kubernetes name; CredentialConfigError otherwise."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from tasks.remediation.executors.kubernetes import NamespaceName, ObjectName
+
+        namespace, slash, name = text.strip().partition("/")
+        if not slash:
+            raise CredentialConfigError(f"pull secret {text!r} must be NAMESPACE/NAME")
+        try:
+            TypeAdapter(NamespaceName).validate_python(namespace)
+            TypeAdapter(ObjectName).validate_python(name)
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors(include_input=False))
+            raise CredentialConfigError(f"pull secret {text!r}: {problems}") from None
+        return cls(namespace, name)
+
+
 @dataclass(frozen=True)
 class CredentialSummary:
     """What an operator may see of a stored credential: never the password."""
@@ -48,6 +94,22 @@ class CredentialSummary:
     updated_at: datetime
     refreshed_at: datetime | None
     refresh_count: int
+    # Rotation policy and state (Beat's credential-rotation).
+    rotate_after_seconds: int | None = None
+    expires_at: datetime | None = None
+    pull_secret: PullSecretRef | None = None
+    probed_at: datetime | None = None
+    probe_accepted: bool | None = None
+
+    @property
+    def version(self) -> str:
+        """Names the password in use: it changes whenever the password does (``updated_at``).
+        Rotation compares it to tell "still the one I probed" and "pull secret in step"."""
+        return credential_version(self.updated_at)
+
+
+def credential_version(updated_at: datetime) -> str:
+    return updated_at.astimezone(UTC).isoformat()
 
 
 def _key() -> str:
@@ -173,23 +235,33 @@ def remove(session: Session, host: str) -> None:
         raise NotFoundError(f"no credentials stored for registry {host}")
 
 
-def summaries(session: Session) -> list[CredentialSummary]:
-    rows = session.execute(
-        select(RegistryCredentialRow).order_by(RegistryCredentialRow.host)
-    ).scalars()
-    return [
-        CredentialSummary(
-            host=row.host,
-            provider=row.provider,
-            username=row.username,
-            config=dict(row.config),
-            has_password=row.sealed_password is not None,
-            updated_at=row.updated_at,
-            refreshed_at=row.refreshed_at,
-            refresh_count=row.refresh_count,
-        )
-        for row in rows
-    ]
+def summaries(session: Session, hosts: Collection[str] | None = None) -> list[CredentialSummary]:
+    """Every stored credential (or those of ``hosts``), by host."""
+    query = select(RegistryCredentialRow).order_by(RegistryCredentialRow.host)
+    if hosts is not None:
+        query = query.where(RegistryCredentialRow.host.in_([normalize_host(h) for h in hosts]))
+    return [_summary(row) for row in session.execute(query).scalars()]
+
+
+def _summary(row: RegistryCredentialRow) -> CredentialSummary:
+    pull_secret = None
+    if row.pull_secret_namespace and row.pull_secret_name:
+        pull_secret = PullSecretRef(row.pull_secret_namespace, row.pull_secret_name)
+    return CredentialSummary(
+        host=row.host,
+        provider=row.provider,
+        username=row.username,
+        config=dict(row.config),
+        has_password=row.sealed_password is not None,
+        updated_at=row.updated_at,
+        refreshed_at=row.refreshed_at,
+        refresh_count=row.refresh_count,
+        rotate_after_seconds=row.rotate_after_seconds,
+        expires_at=row.expires_at,
+        pull_secret=pull_secret,
+        probed_at=row.probed_at,
+        probe_accepted=row.probe_accepted,
+    )
 
 
 def provider_of(host: str) -> str | None:
@@ -201,19 +273,34 @@ def provider_of(host: str) -> str | None:
         ).scalar_one_or_none()
 
 
+@dataclass(frozen=True)
+class VersionedCredential:
+    """A stored credential and its version (``CredentialSummary.version``)."""
+
+    credential: RegistryCredential
+    version: str
+
+
 def credential_for(host: str) -> RegistryCredential | None:
     """The credentials a push to ``host`` uses, or None when none are configured."""
+    current = current_credential(host)
+    return None if current is None else current.credential
+
+
+def current_credential(host: str) -> VersionedCredential | None:
+    """``credential_for`` with the version of what it gave."""
     with session_scope() as session:
         row = _locked_row(session, host)
         if row is None:
             return None
         password = _unseal(row)
         if password is not None and row.username is not None:
-            return RegistryCredential(row.username, password)
-        # A command provider asked for the first time (or after its cache was dropped).
-        fresh = _issue(row)
-        _keep(row, fresh)
-        return fresh
+            credential = RegistryCredential(row.username, password, row.expires_at)
+        else:
+            # A command provider asked for the first time (or after its cache was dropped).
+            credential = _issue(row)
+            _keep(row, credential)
+        return VersionedCredential(credential, credential_version(row.updated_at))
 
 
 def refresh_credential(host: str, refused: RegistryCredential) -> RegistryCredential:
@@ -267,3 +354,125 @@ def _keep(row: RegistryCredentialRow, credential: RegistryCredential) -> None:
     row.username = credential.username
     row.sealed_password = _seal(credential.password)
     row.updated_at = datetime.now(UTC)
+    row.expires_at = credential.expires_at
+
+
+# ---- rotation ----------------------------------------------------------------------------------
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+# "Leave this setting as it is" for ``set_rotation_policy``.
+Keep = Literal[_Keep.KEEP]
+KEEP: Keep = _Keep.KEEP
+
+
+def set_rotation_policy(
+    session: Session,
+    host: str,
+    *,
+    rotate_after_seconds: int | Keep | None = KEEP,
+    pull_secret: PullSecretRef | Keep | None = KEEP,
+) -> CredentialSummary:
+    """Rotate ``host``'s credential once it is ``rotate_after_seconds`` old (None: only when
+    refused or expiring), and keep ``pull_secret`` holding it (None: no pull secret). The
+    password and its age are left alone."""
+    row = _locked_row(session, host)
+    if row is None:
+        raise NotFoundError(f"no credentials stored for registry {host}")
+    if rotate_after_seconds is not KEEP:
+        if rotate_after_seconds is not None and rotate_after_seconds <= 0:
+            raise CredentialConfigError("a rotation interval must be positive")
+        row.rotate_after_seconds = rotate_after_seconds
+    if pull_secret is not KEEP:
+        row.pull_secret_namespace = pull_secret.namespace if pull_secret else None
+        row.pull_secret_name = pull_secret.name if pull_secret else None
+    session.flush()
+    return _summary(row)
+
+
+@dataclass(frozen=True)
+class Rotation(VersionedCredential):
+    """What ``rotate`` left stored, and whether this call issued it (False: it had changed
+    since the caller looked, and is kept as it is)."""
+
+    rotated: bool
+
+
+def rotate(host: str, *, seen_version: str) -> Rotation:
+    """Issue a new credential through ``host``'s provider and store it, under the row lock.
+
+    Only if the stored credential is still version ``seen_version``: otherwise a push's
+    refresh, an operator or another rotation replaced it since the caller looked, and that one
+    is returned unchanged. Raises RotationUnsupportedError for a static credential, and the
+    provider's errors (CredentialUnavailableError, CredentialConfigError, OSError writing an
+    htpasswd file) with nothing stored."""
+    with session_scope() as session:
+        row = _locked_row(session, host)
+        if row is None:
+            raise NotFoundError(f"no credentials stored for registry {host}")
+        version = credential_version(row.updated_at)
+        stored = _unseal(row)
+        if version != seen_version and stored is not None and row.username is not None:
+            current = RegistryCredential(row.username, stored, row.expires_at)
+            return Rotation(current, version, rotated=False)
+        if row.provider == CredentialProviderKind.STATIC.value:
+            raise RotationUnsupportedError(
+                f"the static credentials of {row.host} cannot be rotated by Drydock; store new "
+                f"ones with `drydock registry login {row.host}`"
+            )
+        fresh = _issue(row)
+        _keep(row, fresh)
+        session.flush()
+        return Rotation(fresh, credential_version(row.updated_at), rotated=True)
+
+
+def record_probe(session: Session, host: str, accepted: bool | None, at: datetime) -> None:
+    """The outcome of the newest probe (None: the registry could not be asked)."""
+    session.execute(
+        update(RegistryCredentialRow)
+        .where(RegistryCredentialRow.host == normalize_host(host))
+        .values(probed_at=at, probe_accepted=accepted)
+    )
+
+
+def record_event(
+    session: Session,
+    host: str,
+    kind: CredentialEventKind,
+    detail: dict[str, Any],
+    job_id: uuid.UUID | None = None,
+) -> None:
+    """One ``credential_events`` row. Callers put no secret in ``detail``."""
+    session.add(
+        CredentialEvent(host=normalize_host(host), kind=kind.value, detail=detail, job_id=job_id)
+    )
+
+
+def credential_events(
+    session: Session, host: str | None = None, *, limit: int = 50
+) -> list[CredentialEvent]:
+    """The newest probe and rotation events (of ``host``), newest first."""
+    query = select(CredentialEvent).order_by(CredentialEvent.id.desc()).limit(limit)
+    if host is not None:
+        query = query.where(CredentialEvent.host == normalize_host(host))
+    return list(session.execute(query).scalars())
+
+
+def pull_secret_version(session: Session, host: str, pull_secret: PullSecretRef) -> str | None:
+    """The credential version last written to ``pull_secret`` for ``host`` (None: never)."""
+    written = session.execute(
+        select(CredentialEvent.detail)
+        .where(
+            CredentialEvent.host == normalize_host(host),
+            CredentialEvent.kind == CredentialEventKind.PULL_SECRET_WRITTEN.value,
+            CredentialEvent.detail["namespace"].astext == pull_secret.namespace,
+            CredentialEvent.detail["name"].astext == pull_secret.name,
+        )
+        .order_by(CredentialEvent.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    version = (written or {}).get("credential_version")
+    return version if isinstance(version, str) else None

@@ -17,7 +17,17 @@ from tasks.attestation.payloads import (
 )
 from tasks.builds.payloads import BuildImagePayload
 from tasks.canary.payloads import CanaryPayload
-from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
+from tasks.evaluation.payloads import (
+    RecomputeAnomaliesPayload,
+    RefreshCertificationPayload,
+    SweepCertificationsPayload,
+)
+from tasks.pushes.payloads import (
+    PruneTagsPayload,
+    PublishIndexPayload,
+    PushImagePayload,
+    RotateCredentialsPayload,
+)
 from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
 from workers.errors import UnknownTaskError
 from workers.payload import Payload
@@ -79,6 +89,15 @@ def _specs() -> list[TaskSpec]:
             ),
         ),
         TaskSpec(
+            name="pushes.rotate_credentials",
+            payload=RotateCredentialsPayload,
+            summary=(
+                "Probe registry credentials against their registries, rotate those refused, "
+                "expiring or past their rotation age through their provider, and write them "
+                "to their Kubernetes image-pull secrets (Beat runs it)."
+            ),
+        ),
+        TaskSpec(
             name="attestation.verify_evidence",
             payload=VerifyEvidencePayload,
             summary=(
@@ -120,6 +139,31 @@ def _specs() -> list[TaskSpec]:
             summary=(
                 "Expire runs whose approval wait or approval ran out, send runs whose job never "
                 "reached the broker, fail runs whose job died (Beat runs it)."
+            ),
+        ),
+        TaskSpec(
+            name="evaluation.refresh_certification",
+            payload=RefreshCertificationPayload,
+            summary=(
+                "Run a tier's evaluation suite against an image digest in a container with no "
+                "network, on a trusted host only (a recorded policy gate); issue the next "
+                "certification on a pass, revoke the active one on a fail."
+            ),
+        ),
+        TaskSpec(
+            name="evaluation.sweep_certifications",
+            payload=SweepCertificationsPayload,
+            summary=(
+                "Enqueue one refresh for each certification inside its refresh window and mark "
+                "expired ones stale (Beat runs it)."
+            ),
+        ),
+        TaskSpec(
+            name="evaluation.recompute_anomalies",
+            payload=RecomputeAnomaliesPayload,
+            summary=(
+                "Recompute per-repository capability scores from the build ledger: build "
+                "latency spikes, credential churn, missing architectures (Beat runs it)."
             ),
         ),
     ]

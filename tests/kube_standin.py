@@ -1,16 +1,23 @@
-"""A stand-in for the Kubernetes API server, for the ``kubernetes`` executor's tests.
+"""A stand-in for the Kubernetes API server, for the ``kubernetes`` executor's tests and the
+image-pull secrets of credential rotation.
 
 No Kubernetes API server can run on this machine (no kube-apiserver or etcd binaries, no
 container runtime for kind or k3s), so those tests talk to this small threaded HTTPS server
 instead. It implements exactly the requests ``KubernetesAdapter`` makes, and nothing else,
 answering them the way kube-apiserver does: the same paths, status codes, ``Status`` error bodies
 (reasons, messages, causes), and the same rules for bodies and content types (a PATCH must be a
-strategic merge or JSON merge patch, a POST JSON; anything else is a 415):
+strategic merge or JSON merge patch, a POST or PUT JSON; anything else is a 415):
 
 - ``GET``/``PATCH /api/v1/nodes/{name}``
 - ``GET /api/v1/pods?fieldSelector=spec.nodeName={node}``
 - ``POST /api/v1/namespaces/{ns}/pods/{name}/eviction`` (a ``policy/v1`` Eviction)
 - ``GET``/``PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}``
+- ``POST /api/v1/namespaces/{ns}/secrets`` (create: 201, or 409 when it exists) and
+  ``GET``/``PUT /api/v1/namespaces/{ns}/secrets/{name}`` (replace: 200, or 404 when there is
+  none, as for Secrets a PUT never creates); validated as kube-apiserver does: a ``v1`` Secret
+  whose name and namespace match the URL, ``data`` values in base64, a
+  ``kubernetes.io/dockerconfigjson`` Secret holding a ``.dockerconfigjson`` key of JSON, the
+  type immutable on replace (422), a stale ``resourceVersion`` refused (409)
 
 It serves TLS with a CA of its own, and accepts one bearer token: the kubeconfig the
 ``kubeconfig_file`` fixture writes carries both, so the client's TLS and authentication are used
@@ -24,7 +31,9 @@ What it simplifies, so that no test relies on it:
   gets stuck or exceeds its progress deadline;
 - an eviction deletes the pod at once (the grace period is recorded, not waited for), unless
   ``pods_linger`` is set: then the pod stays, terminating, as one that never stops would;
-- no resourceVersion conflicts, watches, pagination, RBAC or admission.
+- no resourceVersion conflicts (but on Secrets), watches, pagination, RBAC or admission;
+- every namespace exists, and Secrets' ``stringData`` is refused rather than merged (the
+  adapter sends ``data`` only).
 
 Failures are injected with ``refuse_eviction`` (a PodDisruptionBudget saying no, N times or
 always) and ``fail`` (the next matching requests answered 500, 403, ...).
@@ -163,6 +172,7 @@ class KubeStandIn:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     pods_linger: bool = False
     rollout_outcome: RolloutOutcome = "complete"
@@ -318,6 +328,37 @@ class KubeStandIn:
         with self._lock:
             return copy.deepcopy(self.deployments[(namespace, name)])
 
+    def add_secret(
+        self, namespace: str, name: str, data: dict[str, bytes], type_: str = "Opaque"
+    ) -> dict[str, Any]:
+        """A Secret made by someone else (``data`` as plain bytes; stored in base64)."""
+        secret: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self._next_version(),
+                "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            "type": type_,
+            "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+        }
+        with self._lock:
+            self.secrets[(namespace, name)] = secret
+        return secret
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self.secrets[(namespace, name)])
+
+    def docker_config(self, namespace: str, name: str) -> dict[str, Any]:
+        """The decoded ``.dockerconfigjson`` of an image-pull Secret, as the kubelet reads it."""
+        encoded = self.secret(namespace, name)["data"][".dockerconfigjson"]
+        config: dict[str, Any] = json.loads(base64.b64decode(encoded))
+        return config
+
     def refuse_eviction(
         self, namespace: str, pod: str, times: int | None = None, budget: str = "web-pdb"
     ) -> None:
@@ -373,6 +414,11 @@ class KubeStandIn:
                 return self._evict(request, namespace, name)
             case ["apis", "apps", "v1", "namespaces", namespace, "deployments", name]:
                 return self._deployment_request(request, namespace, name)
+            case ["api", "v1", "namespaces", namespace, "secrets"]:
+                self._allow(request, "POST")
+                return self._create_secret(request, namespace)
+            case ["api", "v1", "namespaces", namespace, "secrets", name]:
+                return self._secret_request(request, namespace, name)
         raise ApiStatus(404, "the server could not find the requested resource")
 
     @staticmethod
@@ -475,6 +521,99 @@ class KubeStandIn:
             self.deployments[(namespace, name)] = deployment = patched
         return 200, deployment
 
+    def _create_secret(
+        self, request: RecordedRequest, namespace: str
+    ) -> tuple[int, dict[str, Any]]:
+        secret = self._checked_secret(request.body, namespace)
+        name = secret["metadata"]["name"]
+        if (namespace, name) in self.secrets:
+            raise ApiStatus(
+                409,
+                f'secrets "{name}" already exists',
+                {"name": name, "kind": "secrets"},
+                reason="AlreadyExists",
+            )
+        secret["metadata"].update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+            creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        self.secrets[(namespace, name)] = secret
+        return 201, secret
+
+    def _secret_request(
+        self, request: RecordedRequest, namespace: str, name: str
+    ) -> tuple[int, dict[str, Any]]:
+        self._allow(request, "GET", "PUT")
+        current = self.secrets.get((namespace, name))
+        if current is None:
+            raise _not_found("secrets", name)
+        if request.method == "GET":
+            return 200, current
+        secret = self._checked_secret(request.body, namespace, name)
+        sent_version = secret["metadata"].get("resourceVersion")
+        if sent_version and sent_version != current["metadata"]["resourceVersion"]:
+            raise ApiStatus(
+                409,
+                f'Operation cannot be fulfilled on secrets "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                {"name": name, "kind": "secrets"},
+            )
+        if secret["type"] != current["type"]:
+            raise ApiStatus(
+                422,
+                f'Secret "{name}" is invalid: type: Invalid value: "{secret["type"]}": field is '
+                "immutable",
+                {"name": name, "kind": "Secret", "causes": [{"field": "type"}]},
+            )
+        secret["metadata"].update(
+            uid=current["metadata"]["uid"],
+            creationTimestamp=current["metadata"]["creationTimestamp"],
+            resourceVersion=self._next_version(),
+        )
+        self.secrets[(namespace, name)] = secret
+        return 200, secret
+
+    @staticmethod
+    def _checked_secret(body: Any, namespace: str, name: str | None = None) -> dict[str, Any]:
+        """A Secret body as kube-apiserver would accept it, with the type defaulted."""
+        if body.get("kind") != "Secret" or body.get("apiVersion") != "v1":
+            raise ApiStatus(400, "the body of the request is not a v1 Secret")
+        if "stringData" in body:
+            raise ApiStatus(400, "the stand-in does not implement stringData")
+        secret: dict[str, Any] = copy.deepcopy(body)
+        metadata = secret.setdefault("metadata", {})
+        if metadata.get("namespace", namespace) != namespace:
+            raise ApiStatus(
+                400,
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request",
+            )
+        metadata["namespace"] = namespace
+        if name is not None and metadata.get("name") != name:
+            raise ApiStatus(400, "the name of the object does not match the name on the URL")
+        if not metadata.get("name"):
+            raise ApiStatus(422, "Secret is invalid: metadata.name: Required value: name")
+        data = secret.setdefault("data", {})
+        decoded: dict[str, bytes] = {}
+        for key, value in data.items():
+            try:
+                decoded[key] = base64.b64decode(value, validate=True)
+            except (ValueError, TypeError):
+                raise ApiStatus(400, f"illegal base64 data in data[{key}]") from None
+        secret_type = secret.setdefault("type", "Opaque")
+        if secret_type == "kubernetes.io/dockerconfigjson":
+            where = f'Secret "{metadata["name"]}" is invalid: data[.dockerconfigjson]'
+            if ".dockerconfigjson" not in decoded:
+                raise ApiStatus(422, f"{where}: Required value")
+            try:
+                json.loads(decoded[".dockerconfigjson"])
+            except ValueError:
+                raise ApiStatus(
+                    422, f'{where}: Invalid value: "<secret contents redacted>": not JSON'
+                ) from None
+        return secret
+
     @staticmethod
     def _roll_out(deployment: dict[str, Any], outcome: RolloutOutcome) -> None:
         """The deployment controller, reduced to its verdict on the new pod template."""
@@ -538,13 +677,15 @@ class KubeStandIn:
                 with standin._lock:
                     standin.requests.append(request)
                     try:
-                        if self.command in ("POST", "PATCH") and not isinstance(body, dict):
+                        if self.command in ("POST", "PATCH", "PUT") and not isinstance(body, dict):
                             raise ApiStatus(400, "the request body is not a JSON object")
                         if (
-                            self.command == "POST"
+                            self.command in ("POST", "PUT")
                             and (request.content_type or "").split(";")[0] != "application/json"
                         ):
-                            raise ApiStatus(415, "a POST body must be application/json here")
+                            raise ApiStatus(
+                                415, f"a {self.command} body must be application/json here"
+                            )
                         status, answer = standin._answer(request)
                         payload = json.dumps(answer).encode()
                     except ApiStatus as error:

@@ -273,8 +273,9 @@ class Settings(BaseSettings):
     kubeconfig: str | None = Field(
         None,
         description=(
-            "kubeconfig file of the Kubernetes API `kubernetes` playbooks act on; unset: the "
-            "in-cluster service account, else ~/.kube/config."
+            "kubeconfig file of the Kubernetes API `kubernetes` playbooks act on and credential "
+            "rotation writes image-pull secrets to; unset: the in-cluster service account, else "
+            "~/.kube/config."
         ),
     )
     remediation_approval_ttl_seconds: Annotated[int, Field(gt=0)] = Field(

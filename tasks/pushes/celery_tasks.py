@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.builds.backends import BackendUnavailableError
-from tasks.pushes import domain
+from tasks.pushes import domain, rotation
 from tasks.pushes.credentials import CredentialUnavailableError
 from tasks.pushes.errors import RegistryPushError
-from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
+from tasks.pushes.payloads import (
+    PruneTagsPayload,
+    PublishIndexPayload,
+    PushImagePayload,
+    RotateCredentialsPayload,
+)
 from workers.base_task import DrydockTask, JobContext, drydock_task
 
 # Retried with backoff (workers.retry, tenacity's exponential full jitter): registry failures
@@ -26,6 +31,10 @@ def publish_index(payload: PublishIndexPayload, ctx: JobContext) -> dict[str, An
 
 def prune_tags(payload: PruneTagsPayload, ctx: JobContext) -> dict[str, Any]:
     return domain.prune_tags(payload, ctx)
+
+
+def rotate_credentials(payload: RotateCredentialsPayload, ctx: JobContext) -> dict[str, Any]:
+    return rotation.rotate_credentials(payload, job_id=ctx.job_id)
 
 
 PUSH_IMAGE: DrydockTask = drydock_task(
@@ -46,3 +55,7 @@ PUBLISH_INDEX: DrydockTask = drydock_task(
 PRUNE_TAGS: DrydockTask = drydock_task("pushes.prune_tags", transient=REGISTRY_TRANSIENT)(
     prune_tags
 )
+
+# Not retried: a registry or Kubernetes API that cannot be reached is recorded per credential,
+# and Beat's next run probes (and writes the pull secrets) again.
+ROTATE_CREDENTIALS: DrydockTask = drydock_task("pushes.rotate_credentials")(rotate_credentials)

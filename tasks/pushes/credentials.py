@@ -11,7 +11,8 @@ Three providers, chosen per registry (``drydock registry ...``; stored by
   file when it changes.
 - ``command``: an external program speaking the Docker credential-helper protocol
   (``docker-credential-<name> get``: the registry on stdin, ``{"Username", "Secret"}`` on stdout),
-  such as a vault or cloud helper. A refusal is fixed by asking it again.
+  such as a vault or cloud helper. A refusal is fixed by asking it again. A helper may add
+  ``"ExpiresAt"`` (RFC 3339) to its answer: credential rotation asks it again before then.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import bcrypt
@@ -38,6 +40,9 @@ class RegistryCredential:
     username: str
     # repr=False: a credential in a traceback, a log line or a dead letter shows no password.
     password: str = field(repr=False)
+    # When the provider says it stops working (a helper's "ExpiresAt"); not part of equality:
+    # the same username and password are the same credential to a registry.
+    expires_at: datetime | None = field(default=None, compare=False)
 
 
 class CredentialUnavailableError(TransientError):
@@ -130,4 +135,19 @@ def run_credential_helper(command: Sequence[str], registry: str) -> RegistryCred
         raise CredentialUnavailableError(
             f"credential helper {command[0]!r} gave an empty or non-text username or secret"
         )
-    return RegistryCredential(username, secret)
+    return RegistryCredential(username, secret, _expiry(answer.get("ExpiresAt"), command[0]))
+
+
+def _expiry(value: object, helper: str) -> datetime | None:
+    """A helper's optional ``ExpiresAt``: an RFC 3339 time (without a zone: UTC)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise CredentialUnavailableError(
+            f"credential helper {helper!r} gave an ExpiresAt that is not an RFC 3339 time"
+        )
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

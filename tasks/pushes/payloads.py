@@ -42,3 +42,28 @@ class PruneTagsPayload(Payload):
     @classmethod
     def _repository(cls, value: str) -> str:
         return checked_repository(value)
+
+
+class RotateCredentialsPayload(Payload):
+    hosts: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Registry hosts[:port] whose credentials are probed (and rotated when due); "
+            "default: every stored credential."
+        ),
+    )
+    force: bool = Field(
+        False,
+        description=(
+            "Rotate even credentials that are not due (static ones are reported as unsupported)."
+        ),
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        # Sorted and unique: the same request names the same hosts in the same order.
+        return sorted({checked_registry_host(host) for host in value})

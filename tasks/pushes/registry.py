@@ -220,6 +220,18 @@ class RegistryClient:
             f"RegistryClient({self.registry!r}, user={self._username!r}, insecure={self.insecure})"
         )
 
+    def check_credentials(self) -> None:
+        """``GET /v2/`` (the API version check) with the client's credential, answering a
+        Basic challenge, or a Bearer one with a token from the registry's token service, as
+        every other request does. Returns when the registry accepts it; raises
+        ``RegistryPushError`` otherwise (``auth_expired`` or ``denied``: refused)."""
+        where = f"{self.registry}/v2/"
+        with self._failures("GET", where):
+            response = self._oras.do_request(f"{self._oras.prefix}://{where}", "GET")
+            with response:
+                if response.status_code != 200:
+                    raise _RegistryHTTPError(response)
+
     def manifest(self, repository: str, reference: str) -> ManifestInfo:
         """The manifest ``reference`` (a tag or a digest) names: an OCI or Docker schema2 image
         manifest, index or manifest list, with its exact bytes. Read by digest, the bytes are

@@ -14,7 +14,10 @@ content types and plain JSON bodies, so each request is exactly what ``kubectl``
 - ``restart_deployment``: ``PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}`` setting
   the pod template annotation ``kubectl.kubernetes.io/restartedAt``, as ``kubectl rollout
   restart`` does; ``deployment_rollout_status`` reads it back (``GET``) the way ``kubectl
-  rollout status`` judges a rollout finished.
+  rollout status`` judges a rollout finished;
+- ``apply_image_pull_secret`` (registry credential rotation, not playbooks): ``PUT
+  /api/v1/namespaces/{ns}/secrets/{name}`` of a whole ``kubernetes.io/dockerconfigjson``
+  Secret, or ``POST /api/v1/namespaces/{ns}/secrets`` when there is none yet.
 
 Errors: the API unreachable, a 5xx, or a 429 that is the API server throttling raise
 ``ExecutorUnavailableError`` (the run is retried later); any other 4xx raises
@@ -32,6 +35,7 @@ A node a failed drain cordoned stays cordoned: the playbook's next run, or ``unc
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -61,6 +65,7 @@ RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 # nothing (the kubelet recreates it from its manifest), so drains leave them, as kubectl does.
 MIRROR_POD_ANNOTATION = "kubernetes.io/config.mirror"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+DOCKER_CONFIG_JSON_SECRET = "kubernetes.io/dockerconfigjson"
 MAX_ACTIONS = 50
 # One request may take this long when the run's deadline leaves more room.
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 30.0
@@ -545,6 +550,50 @@ class KubernetesAdapter:
         except KubernetesApiError as exc:
             raise self._deployment_not_found(namespace, name, exc) from exc
         return RolloutStatus.from_api(deployment)
+
+    def apply_image_pull_secret(
+        self, namespace: str, name: str, registry: str, username: str, password: str
+    ) -> Literal["created", "replaced"]:
+        """Make the Secret ``namespace/name`` a ``kubernetes.io/dockerconfigjson`` holding
+        exactly this registry login (what ``kubectl create secret docker-registry`` writes):
+        replaced whole when it exists (the API refuses, 422, to change another type of Secret:
+        a Secret's type is immutable), created when it does not. The password travels only in
+        the request body, never in an error."""
+        auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+        docker_config = {
+            "auths": {registry: {"username": username, "password": password, "auth": auth}}
+        }
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "drydock"},
+            },
+            "type": DOCKER_CONFIG_JSON_SECRET,
+            "data": {
+                ".dockerconfigjson": base64.b64encode(json.dumps(docker_config).encode()).decode()
+            },
+        }
+        collection = f"/api/v1/namespaces/{_segment(namespace)}/secrets"
+        item = f"{collection}/{_segment(name)}"
+        # A PUT without a resourceVersion replaces unconditionally; it does not create.
+        try:
+            self.request("PUT", item, body=secret)
+            return "replaced"
+        except KubernetesApiError as exc:
+            if exc.status != 404:
+                raise
+        try:
+            self.request("POST", collection, body=secret)
+            return "created"
+        except KubernetesApiError as exc:
+            if exc.status != 409:
+                raise
+        # Someone created it between the two requests: replace theirs.
+        self.request("PUT", item, body=secret)
+        return "replaced"
 
     def _deployment_not_found(
         self, namespace: str, name: str, exc: KubernetesApiError
