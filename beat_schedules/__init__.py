@@ -11,7 +11,13 @@ if TYPE_CHECKING:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {**canaries(settings), **trust_upkeep(settings), **remediation_upkeep(settings)}
+    return {
+        **canaries(settings),
+        **trust_upkeep(settings),
+        **remediation_upkeep(settings),
+        **evaluation_upkeep(settings),
+        **credential_upkeep(settings),
+    }
 
 
 def trust_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -42,6 +48,46 @@ def remediation_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": float(interval),
             "kwargs": {},
             "options": {"queue": "remediation", "expires": float(interval)},
+        }
+    }
+
+
+def evaluation_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    cadence = settings.evaluation_cadence_interval_seconds
+    if cadence:
+        # Certifications inside their refresh window get one refresh each; expired ones turn
+        # stale. Both read only due rows (partial indexes).
+        entries["evaluation-cadence"] = {
+            "task": "evaluation.sweep_certifications",
+            "schedule": float(cadence),
+            "kwargs": {},
+            "options": {"queue": "evaluation", "expires": float(cadence)},
+        }
+    anomalies = settings.anomaly_interval_seconds
+    if anomalies:
+        # Capability scores from the build ledger, set-based, for the policy's anomaly gate.
+        entries["anomaly-recompute"] = {
+            "task": "evaluation.recompute_anomalies",
+            "schedule": float(anomalies),
+            "kwargs": {},
+            "options": {"queue": "evaluation", "expires": float(anomalies)},
+        }
+    return entries
+
+
+def credential_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.credential_rotation_interval_seconds
+    if not interval:
+        return {}
+    # Every registry credential is probed; those refused, expiring or past their rotation age
+    # are rotated and their image-pull secrets rewritten.
+    return {
+        "credential-rotation": {
+            "task": "pushes.rotate_credentials",
+            "schedule": float(interval),
+            "kwargs": {},
+            "options": {"queue": "pushes", "expires": float(interval)},
         }
     }
 
