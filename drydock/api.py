@@ -306,7 +306,12 @@ def get_job(job_id: uuid.UUID, caller: Caller) -> JobBody:
     allowed = _scope_filter(caller)
     with session_scope() as session:
         job = job_store.get_job(session, job_id)
-        if job is None or (allowed is not None and job.task_name not in allowed):
+        if (
+            job is None
+            or (allowed is not None and job.task_name not in allowed)
+            # A tenant token sees its tenant's jobs only.
+            or (caller.tenant is not None and job.tenant != caller.tenant)
+        ):
             raise NotFoundError(f"no job {job_id}")
         events = job_store.job_events(session, job_id)
         return _job_body(job, events)
@@ -332,6 +337,7 @@ def list_jobs(
             queue=queue,
             task_name=task,
             task_names=allowed,
+            tenant=caller.tenant,
             after=_decode_cursor(cursor) if cursor else None,
             limit=limit + 1,
         )

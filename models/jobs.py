@@ -363,6 +363,7 @@ def list_jobs(
     queue: str | None = None,
     task_name: str | None = None,
     task_names: Sequence[str] | None = None,
+    tenant: str | None = None,
     after: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 50,
     offset: int = 0,
@@ -379,6 +380,8 @@ def list_jobs(
         query = query.where(Job.task_name == task_name)
     if task_names is not None:
         query = query.where(Job.task_name.in_(task_names))
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
     if after is not None:
         at, last_id = after
         query = query.where((Job.enqueued_at < at) | ((Job.enqueued_at == at) & (Job.id > last_id)))

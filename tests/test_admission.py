@@ -254,3 +254,31 @@ def test_enqueue_with_an_unknown_target_is_refused(fleet: WorkerProcess) -> None
     with pytest.raises(AdmissionRefusedError, match=f"no target asset {missing}"):
         enqueue("builds.canary", {}, target_asset=str(missing))
     assert job_count() == 0
+
+
+def test_a_tenant_token_reads_only_its_tenant_jobs(fleet: WorkerProcess) -> None:
+    from drydock.api import app
+    from models import tokens
+    from tasks.catalog import CATALOG
+
+    def token(name: str, tenant: str | None) -> dict[str, str]:
+        with session_scope() as session:
+            _, plaintext = tokens.create_token(
+                session, name=name, scopes=["builds.canary"], known_tasks=CATALOG,
+                created_by="test", tenant=tenant,
+            )  # fmt: skip
+        return bearer(plaintext)
+
+    acme, globex, operator = token("acme", "acme"), token("globex", "globex"), token("ops", None)
+    api = TestClient(app)
+    ids = {
+        name: api.post("/v1/jobs/builds.canary", json={}, headers=headers).json()["id"]
+        for name, headers in (("acme", acme), ("globex", globex))
+    }
+
+    listed = api.get("/v1/jobs", headers=acme).json()["jobs"]
+    assert [j["id"] for j in listed] == [ids["acme"]]
+    assert api.get(f"/v1/jobs/{ids['globex']}", headers=acme).status_code == 404
+    assert api.get(f"/v1/jobs/{ids['acme']}", headers=acme).status_code == 200
+    everyone = {j["id"] for j in api.get("/v1/jobs", headers=operator).json()["jobs"]}
+    assert everyone == set(ids.values())
