@@ -6,10 +6,9 @@ Every error is one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -17,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from drydock.cli_builds import builds_app, registry_app, retention_app
+from drydock.cli_evaluation import admission_app, evaluation_app, policy_app
 from drydock.cli_remediation import playbooks_app, remediation_app
-from drydock.cli_text import current_operator, when
+from drydock.cli_text import current_operator, parse_duration, when
 from drydock.cli_trust import attest_app, trust_app
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ app.add_typer(builds_app, name="builds")
 app.add_typer(attest_app, name="attest")
 app.add_typer(trust_app, name="trust")
 app.add_typer(playbooks_app, name="playbooks")
+app.add_typer(evaluation_app, name="evaluation")
+app.add_typer(policy_app, name="policy")
+app.add_typer(admission_app, name="admission")
 app.add_typer(remediation_app, name="remediation")
 
 out = Console()
@@ -141,20 +144,13 @@ def worker(
 
 
 @app.command()
-def beat(
-    loglevel: str | None = typer.Option(None, "--loglevel", "-l"),
-    schedule: str | None = typer.Option(
-        None, "--schedule", "-s", help="File where Beat keeps when each entry last ran."
-    ),
-) -> None:
-    """Run Celery Beat with Drydock's schedules. Run exactly one per fleet."""
+def beat(loglevel: str | None = typer.Option(None, "--loglevel", "-l")) -> None:
+    """Run Celery Beat with Drydock's schedules. One fires at a time: run a second to take over."""
     from workers.app import app as celery_app
     from workers.settings import get_settings
 
-    argv = ["beat", f"--loglevel={loglevel or get_settings().log_level}"]
-    if schedule:
-        argv.append(f"--schedule={schedule}")
-    celery_app.start(argv)
+    # The schedule and when each entry last ran live in Redis (RedBeat), not in a local file.
+    celery_app.start(["beat", f"--loglevel={loglevel or get_settings().log_level}"])
 
 
 @app.command()
@@ -202,8 +198,22 @@ def enqueue(
     task: str = typer.Argument(..., help="Task name, e.g. builds.canary."),
     payload_json: str = typer.Option("{}", "--json", help="The payload as a JSON object."),
     idempotency_key: str | None = typer.Option(None, "--idempotency-key", "-k"),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="The tenant the job acts for (its admission rules apply)."
+    ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Bind the job to an asset (id or tenant/name): its quarantine preempts the job.",
+    ),
+    approval: str | None = typer.Option(
+        None,
+        "--approval",
+        envvar="DRYDOCK_APPROVAL_TOKEN",
+        help="Approval token for a protected target (`drydock admission approve`).",
+    ),
 ) -> None:
-    """Validate and enqueue a job; prints its id."""
+    """Validate, admit and enqueue a job; prints its id."""
     from drydock.client import enqueue as enqueue_job
 
     try:
@@ -212,7 +222,15 @@ def enqueue(
         raise CliError(f"--json is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise CliError("--json must be a JSON object")
-    job = enqueue_job(task, payload, idempotency_key, enqueued_by=f"cli:{current_operator()}")
+    job = enqueue_job(
+        task,
+        payload,
+        idempotency_key,
+        enqueued_by=f"cli:{current_operator()}",
+        tenant=tenant,
+        target_asset=target,
+        approval_token=approval,
+    )
     note = "" if job.created else " (idempotency key already used: existing job, nothing sent)"
     out.print(f"{job.id} {job.task_name} on {job.queue} {job.status}{note}")
 
@@ -555,7 +573,7 @@ def dlq_purge(
     chosen = [bool(job_ids), all_, older_than is not None]
     if sum(chosen) != 1:
         raise CliError("say what to purge: job ids, --all, or --older-than")
-    cutoff = datetime.now(UTC) - _duration(older_than) if older_than else None
+    cutoff = datetime.now(UTC) - parse_duration(older_than) if older_than else None
     if not yes and not typer.confirm("Purge these dead letters for good?"):
         raise CliError("nothing purged")
     count = purge_dead_letters(
@@ -771,14 +789,6 @@ def _uuid(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise CliError(f"{text!r} is not a job id (a UUID)") from None
-
-
-def _duration(text: str) -> timedelta:
-    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if not match:
-        raise CliError(f"{text!r} is not a duration like 30m, 12h or 7d")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-    return timedelta(**{unit: int(match.group(1))})
 
 
 def _ms(value: float | None) -> str:

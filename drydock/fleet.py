@@ -102,7 +102,7 @@ class FleetPlan:
         specs.append(
             ChildSpec(
                 "beat",
-                [*cli, "beat", "--schedule", str(self.state_dir / "beat-schedule")],
+                [*cli, "beat"],
                 "schedules",
             )
         )

@@ -202,7 +202,7 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
     client = redis.Redis.from_url(redis_server)
     client.delete(*QUEUE_KEYS)
     # Heartbeats of workers earlier tests killed (the live ones' stay), and Beat's last tick.
-    from workers.heartbeat import BEAT_KEY, WORKER_KEY_PREFIX, read_workers
+    from workers.heartbeat import BEAT_KEY, BEAT_KEY_PREFIX, WORKER_KEY_PREFIX, read_workers
 
     stale = [
         WORKER_KEY_PREFIX + beat.hostname
@@ -210,6 +210,11 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
         if time.time() - beat.last_heartbeat > 1.5
     ]
     client.delete(BEAT_KEY, *stale)
+    # Beat's lock and schedule (celery-redbeat): a Beat an earlier test killed would hold the
+    # lock until it expires.
+    beat_keys = list(client.scan_iter(match=f"{BEAT_KEY_PREFIX}*"))
+    if beat_keys:
+        client.delete(*beat_keys)
     client.close()
     yield
 

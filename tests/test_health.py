@@ -147,7 +147,7 @@ def test_unreachable_sources_are_reasons_and_dead_letters_a_warning() -> None:
 def beat(fleet: WorkerProcess, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = (tmp_path / "beat.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "drydock.cli", "beat", "--schedule", str(tmp_path / "schedule")],
+        [sys.executable, "-m", "drydock.cli", "beat"],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from beat_schedules import beat_schedule
-from workers.heartbeat import WorkerHeartbeat
+from workers.heartbeat import BEAT_KEY_PREFIX, WorkerHeartbeat
 from workers.queues import celery_queues, route_task
 from workers.settings import Settings, get_settings
 
@@ -19,6 +19,7 @@ TASK_MODULES = [
     "tasks.pushes.celery_tasks",
     "tasks.attestation.celery_tasks",
     "tasks.remediation.celery_tasks",
+    "tasks.evaluation.celery_tasks",
 ]
 
 
@@ -76,8 +77,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "include": TASK_MODULES,
         "beat_schedule": beat_schedule(settings),
         # Beat records every tick for /health/fleet and ticks at least once per heartbeat.
+        # Its scheduler is RedBeat's: the schedule and a lock live in the broker's Redis, so
+        # any number of Beats may run and one fires at a time (see HeartbeatScheduler).
         "beat_scheduler": "workers.heartbeat:HeartbeatScheduler",
         "beat_max_loop_interval": settings.heartbeat_seconds,
+        "redbeat_redis_url": settings.broker_url,
+        # Set, not inherited: RedBeat would otherwise read broker_transport_options.
+        "redbeat_redis_options": {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 30,
+        },
+        "redbeat_key_prefix": BEAT_KEY_PREFIX,
+        "redbeat_lock_timeout": settings.beat_lock_timeout_seconds,
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -6,11 +6,13 @@ though its process lives. A worker that shuts down cleanly removes its record; o
 leaves it to age, and health reports it lost until ``worker_forget_seconds`` expire it.
 
 Beat records the time of each scheduler tick; Drydock caps the tick interval at the heartbeat
-interval so a quiet schedule still beats.
+interval so a quiet schedule still beats. Only the Beat holding the schedule's lock ticks (see
+``HeartbeatScheduler``), so the tick says that schedules fire, not merely that a Beat runs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,13 +21,16 @@ from typing import Any
 import orjson
 import redis
 from celery import bootsteps
-from celery.beat import PersistentScheduler
+from redbeat import RedBeatScheduler
 
 from workers.logs import get_logger
 from workers.settings import Settings, get_settings
 
 WORKER_KEY_PREFIX = "drydock:heartbeat:worker:"
 BEAT_KEY = "drydock:heartbeat:beat"
+# Beat's schedule, the lock and each entry's last run (celery-redbeat's keys). RedBeat appends
+# ":schedule", ":statics" and ":lock" to the prefix, so they never clash with an entry's name.
+BEAT_KEY_PREFIX = "drydock:beat:"
 
 
 @dataclass(frozen=True)
@@ -169,17 +174,38 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             get_logger().warning("worker.heartbeat_failed", error=str(exc))
 
 
-class HeartbeatScheduler(PersistentScheduler):
-    """Celery Beat's persistent scheduler, recording each tick for `/health/fleet`."""
+class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is untyped
+    """Celery Beat's scheduler: one Beat fires at a time, and each tick is recorded for health.
+
+    RedBeat keeps the schedule (entries and when each last ran) in Redis, and a lock: a Beat
+    takes it before its first tick and renews it on every tick, so a second Beat blocks on it
+    (ticking, firing and recording nothing) until the first stops renewing it, then takes over.
+    A Beat whose lock lapsed (it stalled longer than the lock's timeout; another may hold it
+    now) raises from ``tick`` and exits instead of firing alongside. At startup every Beat
+    writes the configured entries into Redis, keeping when each last ran, and deletes those an
+    earlier configuration had that this one no longer has.
+    """
+
+    lock_timeout: float
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        # RedBeat renews the lock for int(lock_timeout) seconds: whole seconds, rounded up, so
+        # a renewal never makes the lock shorter than it was taken for (0.5 would make it 0).
+        self.lock_timeout = math.ceil(self.lock_timeout)
+        self._heartbeat_client: redis.Redis[bytes] | None = None
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        # Renews the lock first (raising if it is no longer ours), then fires what is due; only
+        # then is the tick recorded, so a Beat without the lock never looks like it fired.
         delay: float = super().tick(*args, **kwargs)
         settings = get_settings()
         try:
-            client = getattr(self, "_heartbeat_client", None)
-            if client is None:
-                client = self._heartbeat_client = redis_client(settings)
-            record_beat_tick(client, at=time.time(), keep_seconds=settings.worker_forget_seconds)
+            if self._heartbeat_client is None:
+                self._heartbeat_client = redis_client(settings)
+            record_beat_tick(
+                self._heartbeat_client, at=time.time(), keep_seconds=settings.worker_forget_seconds
+            )
         except redis.RedisError as exc:
             get_logger().warning("beat.heartbeat_failed", error=str(exc))
         return min(delay, settings.heartbeat_seconds)
