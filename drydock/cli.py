@@ -276,6 +276,7 @@ def jobs(
 # `drydock job ID --follow` exit codes: the job's outcome, or why following stopped first.
 FOLLOW_EXIT_SUCCEEDED = 0
 FOLLOW_EXIT_DEAD_LETTERED = 1
+FOLLOW_EXIT_PREEMPTED = 3  # cancelled before it ran (its target asset was quarantined)
 FOLLOW_EXIT_TIMEOUT = 124  # like timeout(1)
 FOLLOW_EXIT_INTERRUPTED = 130  # 128 + SIGINT, like a shell
 FOLLOW_POLL_SECONDS = 0.5
@@ -457,6 +458,9 @@ def _follow_until_done(ident: uuid.UUID, timeout: float | None) -> int:
     if job.status == JobStatus.SUCCEEDED.value:
         out.print(f"succeeded {attempts}: result {json.dumps(job.result)}", markup=False)
         return FOLLOW_EXIT_SUCCEEDED
+    if job.status == JobStatus.PREEMPTED.value:
+        out.print(f"preempted before it ran: {job.error}", markup=False)
+        return FOLLOW_EXIT_PREEMPTED
     out.print(f"dead-lettered {attempts}: {job.error_class}: {job.error}", markup=False)
     return FOLLOW_EXIT_DEAD_LETTERED
 
