@@ -179,6 +179,15 @@ def test_a_waiting_job_is_preempted_when_its_target_is_quarantined(
             select(JobEvent).where(JobEvent.job_id == waiting.id, JobEvent.kind == "preempted")
         ).all()
         assert event.detail["policy"]["target_asset_id"] == str(asset_id)
+    followed = subprocess.run(
+        [sys.executable, "-m", "drydock.cli", "job", str(waiting.id), "--follow"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert followed.returncode == 3, followed.stderr
+    assert "preempted before it ran: target asset acme/node-3 was quarantined" in followed.stdout
     [preemption] = decisions_of("preemption")
     assert (preemption.job_id, preemption.allowed) == (waiting.id, False)
     assert "evidence_failed" in preemption.summary
