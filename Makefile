@@ -1,5 +1,5 @@
 # Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
-.PHONY: up test bench bench-builds bench-attestation
+.PHONY: up test bench bench-builds bench-attestation bench-beat
 
 up:
 	scripts/up
@@ -15,3 +15,6 @@ bench-builds:
 
 bench-attestation:
 	.venv/bin/python bench/attestation.py
+
+bench-beat:
+	.venv/bin/python -m bench.beat

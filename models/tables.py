@@ -282,6 +282,12 @@ class BuildRun(Base):
             name="credential_outcome",
         ),
         Index(None, "created_at"),
+        # The policy engine finds a digest's repository by its index digest (or a platform's).
+        Index(
+            "ix_build_runs_index_digest",
+            "index_digest",
+            postgresql_where=text("index_digest IS NOT NULL"),
+        ),
     )
 
 
@@ -1046,7 +1052,8 @@ class CapabilityScore(Base):
 
     __tablename__ = "capability_scores"
 
-    repository: Mapped[str] = mapped_column(String(500))
+    # The build's repository URL, as long as build_runs allows.
+    repository: Mapped[str] = mapped_column(Text)
     metric: Mapped[str] = mapped_column(String(40))
     value: Mapped[float]
     # Over the metric's threshold at recomputation: the anomaly gate fails on it.

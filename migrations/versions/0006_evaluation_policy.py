@@ -32,7 +32,7 @@ OUTCOME_KINDS_NEW = OUTCOME_KINDS_OLD + ", 'preempted'"
 def upgrade() -> None:
     op.create_table(
         "capability_scores",
-        sa.Column("repository", sa.String(length=500), nullable=False),
+        sa.Column("repository", sa.Text(), nullable=False),
         sa.Column("metric", sa.String(length=40), nullable=False),
         sa.Column("value", sa.Double(), nullable=False),
         sa.Column("flagged", sa.Boolean(), nullable=False),
@@ -226,6 +226,13 @@ def upgrade() -> None:
     op.create_index(
         "uq_evaluation_certifications_job", "evaluation_certifications", ["job_id"], unique=True
     )
+    op.create_index(
+        "ix_build_runs_index_digest",
+        "build_runs",
+        ["index_digest"],
+        unique=False,
+        postgresql_where=sa.text("index_digest IS NOT NULL"),
+    )
     op.add_column("jobs", sa.Column("tenant", sa.String(length=100), nullable=True))
     op.add_column("jobs", sa.Column("target_asset_id", sa.Uuid(), nullable=True))
     op.add_column(
@@ -342,3 +349,4 @@ def downgrade() -> None:
     op.drop_table("policy_decisions")
     op.drop_table("evaluation_tiers")
     op.drop_table("capability_scores")
+    op.drop_index("ix_build_runs_index_digest", table_name="build_runs")
