@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tasks.builds.platforms import Platform
 from tasks.builds.source import SourceRefusedError, check_repository_url, check_revision
@@ -49,6 +49,11 @@ def checked_repository(value: str) -> str:
     return value
 
 
+# Payload field types carrying those checks, for every payload naming a registry or repository.
+RegistryHost = Annotated[str, AfterValidator(checked_registry_host)]
+RepositoryPath = Annotated[str, AfterValidator(checked_repository)]
+
+
 def _carries_credentials(url: str) -> bool:
     """True for ``https://user:pw@host/..`` and ``https://token@host/..``; an ssh user name
     (``ssh://git@host/..``, ``git@host:..``) is not a secret."""
@@ -83,24 +88,14 @@ class CachePolicy(Payload):
 
 
 class PushTarget(Payload):
-    registry: str = Field(
+    registry: RegistryHost = Field(
         description="Registry host[:port], e.g. registry.example.com or 127.0.0.1:5000."
     )
-    repository: str = Field(description="Repository in that registry, e.g. mcp/weather.")
+    repository: RepositoryPath = Field(description="Repository in that registry, e.g. mcp/weather.")
     tag: str | None = Field(
         None,
         description="The multi-platform tag; default: the revision, made tag-safe.",
     )
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, value: str) -> str:
-        return checked_registry_host(value)
-
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, value: str) -> str:
-        return checked_repository(value)
 
     @field_validator("tag")
     @classmethod

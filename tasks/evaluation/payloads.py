@@ -7,7 +7,7 @@ import uuid
 
 from pydantic import Field, field_validator
 
-from tasks.builds.payloads import checked_registry_host, checked_repository
+from tasks.builds.payloads import RegistryHost, RepositoryPath
 from workers.payload import Payload
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -31,8 +31,8 @@ def checked_tier(value: str) -> str:
 class RefreshCertificationPayload(Payload):
     digest: str = Field(description="The image digest evaluated (sha256:...).")
     tier: str = Field(description="The evaluation tier whose suite runs.")
-    registry: str = Field(description="Registry host[:port] the image is pulled from.")
-    repository: str = Field(description="Repository of the image in that registry.")
+    registry: RegistryHost = Field(description="Registry host[:port] the image is pulled from.")
+    repository: RepositoryPath = Field(description="Repository of the image in that registry.")
     certification_id: uuid.UUID | None = Field(
         None, description="The certification this refresh renews (Beat sets it); none: a first."
     )
@@ -46,16 +46,6 @@ class RefreshCertificationPayload(Payload):
     @classmethod
     def _tier(cls, value: str) -> str:
         return checked_tier(value)
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, value: str) -> str:
-        return checked_registry_host(value)
-
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, value: str) -> str:
-        return checked_repository(value)
 
 
 class SweepCertificationsPayload(Payload):

@@ -4,7 +4,7 @@ import uuid
 
 from pydantic import Field, field_validator
 
-from tasks.builds.payloads import checked_registry_host, checked_repository
+from tasks.builds.payloads import RegistryHost, RepositoryPath, checked_registry_host
 from tasks.builds.platforms import Platform
 from workers.payload import Payload
 
@@ -26,22 +26,12 @@ class PublishIndexPayload(Payload):
 
 
 class PruneTagsPayload(Payload):
-    registry: str = Field(description="Registry host[:port].")
-    repository: str = Field(description="Repository whose tags are pruned.")
+    registry: RegistryHost = Field(description="Registry host[:port].")
+    repository: RepositoryPath = Field(description="Repository whose tags are pruned.")
     dry_run: bool = Field(
         True,
         description="List what would be deleted and delete nothing (the default: say false).",
     )
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, value: str) -> str:
-        return checked_registry_host(value)
-
-    @field_validator("repository")
-    @classmethod
-    def _repository(cls, value: str) -> str:
-        return checked_repository(value)
 
 
 class RotateCredentialsPayload(Payload):
