@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from models import anomaly, evaluation, trust
@@ -42,7 +40,6 @@ from tasks.evaluation.policy import (
     TenantRules,
 )
 from workers.errors import NotFoundError
-from workers.settings import get_settings
 
 PG_CHANNEL = "drydock_policy"
 
@@ -211,10 +208,7 @@ def record_decision(
     session.add(row)
     session.flush()
     session.refresh(row, ["decided_at"])
-    session.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {"channel": PG_CHANNEL, "payload": decision_message(row)},
-    )
+    trust.pg_notify(session, PG_CHANNEL, decision_message(row))
     return row
 
 
@@ -309,21 +303,13 @@ class Announcement:
     data: dict[str, Any]
 
 
-def watch(*, tenant: str | None = None, on_ready: Any = None) -> Iterator[Announcement]:
+def watch(
+    *, tenant: str | None = None, on_ready: Callable[[], None] | None = None
+) -> Iterator[Announcement]:
     """Decisions and trust transitions as they commit, forever (the caller stops)."""
-    conninfo = (
-        make_url(get_settings().database_url)
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False)
-    )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"LISTEN {PG_CHANNEL}")
-        conn.execute(f"LISTEN {trust.PG_CHANNEL}")
-        if on_ready is not None:
-            on_ready()
-        for notice in conn.notifies():
-            data = json.loads(notice.payload)
-            if tenant is not None and data.get("tenant") != tenant:
-                continue
-            kind = "decision" if notice.channel == PG_CHANNEL else "transition"
-            yield Announcement(kind, data)
+    for notice in trust.pg_listen([PG_CHANNEL, trust.PG_CHANNEL], on_ready=on_ready):
+        data = json.loads(notice.payload)
+        if tenant is not None and data.get("tenant") != tenant:
+            continue
+        kind = "decision" if notice.channel == PG_CHANNEL else "transition"
+        yield Announcement(kind, data)

@@ -236,11 +236,16 @@ def _notify(
     in commit order."""
     records = [TransitionRecord.of(row, asset) for row in rows]
     for record in records:
-        session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": PG_CHANNEL, "payload": record.as_message()},
-        )
+        pg_notify(session, PG_CHANNEL, record.as_message())
     return records
+
+
+def pg_notify(session: Session, channel: str, payload: str) -> None:
+    """Announce ``payload`` on a PostgreSQL channel from inside the transaction: listeners hear
+    it only if the transaction commits, in commit order. Payloads must stay under 8000 bytes."""
+    session.execute(
+        text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
+    )
 
 
 def apply_move(
@@ -450,19 +455,28 @@ def listen(
 ) -> Iterator[TransitionRecord]:
     """Transitions as they commit, from PostgreSQL LISTEN, forever (the caller stops).
     ``on_ready`` is called once the LISTEN is in place: nothing committed after it is missed."""
+    for notice in pg_listen([PG_CHANNEL], on_ready=on_ready):
+        record = TransitionRecord.from_message(notice.payload)
+        if tenant is None or record.tenant == tenant:
+            yield record
+
+
+def pg_listen(
+    channels: Sequence[str], *, on_ready: Callable[[], None] | None = None
+) -> Iterator[psycopg.Notify]:
+    """Notifications on PostgreSQL ``channels`` as they commit, forever (the caller stops).
+    ``on_ready`` is called once every LISTEN is in place: nothing committed after is missed."""
     conninfo = (
         make_url(get_settings().database_url)
         .set(drivername="postgresql")
         .render_as_string(hide_password=False)
     )
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"LISTEN {PG_CHANNEL}")
+        for channel in channels:
+            conn.execute(f"LISTEN {channel}")
         if on_ready is not None:
             on_ready()
-        for notice in conn.notifies():
-            record = TransitionRecord.from_message(notice.payload)
-            if tenant is None or record.tenant == tenant:
-                yield record
+        yield from conn.notifies()
 
 
 def subscribe(
