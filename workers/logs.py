@@ -53,7 +53,9 @@ def configure_logging(level: str | None = None, json: bool | None = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (the line and its newline together): pool processes share the
+        # worker's stderr, and print()'s separate newline let their lines interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         # Two lines per job on the hot path: resolve the processor chain once.
         cache_logger_on_first_use=True,
     )
