@@ -62,6 +62,9 @@ from tasks.remediation.executors.sandbox import (
     _engine_address,
     _engine_errors,
     _explain,
+    kill_container,
+    remove_container,
+    wait_for_exit,
 )
 from workers.errors import DrydockError, FieldProblem, TransientError, field_problems, list_problems
 
@@ -84,9 +87,6 @@ _OUTPUT_TAIL_LINES = 200
 LABEL_PREFIX = "io.drydock.evaluation."
 SUITE_LABEL = LABEL_PREFIX + "suite"
 IMAGE_LABEL = LABEL_PREFIX + "image"
-
-# Seconds a killed container gets to be reported dead before its output is read anyway.
-_KILL_WAIT_SECONDS = 10.0
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Drydock sets these itself (the digest, the tier, the image); a suite may not pass off its own.
@@ -535,11 +535,11 @@ def _run_container(
         except docker.errors.APIError as exc:
             # E.g. the program is not in the image ("executable file not found").
             return not_run(f"the suite's container did not start: {_explain(exc)}")
-        exit_code = _wait(container, started + suite.timeout_seconds)
+        exit_code = wait_for_exit(container, started + suite.timeout_seconds)
         duration_ms = (time.monotonic() - started) * 1000
         timed_out = exit_code is None
         if timed_out:
-            _kill(container)
+            kill_container(container)
         problems: list[str] = []
         checks: list[CheckResult] = []
         if suite.results == "jsonl":
@@ -571,54 +571,10 @@ def _run_container(
             problems=tuple(problems),
         )
     finally:
-        _remove(container)
-
-
-def _wait(container: Any, deadline: float) -> int | None:
-    """The suite's exit code, or None when ``deadline`` (time.monotonic()) passed first."""
-    import requests.exceptions
-
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            status = container.wait(timeout=remaining)
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-            # Over a unix socket a read timeout arrives as a ConnectionError: ask the engine
-            # again (an engine that went away fails that as unreachable).
-            container.reload()
-            continue
-        return int(status["StatusCode"])
-
-
-def _kill(container: Any) -> None:
-    import docker.errors
-    import requests.exceptions
-
-    # 409: it ended on its own between the deadline and the kill.
-    with contextlib.suppress(docker.errors.APIError):
-        container.kill()
-    with contextlib.suppress(requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-        container.wait(timeout=_KILL_WAIT_SECONDS)
-
-
-def _remove(container: Any) -> None:
-    """Remove the container, never raising: this runs while another error (the engine gone,
-    the task cancelled) may be on its way up, which must not be masked."""
-    import docker.errors
-
-    try:
-        container.remove(force=True, v=True)
-    except docker.errors.NotFound:
-        pass
-    except Exception as exc:
-        from workers.logs import get_logger
-
-        get_logger(action="evaluation.suite.remove_failed").warning(
-            "an evaluation suite container could not be removed",
-            container=container.id,
-            error=str(exc),
+        remove_container(
+            container,
+            log_action="evaluation.suite.remove_failed",
+            message="an evaluation suite container could not be removed",
         )
 
 

@@ -34,6 +34,7 @@ import re
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,9 +428,9 @@ class _DockerSandboxExecutor:
             except docker.errors.APIError as exc:
                 # E.g. the program is not in the image ("executable file not found").
                 return failed(f"the step's container did not start: {_explain(exc)}")
-            exit_code = self._wait(container, run)
+            exit_code = wait_for_exit(container, run.deadline)
             if exit_code is None:
-                self._kill(container)
+                kill_container(container)
             stdout = _decode(container.logs(stdout=True, stderr=False))
             stderr = _decode(container.logs(stdout=False, stderr=True))
             if exit_code is None:
@@ -450,52 +451,11 @@ class _DockerSandboxExecutor:
                 error=error,
             )
         finally:
-            self._remove(container)
-
-    def _wait(self, container: Any, run: RunContext) -> int | None:
-        """The step's exit code, or None when the run's time ran out first."""
-        import requests.exceptions
-
-        while True:
-            remaining = run.remaining()
-            if remaining <= 0:
-                return None
-            try:
-                status = container.wait(timeout=remaining)
-            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-                # Over a unix socket a read timeout arrives as a ConnectionError: ask the engine
-                # again (an engine that went away fails that with ExecutorUnavailableError).
-                container.reload()
-                continue
-            return int(status["StatusCode"])
-
-    def _kill(self, container: Any) -> None:
-        import docker.errors
-        import requests.exceptions
-
-        # 409: it ended on its own between the deadline and the kill.
-        with contextlib.suppress(docker.errors.APIError):
-            container.kill()
-        with contextlib.suppress(requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-            container.wait(timeout=_KILL_WAIT_SECONDS)
-
-    def _remove(self, container: Any) -> None:
-        """Remove the container, never raising: this runs while another error (the engine gone,
-        the task cancelled) may be on its way up, which must not be masked."""
-        import docker.errors
-
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as exc:
-            from workers.logs import get_logger
-
-            get_logger(action="remediation.sandbox.remove_failed").warning(
-                "a remediation sandbox container could not be removed",
-                container=container.id,
+            remove_container(
+                container,
+                log_action="remediation.sandbox.remove_failed",
+                message="a remediation sandbox container could not be removed",
                 engine=self.engine_address,
-                error=str(exc),
             )
 
     def _labels(self, target: Target, run: RunContext) -> dict[str, str]:
@@ -725,3 +685,53 @@ def build_sandbox_image(
         finally:
             client.close()
     return str(image.id)
+
+
+# ---- containers run to a deadline (here and by tasks.evaluation.suite) -------------------------
+
+
+def wait_for_exit(container: Any, deadline: float) -> int | None:
+    """The container's exit code, or None when ``deadline`` (time.monotonic()) passed first."""
+    import requests.exceptions
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        try:
+            status = container.wait(timeout=remaining)
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+            # Over a unix socket a read timeout arrives as a ConnectionError: ask the engine
+            # again (an engine that went away fails that as unreachable).
+            container.reload()
+            continue
+        return int(status["StatusCode"])
+
+
+def kill_container(container: Any) -> None:
+    import docker.errors
+    import requests.exceptions
+
+    # 409: it ended on its own between the deadline and the kill.
+    with contextlib.suppress(docker.errors.APIError):
+        container.kill()
+    with contextlib.suppress(requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+        container.wait(timeout=_KILL_WAIT_SECONDS)
+
+
+def remove_container(container: Any, *, log_action: str, message: str, **context: Any) -> None:
+    """Remove the container (and its anonymous volumes), never raising: this runs while another
+    error (the engine gone, the task cancelled) may be on its way up, which must not be masked.
+    A failure is logged as ``message`` under ``log_action``, with ``context``."""
+    import docker.errors
+
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except Exception as exc:
+        from workers.logs import get_logger
+
+        get_logger(action=log_action).warning(
+            message, container=container.id, error=str(exc), **context
+        )
