@@ -36,7 +36,7 @@ import requests.exceptions
 from docker.utils import parse_repository_tag
 
 from tasks.builds.platforms import Platform
-from tasks.pushes.credentials import RegistryCredential
+from tasks.pushes.credentials import RegistryCredential, engine_auth_config
 from tasks.pushes.errors import classify_push_failure
 from workers.errors import DrydockError, TransientError
 from workers.settings import Settings
@@ -436,16 +436,7 @@ class DockerBackend:
             self.tag(image, target)
         repository, tag = parse_repository_tag(target)
         registry = _registry_host(repository)
-        # Exactly this credential, or none at all: the engine's own stored logins are not used.
-        auth: dict[str, str] = (
-            {
-                "username": credential.username,
-                "password": credential.password,
-                "serveraddress": registry,
-            }
-            if credential is not None
-            else {}
-        )
+        auth = engine_auth_config(credential, registry)
         had_credentials = credential is not None
         progress: dict[str, int] = {}
         pushed: set[str] = set()

@@ -44,7 +44,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -55,6 +55,7 @@ from tasks.evaluation.results import (
     parse_json_lines,
     parse_junit,
 )
+from tasks.pushes.credentials import RegistryCredential, engine_auth_config
 from tasks.remediation.executors.base import ExecutorUnavailableError
 from tasks.remediation.executors.sandbox import (
     _connect,
@@ -67,9 +68,6 @@ from tasks.remediation.executors.sandbox import (
     wait_for_exit,
 )
 from workers.errors import DrydockError, FieldProblem, TransientError, field_problems, list_problems
-
-if TYPE_CHECKING:
-    from tasks.pushes.credentials import RegistryCredential
 
 EVAL_DIR = "/eval"
 RESULTS_DIR = "/results"
@@ -411,16 +409,7 @@ def _image_id(
     with contextlib.suppress(docker.errors.ImageNotFound):
         return str(client.images.get(image_ref).id)
     registry = repository.split("/", 1)[0]
-    # Exactly this credential, or none at all: the engine's own stored logins are not used.
-    auth: dict[str, str] = (
-        {
-            "username": credential.username,
-            "password": credential.password,
-            "serveraddress": registry,
-        }
-        if credential is not None
-        else {}
-    )
+    auth = engine_auth_config(credential, registry)
     had_credentials = credential is not None
     try:
         stream = client.api.pull(repository, tag=digest, stream=True, decode=True, auth_config=auth)

@@ -45,6 +45,18 @@ class RegistryCredential:
     expires_at: datetime | None = field(default=None, compare=False)
 
 
+def engine_auth_config(credential: RegistryCredential | None, registry: str) -> dict[str, str]:
+    """The Docker Engine API's auth_config for a push or pull: exactly this credential, or none
+    at all, so the engine's own stored logins are never used."""
+    if credential is None:
+        return {}
+    return {
+        "username": credential.username,
+        "password": credential.password,
+        "serveraddress": registry,
+    }
+
+
 class CredentialUnavailableError(TransientError):
     """The provider could not give credentials now (a helper failed or timed out)."""
 
