@@ -109,11 +109,11 @@ class PlacementRequest:
 def placement_facts(session: Session, request: PlacementRequest, now: datetime) -> PlacementFacts:
     asset = _maybe_asset(session, request.asset, request.tenant)
     accelerators: list[AssetFacts] = []
-    unknown: list[uuid.UUID] = []
+    unknown: list[str] = []
     for ref in request.accelerators:
         found = _maybe_asset(session, ref, request.tenant)
         if found is None:
-            unknown.append(_uuid_or_nil(ref))
+            unknown.append(ref)
         else:
             accelerators.append(asset_facts(found))
     cert = evaluation.latest_certification(session, request.digest, request.tier)
@@ -177,13 +177,6 @@ def _maybe_asset(session: Session, ref: str, tenant: str | None) -> TrustAsset |
         return None
 
 
-def _uuid_or_nil(ref: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(ref)
-    except ValueError:
-        return uuid.UUID(int=0)
-
-
 def record_decision(
     session: Session,
     kind: PolicyDecisionKind,
@@ -231,7 +224,6 @@ def decision_message(row: PolicyDecision) -> str:
     message = decision_json(row)
     # NOTIFY payloads must stay under 8000 bytes; the row keeps everything.
     message["gates"] = [{**g, "reason": str(g.get("reason", ""))[:300]} for g in message["gates"]]
-    message["request"] = {k: v for k, v in message["request"].items() if k != "payload"}
     return json.dumps(message, separators=(",", ":"))
 
 

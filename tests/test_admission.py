@@ -262,6 +262,9 @@ def test_enqueue_with_an_unknown_target_is_refused(fleet: WorkerProcess) -> None
     missing = uuid.uuid4()
     with pytest.raises(AdmissionRefusedError, match=f"no target asset {missing}"):
         enqueue("builds.canary", {}, target_asset=str(missing))
+    # By name too: a target that names nothing is refused, never taken as no target.
+    with pytest.raises(AdmissionRefusedError, match="no target asset acme/ghost"):
+        enqueue("builds.canary", {}, target_asset="acme/ghost")
     assert job_count() == 0
 
 

@@ -158,7 +158,7 @@ def test_admission_rules() -> None:
 
     protected = asset(protected=True)
     bound = AdmissionFacts(
-        task_name="builds.canary", tenant="acme", target_id=protected.id, target=protected
+        task_name="builds.canary", tenant="acme", target_ref="node-1", target=protected
     )
     assert [g.name for g in decide_admission(bound).failing] == [GateName.PROTECTED_TARGET]
     assert decide_admission(replace(bound, token=TokenCheck.VALID)).allowed
@@ -170,8 +170,8 @@ def test_admission_rules() -> None:
     )
     quarantined = replace(bound, target=asset(state="quarantined"), token=TokenCheck.VALID)
     assert [g.name for g in decide_admission(quarantined).failing] == [GateName.TARGET_TRUST]
-    missing = AdmissionFacts(task_name="builds.canary", tenant=None, target_id=uuid.UUID(int=5))
-    assert decide_admission(missing).failing[0].reason == f"no target asset {uuid.UUID(int=5)}"
+    missing = AdmissionFacts(task_name="builds.canary", tenant=None, target_ref="acme/ghost")
+    assert decide_admission(missing).failing[0].reason == "no target asset acme/ghost"
 
 
 def test_evaluation_host_must_be_named_and_trusted() -> None:

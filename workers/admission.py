@@ -124,16 +124,13 @@ def admit(
     """Decide whether the job may be enqueued; record the decision when there was something to
     decide. Raises AdmissionRefusedError (after recording) when refused. The caller's session
     commits the recorded decision with the job; a refusal is recorded in its own transaction."""
-    target_id: uuid.UUID | None = None
+    target_ref = str(target) if target is not None else None
     target_facts = None
-    if target is not None:
+    if target_ref is not None:
         try:
-            asset = trust.find_asset(session, str(target), tenant)
+            target_facts = policy_store.asset_facts(trust.find_asset(session, target_ref, tenant))
         except NotFoundError:
-            target_id = _uuid_or_nil(target)
-        else:
-            target_id = asset.id
-            target_facts = policy_store.asset_facts(asset)
+            target_facts = None
     token_check, problem = TokenCheck.NONE, ""
     if approval_token and target_facts is not None:
         problem = (
@@ -150,7 +147,7 @@ def admit(
         task_name=task_name,
         tenant=tenant,
         rules=policy_store.tenant_rules(session, tenant),
-        target_id=target_id,
+        target_ref=target_ref,
         target=target_facts,
         token=token_check,
         token_problem=problem,
@@ -158,7 +155,7 @@ def admit(
     decision = decide_admission(facts)
     request = {
         "task_name": task_name,
-        "target": str(target) if target is not None else None,
+        "target": target_ref,
         "approval_token": "presented" if approval_token else None,
     }
     if not decision.allowed:
@@ -187,11 +184,4 @@ def admit(
             actor=actor,
             job_id=job_id,
         ).id
-    return Admission(decision, decision_id, tenant, target_id)
-
-
-def _uuid_or_nil(ref: str | uuid.UUID) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(ref))
-    except ValueError:
-        return None
+    return Admission(decision, decision_id, tenant, target_facts.id if target_facts else None)

@@ -133,8 +133,8 @@ class PlacementFacts:
     # None: no such asset.
     asset: AssetFacts | None
     accelerators: tuple[AssetFacts, ...] = ()
-    # Accelerator ids asked for that do not exist.
-    unknown_accelerators: tuple[uuid.UUID, ...] = ()
+    # Accelerators asked for (id or name) that do not exist.
+    unknown_accelerators: tuple[str, ...] = ()
     # The newest evaluation of the digest at the tier; None: never evaluated.
     certification: CertificationFacts | None = None
     # Ids of the asset's pending, queued or running remediation runs.
@@ -264,8 +264,9 @@ class AdmissionFacts:
     task_name: str
     tenant: str | None
     rules: TenantRules = field(default_factory=TenantRules)
-    # The asset the job is bound to, if any (None with target_id set: no such asset).
-    target_id: uuid.UUID | None = None
+    # The asset the job is bound to, as the caller named it (id or name), and what it names:
+    # None with a reference given means no such asset.
+    target_ref: str | None = None
     target: AssetFacts | None = None
     token: TokenCheck = TokenCheck.NONE
     # Why a presented token was refused (forged, expired, another task or asset...).
@@ -293,10 +294,10 @@ def _task_kind(facts: AdmissionFacts) -> Gate:
 
 def _target_trust(facts: AdmissionFacts) -> Gate:
     name = GateName.TARGET_TRUST
-    if facts.target_id is None:
+    if facts.target_ref is None:
         return Gate(name, True, "no target asset")
     if facts.target is None:
-        return Gate(name, False, f"no target asset {facts.target_id}")
+        return Gate(name, False, f"no target asset {facts.target_ref}")
     if facts.tenant is not None and facts.target.tenant != facts.tenant:
         return Gate(name, False, f"{facts.target.label} is not an asset of tenant {facts.tenant}")
     if facts.target.state == "quarantined":
