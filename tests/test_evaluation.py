@@ -345,20 +345,7 @@ def test_stale_evidence_denies_a_placement_and_names_the_reason(
         assert stale is not None and stale.status == "stale"
 
     # A fresh evaluation makes the same placement allowed; a quarantined target denies it.
-    with session_scope() as session:
-        session.add(
-            Job(id=(fresh_job := uuid.uuid4()), task_name="evaluation.refresh_certification",
-                queue="evaluation", payload={}, status="succeeded")
-        )  # fmt: skip
-        session.flush()
-        evaluation.record_evaluation(
-            session,
-            evaluation.Evaluation(
-                job_id=fresh_job, digest=evaluation_image.digest, tier="standard",
-                host=evaluation_image.host, repository=evaluation_image.repository,
-                passed=True, evidence=[], summary="ok", evaluated_at=datetime.now(UTC),
-            ),
-        )  # fmt: skip
+    _certified("standard", evaluation_image, datetime.now(UTC))
     with session_scope() as session:
         assert policy_store.decide_placement(session, request, actor="test").allowed
     move_to(target, S.QUARANTINED)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from models import anomaly, evaluation, trust
 from models import credentials as credential_store
 from models import policy as policy_store
@@ -99,7 +101,7 @@ def refresh_certification(payload: RefreshCertificationPayload, ctx: JobContext)
     }
 
 
-def _host_decision(session: Any, configured: str | None, ctx: JobContext) -> Decision:
+def _host_decision(session: Session, configured: str | None, ctx: JobContext) -> Decision:
     """Judge this worker's host and record the decision, whichever way it goes."""
     host = None
     if configured is not None:
