@@ -220,16 +220,21 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
 
 
 @dataclass
-class WorkerProcess:
+class ChildProcess:
+    """A `drydock` process a test started in its own process group, logging to a file."""
+
     proc: subprocess.Popen[bytes]
     log_path: Path
-    hostname: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def kill(self) -> None:
-        """SIGKILL the worker and its pool processes: no warm shutdown, no acks."""
+        """SIGKILL the process and its children: no warm shutdown, no acks, no lock released."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -241,6 +246,11 @@ class WorkerProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class WorkerProcess(ChildProcess):
+    hostname: str
 
 
 def start_worker(

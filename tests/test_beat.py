@@ -8,10 +8,8 @@ its messages on that queue's Redis list, and each message names the process that
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from tests.conftest import PRIVATE_QUEUE
+from tests.conftest import PRIVATE_QUEUE, ChildProcess
 from workers.heartbeat import BEAT_KEY, BEAT_KEY_PREFIX, HeartbeatScheduler, last_beat_tick
 from workers.settings import Settings, get_settings
 
@@ -52,31 +50,8 @@ def beat_environment(canary_interval: int) -> dict[str, str]:
     }
 
 
-@dataclass
-class BeatProcess:
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, so the lock stays until it expires."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+class BeatProcess(ChildProcess):
+    """A `drydock beat`; kill() leaves its lock in Redis until it expires."""
 
 
 @dataclass(frozen=True)
