@@ -22,7 +22,7 @@ from models.db import session_scope
 from models.tables import Job
 from tasks.catalog import TaskSpec, spec_for
 from workers import dead_letter
-from workers.admission import admit
+from workers.admission import admit, unbound
 from workers.app import app
 from workers.errors import (
     BrokerUnavailableError,
@@ -99,6 +99,9 @@ def enqueue(
     named = prepared.payload.get("tenant")
     acting_for = tenant if tenant is not None else named if isinstance(named, str) else None
     job_id = job_id or uuid.uuid4()
+    # Most jobs act for no tenant and name no target: their admission is settled without a
+    # read, and goes into the job's insert.
+    settled = unbound(task_name) if acting_for is None and target_asset is None else None
     with session_scope() as session:
         job, created = job_store.create_job(
             session,
@@ -110,6 +113,7 @@ def enqueue(
                 sealed_secrets=prepared.sealed,
                 idempotency_key=idempotency_key,
                 enqueued_by=enqueued_by,
+                policy_context=settled.context() if settled is not None else None,
             ),
         )
         if not created:
@@ -119,19 +123,20 @@ def enqueue(
                     f"({job.task_name}) with a different task or payload"
                 )
             return _enqueued(job, created=False)
-        # After the insert, so the decision names the job; a refusal rolls the job back.
-        admission = admit(
-            session,
-            task_name=task_name,
-            tenant=acting_for,
-            target=target_asset,
-            approval_token=approval_token,
-            actor=enqueued_by,
-            job_id=job_id,
-        )
-        job.tenant = acting_for
-        job.target_asset_id = admission.target_asset_id
-        job.policy_context = admission.context()
+        if settled is None:
+            # After the insert, so the decision names the job; a refusal rolls the job back.
+            admission = admit(
+                session,
+                task_name=task_name,
+                tenant=acting_for,
+                target=target_asset,
+                approval_token=approval_token,
+                actor=enqueued_by,
+                job_id=job_id,
+            )
+            job.tenant = acting_for
+            job.target_asset_id = admission.target_asset_id
+            job.policy_context = admission.context()
     _send_or_forget(prepared, job_id)
     get_logger(job_id=str(job_id), task=task_name, queue=prepared.spec.queue).info(
         "job.enqueued", action="enqueued", enqueued_by=enqueued_by, tenant=acting_for

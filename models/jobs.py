@@ -49,6 +49,9 @@ class NewJob:
     idempotency_key: str | None = None
     enqueued_by: str | None = None
     replay_of: uuid.UUID | None = None
+    tenant: str | None = None
+    target_asset_id: uuid.UUID | None = None
+    policy_context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ def create_job(session: Session, job: NewJob) -> tuple[Job, bool]:
             idempotency_key=job.idempotency_key,
             enqueued_by=job.enqueued_by,
             replay_of=job.replay_of,
+            tenant=job.tenant,
+            target_asset_id=job.target_asset_id,
+            policy_context=job.policy_context,
             status=JobStatus.QUEUED.value,
         )
         # Either unique column may collide: the idempotency key (a second enqueue) or the id (two

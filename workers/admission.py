@@ -111,6 +111,14 @@ def check_token(token: str, *, asset_id: uuid.UUID, task_name: str, tenant: str)
     return None
 
 
+def unbound(task_name: str) -> Admission:
+    """The admission of a job acting for no tenant and bound to no asset: every gate passes
+    with nothing to read and nothing to record, so the job row carries it from its insert."""
+    return Admission(
+        decide_admission(AdmissionFacts(task_name=task_name, tenant=None)), None, None, None
+    )
+
+
 def admit(
     session: Session,
     *,
