@@ -17,6 +17,7 @@ from rich.table import Table
 
 from drydock.cli_builds import builds_app, registry_app, retention_app
 from drydock.cli_evaluation import admission_app, evaluation_app, policy_app
+from drydock.cli_probes import drain, probe_app
 from drydock.cli_remediation import playbooks_app, remediation_app
 from drydock.cli_text import current_operator, parse_duration, when
 from drydock.cli_trust import attest_app, trust_app
@@ -45,6 +46,8 @@ app.add_typer(evaluation_app, name="evaluation")
 app.add_typer(policy_app, name="policy")
 app.add_typer(admission_app, name="admission")
 app.add_typer(remediation_app, name="remediation")
+app.add_typer(probe_app, name="probe")
+app.command()(drain)
 
 out = Console()
 err = Console(stderr=True)

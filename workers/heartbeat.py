@@ -8,15 +8,22 @@ leaves it to age, and health reports it lost until ``worker_forget_seconds`` exp
 Beat records the time of each scheduler tick; Drydock caps the tick interval at the heartbeat
 interval so a quiet schedule still beats. Only the Beat holding the schedule's lock ticks (see
 ``HeartbeatScheduler``), so the tick says that schedules fire, not merely that a Beat runs.
+
+With ``heartbeat_file`` set, each worker and Beat also write their heartbeat to a local file on
+every beat, whether or not Redis took it: container probes (``drydock probe``) and the preStop
+hook (``drydock drain``) read it without a network round trip, so a broker outage makes workers
+unready rather than killing them all.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 import redis
@@ -112,6 +119,96 @@ def last_beat_tick(client: redis.Redis[bytes]) -> float | None:
     return None if raw is None else float(raw)
 
 
+# ---- the local heartbeat file, for probes and drain ----
+
+
+@dataclass(frozen=True)
+class LocalHeartbeat:
+    """What a worker or Beat last wrote to its heartbeat file."""
+
+    role: Literal["worker", "beat"]
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    # Jobs the worker received and has not finished: running, or prefetched and waiting for a
+    # pool process. Drain waits for none, since a prefetched job also runs before shutdown.
+    held: int
+    written_at: float
+    # Did this beat reach Redis? A worker that cannot reach its broker takes no jobs.
+    broker_ok: bool
+
+    def as_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "role": self.role,
+                "hostname": self.hostname,
+                "pid": self.pid,
+                "queues": list(self.queues),
+                "held": self.held,
+                "written_at": self.written_at,
+                "broker_ok": self.broker_ok,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LocalHeartbeat:
+        data = orjson.loads(raw)
+        role = data["role"]
+        if role not in ("worker", "beat"):
+            raise ValueError(f"unknown role {role!r}")
+        return cls(
+            role=role,
+            hostname=str(data["hostname"]),
+            pid=int(data["pid"]),
+            queues=tuple(str(q) for q in data["queues"]),
+            held=int(data["held"]),
+            written_at=float(data["written_at"]),
+            broker_ok=bool(data["broker_ok"]),
+        )
+
+
+def write_local_heartbeat(path: str, beat: LocalHeartbeat) -> None:
+    """Replace the file atomically: a probe never reads half a record."""
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        partial.write_bytes(beat.as_json())
+        os.replace(partial, target)
+    except OSError as exc:
+        # A probe will report the stale file; the worker itself keeps working.
+        get_logger().warning("heartbeat.file_failed", path=path, error=str(exc))
+
+
+def read_local_heartbeat(path: str) -> LocalHeartbeat:
+    """The last record, or ValueError saying why there is none to read."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"no heartbeat file at {path} (not started yet, or stopped)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read heartbeat file {path}: {exc}") from None
+    try:
+        return LocalHeartbeat.from_json(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"heartbeat file {path} is not a heartbeat record: {exc}") from None
+
+
+def probe_problem(
+    beat: LocalHeartbeat, *, now: float, stale_after: float, need_broker: bool
+) -> str | None:
+    """Why a probe fails, or None when it passes. Liveness asks only that the event loop still
+    beats; readiness also asks that the last beat reached the broker."""
+    age = now - beat.written_at
+    if age > stale_after:
+        return (
+            f"{beat.role} {beat.hostname} last beat {age:.0f}s ago (more than {stale_after:g}s): "
+            "its event loop is wedged or it stopped"
+        )
+    if need_broker and not beat.broker_ok:
+        return f"{beat.role} {beat.hostname} cannot reach the broker"
+    return None
+
+
 class WorkerHeartbeat(bootsteps.StartStopStep):
     """Consumer bootstep: beat every ``heartbeat_seconds`` on the consumer's timer."""
 
@@ -167,11 +264,26 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             started_at=self._started_at,
             last_heartbeat=time.time(),
         )
+        broker_ok = True
         try:
             record_worker(self._client, beat, keep_seconds=settings.worker_forget_seconds)
         except redis.RedisError as exc:
             # The broker is down: the worker cannot take jobs either, and health will say so.
             get_logger().warning("worker.heartbeat_failed", error=str(exc))
+            broker_ok = False
+        if settings.heartbeat_file:
+            write_local_heartbeat(
+                settings.heartbeat_file,
+                LocalHeartbeat(
+                    role="worker",
+                    hostname=beat.hostname,
+                    pid=beat.pid,
+                    queues=beat.queues,
+                    held=len(state.reserved_requests),
+                    written_at=beat.last_heartbeat,
+                    broker_ok=broker_ok,
+                ),
+            )
 
 
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is untyped
@@ -200,12 +312,28 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
         # then is the tick recorded, so a Beat without the lock never looks like it fired.
         delay: float = super().tick(*args, **kwargs)
         settings = get_settings()
+        now = time.time()
+        broker_ok = True
         try:
             if self._heartbeat_client is None:
                 self._heartbeat_client = redis_client(settings)
             record_beat_tick(
-                self._heartbeat_client, at=time.time(), keep_seconds=settings.worker_forget_seconds
+                self._heartbeat_client, at=now, keep_seconds=settings.worker_forget_seconds
             )
         except redis.RedisError as exc:
             get_logger().warning("beat.heartbeat_failed", error=str(exc))
+            broker_ok = False
+        if settings.heartbeat_file:
+            write_local_heartbeat(
+                settings.heartbeat_file,
+                LocalHeartbeat(
+                    role="beat",
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    queues=(),
+                    held=0,
+                    written_at=now,
+                    broker_ok=broker_ok,
+                ),
+            )
         return min(delay, settings.heartbeat_seconds)

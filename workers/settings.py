@@ -154,6 +154,14 @@ class Settings(BaseSettings):
             "a worker or Beat lost after three heartbeats are missed."
         ),
     )
+    heartbeat_file: str | None = Field(
+        None,
+        description=(
+            "Where `drydock worker` and `drydock beat` also write each heartbeat, for "
+            "`drydock probe` and `drydock drain` in the same container (the image sets "
+            "`/tmp/drydock-heartbeat.json`). Unset: no file is written."
+        ),
+    )
     worker_forget_seconds: Annotated[int, Field(ge=60)] = Field(
         3600,
         description=(
