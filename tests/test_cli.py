@@ -195,3 +195,12 @@ def test_commands_find_a_running_local_fleet_only_while_it_runs(
     description["supervisor_pid"] = 2**22 + 1  # above pid_max: no such process
     fleet_file.write_text(json.dumps(description))
     assert Settings().broker_url == Settings.model_fields["broker_url"].default
+
+
+def test_a_mistyped_option_gets_click_s_usage_error_and_exit_code_2() -> None:
+    # Typer carries its own copy of click: its usage errors must still read as usage errors.
+    result = drydock("worker", "--queues", "builds", "--concurency", "2")
+    assert result.returncode == 2
+    assert "No such option: --concurency (Possible options: --concurrency)" in result.stderr
+    assert "worker --help' for help." in result.stderr
+    assert "unexpected" not in result.stderr
