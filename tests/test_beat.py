@@ -24,7 +24,13 @@ import redis
 from pydantic import ValidationError
 
 from tests.conftest import PRIVATE_QUEUE, ChildProcess
-from workers.heartbeat import BEAT_KEY, BEAT_KEY_PREFIX, HeartbeatScheduler, last_beat_tick
+from workers.heartbeat import (
+    BEAT_KEY,
+    BEAT_KEY_PREFIX,
+    HeartbeatScheduler,
+    last_beat_tick,
+    read_local_heartbeat,
+)
 from workers.settings import Settings, get_settings
 
 pytestmark = pytest.mark.fleet
@@ -108,7 +114,7 @@ def broker(clean_state: None) -> Iterator[redis.Redis[bytes]]:
 def start_beat(broker: redis.Redis[bytes], tmp_path: Path) -> Iterator[Callable[..., BeatProcess]]:
     started: list[BeatProcess] = []
 
-    def start(canary_interval: int) -> BeatProcess:
+    def start(canary_interval: int, env: dict[str, str] | None = None) -> BeatProcess:
         log_path = tmp_path / f"beat-{len(started)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -116,7 +122,7 @@ def start_beat(broker: redis.Redis[bytes], tmp_path: Path) -> Iterator[Callable[
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, **beat_environment(canary_interval)},
+                env={**os.environ, **beat_environment(canary_interval), **(env or {})},
             )
         beat = BeatProcess(proc, log_path)
         started.append(beat)
@@ -180,22 +186,30 @@ def test_two_beats_fire_once_and_the_standby_takes_over_when_the_holder_dies(
 
 
 def test_a_beat_waiting_on_the_lock_neither_fires_nor_records_ticks(
-    broker: redis.Redis[bytes], start_beat: Callable[..., BeatProcess]
+    broker: redis.Redis[bytes], start_beat: Callable[..., BeatProcess], tmp_path: Path
 ) -> None:
     # Another Beat (elsewhere, say) holds the lock.
     broker.set(LOCK_KEY, "held-by-another-beat", px=60_000)
-    waiting = start_beat(canary_interval=1)
+    heartbeat_file = {"DRYDOCK_HEARTBEAT_FILE": str(tmp_path / "beat-heartbeat.json")}
+    probe_env = {**os.environ, **heartbeat_file}
+    waiting = start_beat(canary_interval=1, env=heartbeat_file)
     # Many of its would-be ticks (0.5 s apart) pass: health must not see it as firing.
     time.sleep(3)
     assert waiting.proc.poll() is None
     assert last_beat_tick(broker) is None
     assert fires(broker, 1) == []
+    # Nor does its container probe: a Beat that never ticks is not live (a startup probe
+    # must allow for the wait, see deploy/).
+    probe = [sys.executable, "-m", "drydock.cli", "probe", "live"]
+    assert subprocess.run(probe, env=probe_env, capture_output=True).returncode == 1
 
     # The lock is released: it takes it, fires and records its ticks.
     broker.delete(LOCK_KEY)
     poll(lambda: bool(fires(broker, 1)), "the waiting Beat did not fire", [waiting])
     poll(lambda: last_beat_tick(broker) is not None, "no tick was recorded", [waiting])
     assert {fire.pid for fire in fires(broker, 1)} == {waiting.pid}
+    assert subprocess.run(probe, env=probe_env, capture_output=True).returncode == 0
+    assert read_local_heartbeat(probe_env["DRYDOCK_HEARTBEAT_FILE"]).role == "beat"
 
 
 def test_a_beat_that_lost_its_lock_exits_instead_of_firing_alongside_the_new_holder(
