@@ -17,7 +17,7 @@ import time
 import typer
 from rich.console import Console
 
-from workers.heartbeat import LocalHeartbeat, probe_problem, read_local_heartbeat
+from workers.heartbeat_file import LocalHeartbeat, probe_problem, read_local_heartbeat
 from workers.settings import Settings, get_settings
 
 probe_app = typer.Typer(
@@ -133,8 +133,7 @@ def drain(
             return
         if time.monotonic() >= deadline:
             _say(
-                f"drain: {current.held} job(s) still held by {beat.hostname} after "
-                f"{budget:g}s",
+                f"drain: {current.held} job(s) still held by {beat.hostname} after {budget:g}s",
             )
             raise typer.Exit(1)
         time.sleep(DRAIN_POLL_SECONDS)

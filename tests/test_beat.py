@@ -29,8 +29,8 @@ from workers.heartbeat import (
     BEAT_KEY_PREFIX,
     HeartbeatScheduler,
     last_beat_tick,
-    read_local_heartbeat,
 )
+from workers.heartbeat_file import read_local_heartbeat
 from workers.settings import Settings, get_settings
 
 pytestmark = pytest.mark.fleet

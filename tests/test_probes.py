@@ -15,7 +15,7 @@ import pytest
 
 from drydock.client import enqueue
 from tests.conftest import WorkerProcess, wait_for_job
-from workers.heartbeat import LocalHeartbeat, probe_problem, read_local_heartbeat
+from workers.heartbeat_file import LocalHeartbeat, probe_problem, read_local_heartbeat
 
 NOW = 1_800_000_000.0
 
