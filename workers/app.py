@@ -32,6 +32,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": settings.restore_sweep_seconds,
             "unacked_restore_throttle": 1,
+            # Without a socket timeout a worker cut off from Redis blocks in a send (the event
+            # heartbeat's PUBLISH) until TCP gives up, minutes later: its event loop stops. With
+            # one, the send fails, Celery notices the lost broker and reconnects.
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            # A worker cut off while it held the restore lock would hold up every other worker's
+            # redelivery of lost jobs for kombu's default 300 s; a restore takes milliseconds.
+            "unacked_mutex_expire": 60,
         },
         # JSON only: pickle would let whoever can write to Redis run code on every worker.
         "task_serializer": "json",
