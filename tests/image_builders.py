@@ -98,7 +98,7 @@ def _unmount_under(directory: Path) -> None:
         subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
 
 
-def start_dockerd(url: str, directory: Path) -> DockerEngine:
+def start_dockerd(url: str, directory: Path, *, storage_driver: str = "vfs") -> DockerEngine:
     """A dockerd serving ``url`` (``unix://<path>``) with everything under ``directory``."""
     import docker
 
@@ -112,7 +112,7 @@ def start_dockerd(url: str, directory: Path) -> DockerEngine:
                 DOCKERD,
                 "--config-file",
                 str(config),
-                "--storage-driver=vfs",
+                f"--storage-driver={storage_driver}",
                 "--iptables=false",
                 "--bridge=none",
                 "--data-root",

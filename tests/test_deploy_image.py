@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PRIVATE_QUEUE, _missing, _register_stop, _state, wait_for_job
-from tests.image_builders import DOCKERD, DockerEngine
+from tests.image_builders import DOCKERD, DockerEngine, start_dockerd
 
 REPO = Path(__file__).resolve().parent.parent
 # The image's interpreter: Debian bookworm's python3 (3.11.2). The wheelhouse is resolved with
@@ -82,59 +82,15 @@ def _poll(check: Callable[[], bool], timeout: float, stop_if: Callable[[], bool]
 
 def _start_overlay_engine(directory: Path) -> DockerEngine:
     """A dockerd like the session's (no bridge, no iptables, its own roots) but on overlay2."""
-    import docker
-
     directory.mkdir(parents=True)
-    url = f"unix://{directory}/docker.sock"
-    config = directory / "daemon.json"
-    config.write_text("{}\n")
-    with open(directory / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                DOCKERD,
-                "--config-file",
-                str(config),
-                "--storage-driver=overlay2",
-                "--iptables=false",
-                "--bridge=none",
-                "--data-root",
-                str(directory / "root"),
-                "--exec-root",
-                str(directory / "exec"),
-                "--pidfile",
-                str(directory / "dockerd.pid"),
-                "-H",
-                url,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    engine = DockerEngine(url, directory, proc)
-
-    def answers() -> bool:
-        client = docker.APIClient(base_url=url, version="1.41", timeout=2)
-        try:
-            return bool(client.ping())
-        # Not listening yet (requests' errors are OSErrors).
-        except (OSError, docker.errors.DockerException):
-            return False
-        finally:
-            client.close()
-
     try:
-        started = _poll(answers, 60, stop_if=lambda: proc.poll() is not None)
-    except BaseException:
-        engine.stop()
+        return start_dockerd(
+            f"unix://{directory}/docker.sock", directory, storage_driver="overlay2"
+        )
+    except RuntimeError as exc:
+        if "overlay" in (directory / "dockerd.log").read_text(errors="replace"):
+            _missing(f"a Docker engine on overlay2 storage:\n{str(exc)[-1500:]}")
         raise
-    if not started:
-        engine.stop()
-        log_text = engine.log()
-        if proc.returncode is not None and "overlay" in log_text:
-            _missing(f"a Docker engine on overlay2 storage:\n{log_text[-1500:]}")
-        raise RuntimeError(f"dockerd (overlay2) did not start:\n{log_text[-3000:]}")
-    return engine
 
 
 @pytest.fixture(scope="module")
