@@ -20,6 +20,7 @@ _EXPORTS = {
     "BrokerUnavailableError": "workers.errors",
     "DrydockError": "workers.errors",
     "PayloadInvalidError": "workers.errors",
+    "PayloadTooLargeError": "workers.errors",
     "UnknownTaskError": "workers.errors",
 }
 

@@ -36,6 +36,7 @@ from workers.logs import get_logger
 from workers.queues import ENQUEUED_AT_HEADER
 from workers.redaction import REDACTED, restore_secrets, seal, split_secrets, unseal
 from workers.settings import get_settings
+from workers.storable import NUL_PROBLEM, check_storable
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
@@ -90,11 +91,20 @@ def enqueue(
     """Validate, admit, record and send one job. The same idempotency key (or ``job_id``) twice
     returns the first job and sends nothing.
 
+    Raises only its documented errors: ``UnknownTaskError``, ``PayloadInvalidError`` (each bad
+    field named, a NUL character included), ``PayloadTooLargeError`` (over
+    ``DRYDOCK_MAX_PAYLOAD_BYTES``), ``IdempotencyConflictError``, ``AdmissionRefusedError`` and
+    ``BrokerUnavailableError``.
+
     Admission (``workers.admission``): the job acts for ``tenant`` (else the payload's
     ``tenant`` field, if any) and is bound to ``target_asset`` (an asset id or ``tenant/name``),
     whose quarantine preempts it while it waits; a protected target needs ``approval_token``.
     A refusal raises AdmissionRefusedError and is recorded as a policy decision."""
     _check_key(task_name, idempotency_key)
+    _check_text_arguments(
+        task_name,
+        {"enqueued_by": enqueued_by, "tenant": tenant, "target_asset": target_asset},
+    )
     prepared = _prepare(task_name, payload)
     named = prepared.payload.get("tenant")
     acting_for = tenant if tenant is not None else named if isinstance(named, str) else None
@@ -211,6 +221,7 @@ def _prepare(task_name: str, payload: Mapping[str, Any]) -> _Prepared:
     spec = spec_for(task_name)
     normalized = validate_payload(task_name, payload)
     settings = get_settings()
+    check_storable(task_name, normalized, limit_bytes=settings.max_payload_bytes)
     redacted, secrets = split_secrets(normalized, settings.extra_secret_fields)
     sealed = None
     if secrets and settings.secret_key is not None:
@@ -270,6 +281,8 @@ def _original_payload(job: Job) -> dict[str, Any]:
 def _check_key(task_name: str, key: str | None) -> None:
     if key is None:
         return
+    if "\x00" in key:
+        raise PayloadInvalidError(task_name, [FieldProblem("idempotency_key", NUL_PROBLEM)])
     if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise PayloadInvalidError(
             task_name,
@@ -279,6 +292,18 @@ def _check_key(task_name: str, key: str | None) -> None:
                 )
             ],
         )
+
+
+def _check_text_arguments(task_name: str, arguments: Mapping[str, object]) -> None:
+    """The job's own fields (who, for whom, on what) are stored as text: a NUL character in one
+    would fail the insert with a database error instead of naming it."""
+    problems = [
+        FieldProblem(name, NUL_PROBLEM)
+        for name, value in arguments.items()
+        if isinstance(value, str) and "\x00" in value
+    ]
+    if problems:
+        raise PayloadInvalidError(task_name, problems)
 
 
 def _enqueued(job: Job, *, created: bool) -> EnqueuedJob:

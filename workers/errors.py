@@ -58,6 +58,20 @@ class PayloadInvalidError(DrydockError):
         return cls(task_name, field_problems(exc))
 
 
+class PayloadTooLargeError(DrydockError):
+    """A payload over ``DRYDOCK_MAX_PAYLOAD_BYTES`` (its JSON form). Never retried."""
+
+    def __init__(self, task_name: str, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"payload for {task_name} is {size_bytes} bytes as JSON, over the limit of "
+            f"{limit_bytes} bytes (DRYDOCK_MAX_PAYLOAD_BYTES); pass large data by reference "
+            "(a URL, a repository, a registry) instead"
+        )
+        self.task_name = task_name
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
 class BrokerUnavailableError(DrydockError):
     """The job could not be handed to Redis; it was not recorded, so it can be sent again."""
 

@@ -382,6 +382,13 @@ class Settings(BaseSettings):
             "stops renewing it; a second Beat waits on the lock and takes over after it."
         ),
     )
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = Field(
+        1024 * 1024,
+        description=(
+            "The largest payload a job may carry, in bytes of its JSON form: refused by "
+            "`enqueue` (PayloadTooLargeError), by the API (413) and by the worker (a dead letter)."
+        ),
+    )
     log_level: str = Field("INFO", description="Log level of workers and the CLI.")
     log_json: bool = Field(True, description="Log one JSON object per line (structlog).")
     extra_secret_fields: list[str] = Field(
