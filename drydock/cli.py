@@ -532,7 +532,8 @@ def dlq_list(
 
 @dlq_app.command("show")
 def dlq_show(job_id: str = typer.Argument(..., help="The dead job's id.")) -> None:
-    """One dead letter in full: error, traceback, payload (redacted)."""
+    """One dead letter in full: error, traceback, payload (redacted), and for a message refused
+    before it could run, the raw body and the id it carried."""
     from models import jobs as job_store
     from models.db import session_scope
 
@@ -546,6 +547,11 @@ def dlq_show(job_id: str = typer.Argument(..., help="The dead job's id.")) -> No
         out.print(f"dead-lettered {when(letter.dead_lettered_at)}")
         out.print(f"error {letter.error_class}: {letter.message}", markup=False)
         out.print(f"payload {json.dumps(letter.payload)}", markup=False)
+        if letter.message_id is not None:
+            out.print(f"message id {letter.message_id}", markup=False, highlight=False)
+        if letter.raw_body is not None:
+            # A message refused before it could run: its body as it came (capped, redacted).
+            out.print(f"raw body {letter.raw_body}", markup=False, highlight=False)
         if letter.replayed_at:
             out.print(
                 f"replayed {when(letter.replayed_at)} by {letter.replayed_by} "

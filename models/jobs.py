@@ -331,6 +331,59 @@ def record_dead_letter(
     return letter
 
 
+@dataclass(frozen=True)
+class RefusedMessage:
+    """A message taken from a queue that could not be run: what it said it was, and why not."""
+
+    job_id: uuid.UUID
+    task_name: str
+    queue: str
+    # The payload when it could be read and stored (redacted), else empty.
+    payload: dict[str, Any]
+    sealed_secrets: str | None
+    error_class: str
+    message: str
+    reason: str
+    raw_body: str | None
+    message_id: str | None
+
+
+def record_refused_message(
+    session: Session, refused: RefusedMessage, who: WorkerIdentity
+) -> DeadLetter | None:
+    """Dead-letter a message refused on its first delivery: its job row (made here when the
+    message skipped ``enqueue``), the ``failed`` and ``dead_lettered`` events, the dead letter
+    with the raw body. None when the job already has an outcome (a redelivery of a message
+    already refused, or a malformed copy of a job that finished)."""
+    create_job(
+        session,
+        NewJob(
+            id=refused.job_id,
+            task_name=refused.task_name,
+            queue=refused.queue,
+            payload=refused.payload,
+            sealed_secrets=refused.sealed_secrets,
+            enqueued_by="broker-message",
+        ),
+    )
+    letter = record_dead_letter(
+        session,
+        refused.job_id,
+        0,
+        who,
+        error_class=refused.error_class,
+        message=refused.message,
+        traceback=None,
+        reason=refused.reason,
+        latency_ms=None,
+    )
+    if letter is not None:
+        letter.raw_body = refused.raw_body
+        letter.message_id = refused.message_id
+        session.flush()
+    return letter
+
+
 def _event(
     session: Session,
     job_id: uuid.UUID,

@@ -166,6 +166,10 @@ class DeadLetter(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     attempts: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(30))
+    # A message refused before it could run (not readable, an unknown task, a payload that
+    # cannot be stored): its body as it came, capped and redacted, and the id it carried.
+    raw_body: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(200))
     dead_lettered_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -27,6 +27,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
+        # kombu's Redis transport, but an item in a queue that is not a message envelope is
+        # turned into one carrying it, instead of killing the worker (workers.broker); and the
+        # consumer dead-letters every message it cannot run (workers.intake).
+        "broker_transport": "workers.broker:GuardedRedisTransport",
+        "worker_consumer": "workers.intake:GuardedConsumer",
         # Redis redelivers an unacknowledged message after this long; see Settings for the rule.
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
