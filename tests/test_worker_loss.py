@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,7 +14,16 @@ from sqlalchemy import select
 from drydock.client import enqueue
 from models.db import session_scope
 from models.tables import Job, JobEvent
-from tests.conftest import TEST_VISIBILITY_TIMEOUT, WorkerProcess, wait_for_job
+from tests.conftest import (
+    PRIVATE_QUEUE as PRIVATE,
+)
+from tests.conftest import (
+    TEST_TIME_LIMIT,
+    TEST_VISIBILITY_TIMEOUT,
+    WorkerProcess,
+    wait_for_job,
+)
+from workers.queues import WORK_QUEUES
 
 pytestmark = pytest.mark.fleet
 
@@ -44,7 +54,8 @@ def test_a_worker_killed_mid_job_gives_the_job_back_and_it_completes_once(
     doomed.kill()  # SIGKILL to the whole worker: no warm shutdown, no ack
 
     rescuer = worker_factory("rescuer")
-    # Redis hands the unacknowledged message out again once the visibility timeout passes.
+    # The orphan sweep gives the message back once the dead worker's heartbeat is older than
+    # DRYDOCK_ORPHAN_AFTER_SECONDS (the visibility timeout is only the backstop).
     row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT * 4)
     assert row.status == "succeeded"
     assert row.worker == rescuer.hostname
@@ -56,6 +67,57 @@ def test_a_worker_killed_mid_job_gives_the_job_back_and_it_completes_once(
     # Still exactly one outcome after the rescuer has had time to see any stray redelivery.
     time.sleep(2)
     assert outcome_events(job.id).count(("succeeded", 2)) == 1
+
+
+def test_a_dead_workers_job_is_back_long_before_the_visibility_timeout(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    """The sweep, not the visibility timeout: back within DRYDOCK_ORPHAN_AFTER_SECONDS (5 s in
+    the tests) plus a sweep, where the visibility timeout would take 32 s."""
+    doomed = worker_factory("doomed-early")
+    job = enqueue("remediation.canary", {"sleep_seconds": 1, "message": "come back"})
+    running = wait_until_running(job.id)
+    assert running.worker == doomed.hostname
+    doomed.kill()
+    killed_at = time.monotonic()
+
+    rescuer = worker_factory("rescuer-early")
+    row = wait_for_job(job.id, timeout=TEST_VISIBILITY_TIMEOUT - 4)
+    back_after = time.monotonic() - killed_at
+    assert row.status == "succeeded"
+    assert row.worker == rescuer.hostname
+    assert row.attempts == 2
+    assert back_after < TEST_VISIBILITY_TIMEOUT - 4
+    assert "job.orphan_requeued" in rescuer.log() + _session_worker_log()
+
+
+def _session_worker_log() -> str:
+    """Whichever worker held the sweep's lock logged the requeue: perhaps the session's."""
+    from tests.conftest import _state
+
+    return "".join(
+        path.read_text(errors="replace") for path in _state["base"].glob("worker-shared-*.log")
+    )
+
+
+def test_a_live_workers_long_job_is_not_taken_from_it(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    """A job running longer than DRYDOCK_ORPHAN_AFTER_SECONDS on a worker that beats is its
+    own: no second attempt, though another worker is idle on the same queue."""
+    limits = json.dumps(
+        {**dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT), "builds": 30, "pushes": 30, PRIVATE: 20}
+    )
+    holder = worker_factory("holder", env={"DRYDOCK_TIME_LIMITS": limits})
+    job = enqueue("remediation.canary", {"sleep_seconds": 9, "message": "mine"})
+    running = wait_until_running(job.id)
+    assert running.worker == holder.hostname
+    idle = worker_factory("idle", env={"DRYDOCK_TIME_LIMITS": limits})
+    row = wait_for_job(job.id, timeout=30)
+    assert row.status == "succeeded"
+    assert row.worker == holder.hostname
+    assert row.attempts == 1
+    assert "job.orphan_requeued" not in idle.log() + holder.log() + _session_worker_log()
 
 
 def test_a_pool_process_killed_mid_job_is_requeued_at_once(

@@ -9,6 +9,7 @@ from celery.signals import worker_init, worker_process_init
 
 from beat_schedules import beat_schedule
 from workers.heartbeat import BEAT_KEY_PREFIX, WorkerHeartbeat
+from workers.orphans import OrphanSweep
 from workers.queues import celery_queues, route_task
 from workers.settings import Settings, get_settings
 
@@ -113,6 +114,8 @@ app = Celery("drydock")
 app.conf.update(celery_config(get_settings()))
 # Every worker records a heartbeat in Redis for /health/fleet (see workers.heartbeat).
 app.steps["consumer"].add(WorkerHeartbeat)
+# Every worker sweeps for jobs held by lost workers (see workers.orphans).
+app.steps["consumer"].add(OrphanSweep)
 
 
 @worker_init.connect

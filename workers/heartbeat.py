@@ -49,6 +49,10 @@ class WorkerBeat:
     active: int
     started_at: float
     last_heartbeat: float
+    # Delivery tags of the messages the worker holds unacknowledged (running, prefetched or
+    # waiting for their ETA), for the orphan sweep (workers.orphans). None: a worker from
+    # before the field existed, whose holdings are unknown.
+    held: tuple[str, ...] | None = None
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.last_heartbeat)
@@ -63,6 +67,7 @@ class WorkerBeat:
                 "active": self.active,
                 "started_at": self.started_at,
                 "last_heartbeat": self.last_heartbeat,
+                "held": None if self.held is None else list(self.held),
             }
         )
 
@@ -77,6 +82,7 @@ class WorkerBeat:
             active=int(data.get("active", 0)),
             started_at=float(data["started_at"]),
             last_heartbeat=float(data["last_heartbeat"]),
+            held=None if data.get("held") is None else tuple(str(t) for t in data["held"]),
         )
 
 
@@ -173,6 +179,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             active=len(state.active_requests),
             started_at=self._started_at,
             last_heartbeat=time.time(),
+            held=held_delivery_tags(parent),
         )
         broker_ok = True
         try:
@@ -194,6 +201,18 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
                     broker_ok=broker_ok,
                 ),
             )
+
+
+def held_delivery_tags(consumer: Any) -> tuple[str, ...]:
+    """The delivery tags this worker's consumer holds unacknowledged: kombu's virtual QoS
+    keeps them (``_delivered``, less the acknowledged ones not yet flushed, ``_dirty``)."""
+    channel = getattr(getattr(consumer, "task_consumer", None), "channel", None)
+    qos = getattr(channel, "qos", None)
+    delivered = getattr(qos, "_delivered", None)
+    if not delivered:
+        return ()
+    settled: set[Any] = getattr(qos, "_dirty", set())
+    return tuple(str(tag) for tag in list(delivered) if tag not in settled)
 
 
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is untyped

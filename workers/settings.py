@@ -162,6 +162,21 @@ class Settings(BaseSettings):
             "`/tmp/drydock-heartbeat.json`). Unset: no file is written."
         ),
     )
+    orphan_after_seconds: Annotated[float, Field(gt=0)] = Field(
+        30.0,
+        description=(
+            "A worker silent this long (no heartbeat) is lost: the jobs it held go back to "
+            "their queues at the next orphan sweep, instead of after the visibility timeout. "
+            "At least two heartbeats."
+        ),
+    )
+    orphan_sweep_seconds: Annotated[float, Field(ge=0)] = Field(
+        15.0,
+        description=(
+            "How often the workers look for jobs held by lost workers (one worker sweeps at a "
+            "time); 0 turns the sweep off, leaving the visibility timeout alone."
+        ),
+    )
     worker_forget_seconds: Annotated[int, Field(ge=60)] = Field(
         3600,
         description=(
@@ -425,6 +440,12 @@ class Settings(BaseSettings):
                 f"beat_lock_timeout_seconds ({self.beat_lock_timeout_seconds:g}s) must be at "
                 f"least twice heartbeat_seconds ({self.heartbeat_seconds:g}s); otherwise Beat's "
                 "lock lapses between ticks and another Beat fires too"
+            )
+        if self.orphan_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"orphan_after_seconds ({self.orphan_after_seconds:g}s) must be at least twice "
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}s); otherwise a live worker's "
+                "jobs are taken from it between two heartbeats"
             )
         return self
 

@@ -1,0 +1,153 @@
+"""The orphan sweep: jobs held by a worker that died go back to their queue within a minute.
+
+Redis has no consumer sessions: a message a worker took stays in kombu's ``unacked`` hash, and
+kombu gives it back only once the visibility timeout passes (7,500 s by default, since it must
+outlast the longest job). But every worker writes a heartbeat that lists the delivery tags it
+holds (``WorkerBeat.held``), so a held message that no live worker lists belongs to a lost one.
+
+Every worker runs the sweep on its consumer's timer, every ``orphan_sweep_seconds``; a lock in
+Redis lets one sweep at a time across the fleet. A message is given back when
+
+- it was delivered more than ``orphan_after_seconds`` (plus a heartbeat, for clock skew) ago,
+  so that any live worker holding it has listed it in a heartbeat since; and
+- no worker whose heartbeat is younger than ``orphan_after_seconds`` lists it.
+
+It goes back to the head of its queue (kombu's own restore, in a transaction watching the
+hash, so an ack racing the sweep wins). Its job then runs on another worker and ends with one
+outcome (the base task's status guard). The sweep stands down when a live worker's heartbeat
+does not list its holdings (a worker from before this field, mid-upgrade) or this worker's own
+heartbeat is not fresh, and touches only Drydock's work queues. The visibility timeout stays
+the backstop.
+
+A worker whose event loop stalls longer than ``orphan_after_seconds`` is taken for lost: its
+jobs may then run a second time while it lives, as after the visibility timeout today.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from workers.heartbeat import held_delivery_tags, read_workers, redis_client
+from workers.logs import get_logger
+from workers.queues import WORK_QUEUES
+from workers.settings import Settings, get_settings
+
+SWEEP_LOCK_KEY = "drydock:orphan-sweep:lock"
+# Candidates looked at per sweep: a fleet-wide loss is drained over a few sweeps.
+SWEEP_BATCH = 500
+
+
+def sweep_orphans(
+    client: redis.Redis[bytes],
+    qos: Any,
+    *,
+    hostname: str,
+    own_held: tuple[str, ...],
+    settings: Settings,
+    now: float | None = None,
+) -> list[str]:
+    """Give back the messages held by lost workers; returns their delivery tags."""
+    now = time.time() if now is None else now
+    beats = read_workers(client)
+    fresh = [beat for beat in beats if beat.age(now) < settings.orphan_after_seconds]
+    if hostname not in {beat.hostname for beat in fresh}:
+        return []  # this worker's own view is stale (its heartbeat is not landing)
+    if any(beat.held is None for beat in fresh):
+        return []  # a live worker does not say what it holds: nothing can be called orphaned
+    held = set(own_held)
+    for beat in fresh:
+        held.update(beat.held or ())
+    oldest_allowed = now - settings.orphan_after_seconds - settings.heartbeat_seconds
+    candidates = client.zrangebyscore(
+        qos.unacked_index_key, "-inf", oldest_allowed, start=0, num=SWEEP_BATCH
+    )
+    restored: list[str] = []
+    log = get_logger(worker=hostname)
+    for raw_tag in candidates:
+        tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
+        if tag in held:
+            continue
+        entry = client.hget(qos.unacked_key, tag)
+        if entry is None:
+            continue  # acknowledged meanwhile
+        try:
+            message, _exchange, routing_key = json.loads(entry)
+            job_id = (message.get("headers") or {}).get("id")
+        except (ValueError, TypeError, AttributeError):
+            continue  # not a message of ours to judge; the visibility timeout handles it
+        if routing_key not in WORK_QUEUES:
+            continue
+        qos.restore_by_tag(tag, client=client)
+        restored.append(tag)
+        log.warning(
+            "job.orphan_requeued",
+            action="requeue",
+            job_id=job_id,
+            queue=routing_key,
+            delivery_tag=tag,
+        )
+    return restored
+
+
+class OrphanSweep(bootsteps.StartStopStep):
+    """Consumer bootstep: ``sweep_orphans`` every ``orphan_sweep_seconds`` under a fleet lock."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer_entry: Any = None
+        self._client: redis.Redis[bytes] | None = None
+        self._pid = os.getpid()
+
+    def start(self, parent: Any) -> None:
+        settings = get_settings()
+        if settings.orphan_sweep_seconds <= 0:
+            return
+        self._pid = os.getpid()
+        self._client = redis_client(settings)
+        self._timer_entry = parent.timer.call_repeatedly(
+            settings.orphan_sweep_seconds, self._sweep, (parent,), priority=20
+        )
+
+    def stop(self, parent: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked pool process inherited this object
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+            self._timer_entry = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    shutdown = stop
+
+    def _sweep(self, parent: Any) -> None:
+        if self._client is None or os.getpid() != self._pid:
+            return
+        settings = get_settings()
+        qos = getattr(getattr(parent.task_consumer, "channel", None), "qos", None)
+        if qos is None:
+            return
+        try:
+            # One sweeper per interval across the fleet; the lock lapses by itself.
+            lock_ms = max(100, int(settings.orphan_sweep_seconds * 1000 * 0.8))
+            if not self._client.set(SWEEP_LOCK_KEY, parent.hostname, nx=True, px=lock_ms):
+                return
+            sweep_orphans(
+                self._client,
+                qos,
+                hostname=parent.hostname,
+                own_held=held_delivery_tags(parent),
+                settings=settings,
+            )
+        except Exception as exc:  # the sweep must never take the consumer down
+            get_logger(worker=parent.hostname).warning(
+                "worker.orphan_sweep_failed", error=f"{type(exc).__name__}: {exc}"[:300]
+            )
