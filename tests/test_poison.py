@@ -320,3 +320,46 @@ def test_a_redelivered_refused_message_is_dead_lettered_once(
     client.close()
     time.sleep(0.5)
     assert list(dead_letters()) == [ident]
+
+
+def test_a_message_without_a_redacted_repr_shows_none_of_its_secrets_in_task_events(
+    worker_factory: Callable[..., WorkerProcess], redis_server: str
+) -> None:
+    """Flower shows what the task events carry; a producer that skipped enqueue sent no
+    kwargsrepr, and Celery would put the real arguments there."""
+    import threading
+
+    from workers.app import app
+
+    worker_factory("poison-events")
+    seen: list[dict[str, Any]] = []
+    ident = str(uuid.uuid4())
+    stop = threading.Event()
+
+    def listen() -> None:
+        with app.connection_for_read() as connection:
+            receiver = app.events.Receiver(connection, handlers={"task-received": seen.append})
+            for _ in receiver.itercapture(limit=None, timeout=0.5, wakeup=False):
+                if stop.is_set():
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(1)
+    secret = "sk-live-0123456789abcdef"
+    push_raw(
+        redis_server,
+        envelope(
+            celery_body([], {"message": "hello", "api_key": secret}),
+            headers=task_headers(job_id=ident),
+        ),
+    )
+    try:
+        received = wait_for(
+            lambda: [event for event in seen if event.get("uuid") == ident], 30, "task-received"
+        )
+    finally:
+        stop.set()
+    assert secret not in json.dumps(received)
+    assert "[REDACTED]" in received[0]["kwargs"]
+    wait_for_job(uuid.UUID(ident), timeout=30)

@@ -26,7 +26,7 @@ from celery.worker.consumer import Consumer
 
 from workers.broker import RAW_KEEP_BYTES, UNREADABLE_HEADER, UNREADABLE_RAW_HEADER, capped_text
 from workers.logs import get_logger
-from workers.redaction import redact_text, seal, split_secrets
+from workers.redaction import redact, redact_text, seal, split_secrets
 from workers.settings import get_settings
 from workers.storable import nul_problems
 
@@ -154,6 +154,7 @@ class GuardedConsumer(Consumer):
         celery_handler = super().create_task_handler()
         tasks = self.app.tasks
         limit = get_settings().max_payload_bytes
+        extra_secrets = tuple(get_settings().extra_secret_fields)
         connection_errors: tuple[type[BaseException], ...] = tuple(
             getattr(self, "connection_errors", ())
         )
@@ -165,6 +166,11 @@ class GuardedConsumer(Consumer):
                 refusal = Refusal(UNREADABLE, "UnreadableMessage", _error_text(exc))
             if refusal is not None:
                 return self.refuse(message, refusal)
+            if message.headers.get("kwargsrepr") is None:
+                # A producer that skipped enqueue sent no redacted repr: Celery would show the
+                # real arguments, secrets and all, in Flower's events and its own logs.
+                message.headers["kwargsrepr"] = repr(redact(message.decode()[1], extra_secrets))
+                message.headers["argsrepr"] = "()"
             try:
                 return celery_handler(message)
             except connection_errors:
