@@ -363,3 +363,25 @@ def test_a_message_without_a_redacted_repr_shows_none_of_its_secrets_in_task_eve
     assert secret not in json.dumps(received)
     assert "[REDACTED]" in received[0]["kwargs"]
     wait_for_job(uuid.UUID(ident), timeout=30)
+
+
+def test_a_poison_message_is_held_while_the_store_is_down_and_dead_lettered_after(
+    worker_factory: Callable[..., WorkerProcess], redis_server: str
+) -> None:
+    """Nothing is lost when the dead letter cannot be recorded: the worker holds the message
+    (unacknowledged) and keeps trying; a worker that can reach the store records it."""
+    unreachable = "postgresql+psycopg://drydock@127.0.0.1:1/drydock"
+    blind = worker_factory("poison-blind", env={"DRYDOCK_DATABASE_URL": unreachable})
+    push_raw(redis_server, b"not json at all")
+    wait_for(lambda: blind.log().count("job.refusal_not_recorded") >= 2, 30, "retries")
+    client = redis.Redis.from_url(redis_server)
+    assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 1  # held, not dropped
+    assert not dead_letters()
+    blind.stop()  # a warm shutdown gives the held message back to the queue
+
+    worker_factory("poison-sighted")
+    letters = wait_for(lambda: dead_letters(), 30, "the dead letter")
+    assert [letter.reason for letter in letters.values()] == ["unreadable_message"]
+    assert "not json at all" in (next(iter(letters.values())).raw_body or "")
+    wait_for(lambda: client.hlen("unacked") == 0, 10, "acknowledged")
+    client.close()
