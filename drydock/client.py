@@ -281,6 +281,11 @@ def _original_payload(job: Job) -> dict[str, Any]:
 def _check_key(task_name: str, key: str | None) -> None:
     if key is None:
         return
+    if not isinstance(key, str):
+        raise PayloadInvalidError(
+            task_name,
+            [FieldProblem("idempotency_key", f"must be a string, not {type(key).__name__}")],
+        )
     if "\x00" in key:
         raise PayloadInvalidError(task_name, [FieldProblem("idempotency_key", NUL_PROBLEM)])
     if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
@@ -297,11 +302,14 @@ def _check_key(task_name: str, key: str | None) -> None:
 def _check_text_arguments(task_name: str, arguments: Mapping[str, object]) -> None:
     """The job's own fields (who, for whom, on what) are stored as text: a NUL character in one
     would fail the insert with a database error instead of naming it."""
-    problems = [
-        FieldProblem(name, NUL_PROBLEM)
-        for name, value in arguments.items()
-        if isinstance(value, str) and "\x00" in value
-    ]
+    problems = []
+    for name, value in arguments.items():
+        if value is None or (name == "target_asset" and isinstance(value, uuid.UUID)):
+            continue
+        if not isinstance(value, str):
+            problems.append(FieldProblem(name, f"must be a string, not {type(value).__name__}"))
+        elif "\x00" in value:
+            problems.append(FieldProblem(name, NUL_PROBLEM))
     if problems:
         raise PayloadInvalidError(task_name, problems)
 

@@ -176,5 +176,5 @@ CATALOG: dict[str, TaskSpec] = {spec.name: spec for spec in _specs()}
 def spec_for(task_name: str) -> TaskSpec:
     try:
         return CATALOG[task_name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: a name that is not even hashable
         raise UnknownTaskError(task_name, list(CATALOG)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import time
 import uuid
@@ -384,4 +385,40 @@ def test_a_poison_message_is_held_while_the_store_is_down_and_dead_lettered_afte
     assert [letter.reason for letter in letters.values()] == ["unreadable_message"]
     assert "not json at all" in (next(iter(letters.values())).raw_body or "")
     wait_for(lambda: client.hlen("unacked") == 0, 10, "acknowledged")
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "field"),
+    [
+        (lambda e: e(TASK, {"message": "a\u0000b"}), "PayloadInvalidError", "message"),
+        (
+            lambda e: e(TASK, {"message": "x"}, "key\u0000"),
+            "PayloadInvalidError",
+            "idempotency_key",
+        ),
+        (lambda e: e(TASK, {"message": "x"}, 42), "PayloadInvalidError", "idempotency_key"),
+        (lambda e: e(TASK, {"message": "x"}, tenant="t\u0000"), "PayloadInvalidError", "tenant"),
+        (lambda e: e(TASK, {"data": {"blob": "x" * (1024 * 1024)}}), "PayloadTooLargeError", None),
+        (lambda e: e(["not", "a", "name"], {}), "UnknownTaskError", None),
+    ],
+)
+def test_enqueue_raises_only_its_documented_errors(
+    clean_state: None, call: Callable[..., Any], error: str, field: str | None
+) -> None:
+    """Bad input from Python gets one of enqueue's documented errors, never a database error,
+    and nothing is recorded or sent."""
+    import drydock
+    from drydock.client import enqueue
+    from models.db import session_scope
+    from models.tables import Job
+
+    with pytest.raises(getattr(drydock, error)) as raised:
+        call(enqueue)
+    if field is not None:
+        assert field in [problem.field for problem in raised.value.problems]
+    with session_scope() as session:
+        assert session.execute(select(Job)).first() is None
+    client = redis.Redis.from_url(os.environ["DRYDOCK_BROKER_URL"])
+    assert client.llen(QUEUE) == 0
     client.close()

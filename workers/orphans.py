@@ -55,7 +55,7 @@ def sweep_orphans(
     """Give back the messages held by lost workers; returns their delivery tags."""
     now = time.time() if now is None else now
     beats = read_workers(client)
-    fresh = [beat for beat in beats if beat.age(now) < settings.orphan_after_seconds]
+    fresh = [beat for beat in beats if beat.age(now) < settings.orphan_after]
     if hostname not in {beat.hostname for beat in fresh}:
         return []  # this worker's own view is stale (its heartbeat is not landing)
     if any(beat.held is None for beat in fresh):
@@ -63,7 +63,7 @@ def sweep_orphans(
     held = set(own_held)
     for beat in fresh:
         held.update(beat.held or ())
-    oldest_allowed = now - settings.orphan_after_seconds - settings.heartbeat_seconds
+    oldest_allowed = now - settings.orphan_after - settings.heartbeat_seconds
     candidates = client.zrangebyscore(
         qos.unacked_index_key, "-inf", oldest_allowed, start=0, num=SWEEP_BATCH
     )

@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         description=(
             "A worker silent this long (no heartbeat) is lost: the jobs it held go back to "
             "their queues at the next orphan sweep, instead of after the visibility timeout. "
-            "At least two heartbeats."
+            "Never less than two heartbeats (a smaller value counts as two)."
         ),
     )
     orphan_sweep_seconds: Annotated[float, Field(ge=0)] = Field(
@@ -441,13 +441,13 @@ class Settings(BaseSettings):
                 f"least twice heartbeat_seconds ({self.heartbeat_seconds:g}s); otherwise Beat's "
                 "lock lapses between ticks and another Beat fires too"
             )
-        if self.orphan_after_seconds < 2 * self.heartbeat_seconds:
-            raise ValueError(
-                f"orphan_after_seconds ({self.orphan_after_seconds:g}s) must be at least twice "
-                f"heartbeat_seconds ({self.heartbeat_seconds:g}s); otherwise a live worker's "
-                "jobs are taken from it between two heartbeats"
-            )
         return self
+
+    @property
+    def orphan_after(self) -> float:
+        """How long a worker may be silent before its jobs are given back: never under two
+        heartbeats, or a live worker's jobs could be taken from it between two beats."""
+        return max(self.orphan_after_seconds, 2 * self.heartbeat_seconds)
 
     @property
     def heartbeat_stale_seconds(self) -> float:

@@ -30,7 +30,12 @@ def payload_json(payload: Mapping[str, Any]) -> bytes:
 def check_storable(task_name: str, payload: Mapping[str, Any], *, limit_bytes: int) -> None:
     """Raise ``PayloadTooLargeError`` when the payload's JSON exceeds ``limit_bytes``, and
     ``PayloadInvalidError`` naming every field (or key) that holds a NUL character."""
-    encoded = payload_json(payload)
+    try:
+        encoded = payload_json(payload)
+    except orjson.JSONEncodeError as exc:  # nested past orjson's depth limit, say
+        raise PayloadInvalidError(
+            task_name, [FieldProblem("(payload)", f"cannot be encoded as JSON: {exc}")]
+        ) from None
     if len(encoded) > limit_bytes:
         raise PayloadTooLargeError(task_name, len(encoded), limit_bytes)
     if _NUL_ESCAPE in encoded:
