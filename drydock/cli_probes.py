@@ -92,7 +92,7 @@ def drain(
 
     Exits 1 if jobs are still running at the timeout (the warm shutdown that follows keeps
     waiting for them until the platform's grace period ends; a job cut short then comes back
-    after the visibility timeout).
+    on another worker at the orphan sweep, or at worst after the visibility timeout).
     """
     settings = get_settings()
     try:

@@ -4,8 +4,9 @@ The hosts are network namespaces cabled to one switch (``tests.netns``); the tes
 client on the same switch. Jobs go from the client through Redis to both workers and their
 outcomes into PostgreSQL, all over the network. Pulling one worker's cable while it runs a job
 is the failure a single machine cannot show: the worker does not die, its connections are not
-closed, it simply goes silent. Redis still holds the job as delivered to it; once the
-visibility timeout passes, the other worker puts the job back and runs it; when the cut
+closed, it simply goes silent. Redis still holds the job as delivered to it; once its heartbeat
+is older than DRYDOCK_ORPHAN_AFTER_SECONDS, the other worker's orphan sweep puts the job back
+and runs it, long before the visibility timeout would; when the cut
 worker's cable is plugged back in, whatever it still tries to record about its stale attempt is
 refused. One outcome, recorded by the worker that could be reached.
 """
@@ -41,10 +42,12 @@ from workers.queues import WORK_QUEUES
 pytestmark = pytest.mark.fleet
 
 # Short limits so that a lost job comes back within seconds. The rule the settings enforce:
-# the visibility timeout exceeds the longest time limit plus the longest retry delay.
+# the visibility timeout exceeds the longest time limit plus the longest retry delay. It is
+# set far past the orphan threshold, so the job can only come back by the orphan sweep.
 TIME_LIMIT = 5
 RETRY_MAX_SECONDS = 1
-VISIBILITY_TIMEOUT = TIME_LIMIT + RETRY_MAX_SECONDS + 1
+VISIBILITY_TIMEOUT = 60
+ORPHAN_AFTER_SECONDS = 3
 # A job long enough to be caught mid-run, short enough to finish well within the soft limit.
 SLOW_JOB_SECONDS = 2.0
 # The events of a job whose first worker was lost and whose second finished it.
@@ -70,6 +73,8 @@ class MultihostFleet:
             "DRYDOCK_RETRY_MAX_SECONDS": str(RETRY_MAX_SECONDS),
             "DRYDOCK_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
             "DRYDOCK_RESTORE_SWEEP_SECONDS": "1",
+            "DRYDOCK_ORPHAN_AFTER_SECONDS": str(ORPHAN_AFTER_SECONDS),
+            "DRYDOCK_ORPHAN_SWEEP_SECONDS": "1",
         }
 
     def heartbeat_file(self, hostname: str) -> Path:
@@ -241,7 +246,7 @@ def test_a_worker_cut_off_mid_job_gives_it_back_to_the_other_and_it_completes_on
     assert (caught.status, caught.attempts) == ("running", 1), "the job ended before the cut"
     try:
         done = multihost.wait_for_job(
-            job_id, ("succeeded", "dead_lettered"), VISIBILITY_TIMEOUT + 20
+            job_id, ("succeeded", "dead_lettered"), ORPHAN_AFTER_SECONDS + 20
         )
     finally:
         multihost.network.restore(cut_host)
@@ -253,9 +258,12 @@ def test_a_worker_cut_off_mid_job_gives_it_back_to_the_other_and_it_completes_on
     assert [(e.kind, e.attempt) for e in events] == ONE_REDELIVERY_ONE_OUTCOME
     first, second = events[1], events[2]
     assert first.worker == cut_worker.hostname and second.worker == other_worker.hostname
-    # It came back because Redis gave the silent worker's delivery back at the visibility
-    # timeout, not because the attempt failed and was retried (no retry or failure events).
-    assert (second.at - first.at).total_seconds() >= VISIBILITY_TIMEOUT - 0.5
+    # It came back because the other worker's orphan sweep gave the silent worker's delivery
+    # back once its heartbeat was old enough, not because the attempt failed and was retried
+    # (no retry or failure events), and not at the visibility timeout.
+    waited = (second.at - first.at).total_seconds()
+    assert ORPHAN_AFTER_SECONDS - 0.5 <= waited < VISIBILITY_TIMEOUT - 10
+    assert "job.orphan_requeued" in other_worker.log()
 
     # Cable back in: the cut worker's connections come back to life and its stale attempt, long
     # past its time limit, ends in whichever way the timing gives (the handler returns, its soft
