@@ -12,8 +12,8 @@ Redis lets one sweep at a time across the fleet. A message is given back when
   so that any live worker holding it has listed it in a heartbeat since; and
 - no worker whose heartbeat is younger than ``orphan_after_seconds`` lists it.
 
-It goes back to the head of its queue (kombu's own restore, in a transaction watching the
-hash, so an ack racing the sweep wins). Its job then runs on another worker and ends with one
+It goes back to the head of its queue (``give_back``, in a transaction watching the hash, so an
+ack racing the sweep wins). Its job then runs on another worker and ends with one
 outcome (the base task's status guard). The sweep stands down when a live worker's heartbeat
 does not list its holdings (a worker from before this field, mid-upgrade) or this worker's own
 heartbeat is not fresh, and touches only Drydock's work queues. The visibility timeout stays
@@ -83,7 +83,8 @@ def sweep_orphans(
             continue  # not a message of ours to judge; the visibility timeout handles it
         if routing_key not in WORK_QUEUES:
             continue
-        qos.restore_by_tag(tag, client=client)
+        if not give_back(client, qos, tag):
+            continue
         restored.append(tag)
         log.warning(
             "job.orphan_requeued",
@@ -93,6 +94,35 @@ def sweep_orphans(
             delivery_tag=tag,
         )
     return restored
+
+
+def give_back(client: redis.Redis[bytes], qos: Any, tag: str) -> bool:
+    """Move the held message ``tag`` from kombu's unacknowledged set to the head of its queue,
+    in one transaction watching the set (an ack racing this wins). False when it was gone.
+
+    Not kombu's ``restore_by_tag``: that routes through the channel's exchange table, which a
+    worker that does not consume the message's queue never declared, and a message routed
+    nowhere is dropped. In Drydock's topology a work queue's exchange and routing key are its
+    name (workers.queues), so the queue is the routing key; kombu consumes from the right."""
+    moved = False
+
+    def transaction(pipe: Any) -> None:
+        nonlocal moved
+        entry = pipe.hget(qos.unacked_key, tag)
+        pipe.multi()
+        pipe.zrem(qos.unacked_index_key, tag)
+        pipe.hdel(qos.unacked_key, tag)
+        if entry is None:
+            return
+        message, _exchange, routing_key = json.loads(entry)
+        if isinstance(message.get("headers"), dict):
+            message["headers"]["redelivered"] = True
+        pipe.rpush(routing_key, json.dumps(message))
+        moved = True
+
+    watched: Any = client  # redis-py's transaction() is untyped in its stubs
+    watched.transaction(transaction, qos.unacked_key)
+    return moved
 
 
 class OrphanSweep(bootsteps.StartStopStep):
