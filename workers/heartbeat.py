@@ -125,25 +125,42 @@ def last_beat_tick(client: redis.Redis[bytes]) -> float | None:
     return None if raw is None else float(raw)
 
 
-class WorkerHeartbeat(bootsteps.StartStopStep):
-    """Consumer bootstep: beat every ``heartbeat_seconds`` on the consumer's timer."""
+class RepeatingRedisStep(bootsteps.StartStopStep):
+    """A consumer bootstep that calls ``tick`` every ``interval`` seconds on the consumer's own
+    timer (its event loop: a wedged loop stops it too), with a Redis client of its own."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
+    timer_priority = 10
+    # Tick once as soon as the consumer starts, before the first interval has passed.
+    tick_at_start = False
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._timer_entry: Any = None
         self._client: redis.Redis[bytes] | None = None
-        self._started_at = time.time()
         self._pid = os.getpid()
+
+    def interval(self, settings: Settings) -> float:
+        """Seconds between ticks; 0 or less: the step does nothing."""
+        raise NotImplementedError
+
+    def tick(self, parent: Any, client: redis.Redis[bytes]) -> None:
+        raise NotImplementedError
+
+    def before_close(self, parent: Any, client: redis.Redis[bytes]) -> None:
+        """Called once when the worker stops, with the client still open."""
 
     def start(self, parent: Any) -> None:
         settings = get_settings()
+        interval = self.interval(settings)
+        if interval <= 0:
+            return
         self._pid = os.getpid()
         self._client = redis_client(settings)
-        self._beat(parent)
+        if self.tick_at_start:
+            self._tick(parent)
         self._timer_entry = parent.timer.call_repeatedly(
-            settings.heartbeat_seconds, self._beat, (parent,), priority=10
+            interval, self._tick, (parent,), priority=self.timer_priority
         )
 
     def stop(self, parent: Any) -> None:
@@ -154,20 +171,38 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
             self._timer_entry.cancel()
             self._timer_entry = None
         if self._client is not None:
-            try:
-                forget_worker(self._client, parent.hostname)
-            except redis.RedisError as exc:
-                get_logger().warning("worker.heartbeat_failed", error=str(exc))
+            self.before_close(parent, self._client)
             self._client.close()
             self._client = None
 
     shutdown = stop
 
-    def _beat(self, parent: Any) -> None:
+    def _tick(self, parent: Any) -> None:
+        if self._client is not None and os.getpid() == self._pid:
+            self.tick(parent, self._client)
+
+
+class WorkerHeartbeat(RepeatingRedisStep):
+    """Consumer bootstep: beat every ``heartbeat_seconds`` on the consumer's timer."""
+
+    tick_at_start = True
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._started_at = time.time()
+
+    def interval(self, settings: Settings) -> float:
+        return settings.heartbeat_seconds
+
+    def before_close(self, parent: Any, client: redis.Redis[bytes]) -> None:
+        try:
+            forget_worker(client, parent.hostname)
+        except redis.RedisError as exc:
+            get_logger().warning("worker.heartbeat_failed", error=str(exc))
+
+    def tick(self, parent: Any, client: redis.Redis[bytes]) -> None:
         from celery.worker import state
 
-        if self._client is None or os.getpid() != self._pid:
-            return
         settings = get_settings()
         queues = tuple(sorted(q.name for q in parent.task_consumer.queues))
         pool = getattr(parent, "pool", None)
@@ -183,7 +218,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
         )
         broker_ok = True
         try:
-            record_worker(self._client, beat, keep_seconds=settings.worker_forget_seconds)
+            record_worker(client, beat, keep_seconds=settings.worker_forget_seconds)
         except redis.RedisError as exc:
             # The broker is down: the worker cannot take jobs either, and health will say so.
             get_logger().warning("worker.heartbeat_failed", error=str(exc))

@@ -26,14 +26,12 @@ jobs may then run a second time while it lives, as after the visibility timeout 
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import redis
-from celery import bootsteps
 
-from workers.heartbeat import held_delivery_tags, read_workers, redis_client
+from workers.heartbeat import RepeatingRedisStep, held_delivery_tags, read_workers
 from workers.logs import get_logger
 from workers.queues import WORK_QUEUES
 from workers.settings import Settings, get_settings
@@ -125,42 +123,15 @@ def give_back(client: redis.Redis[bytes], qos: Any, tag: str) -> bool:
     return moved
 
 
-class OrphanSweep(bootsteps.StartStopStep):
+class OrphanSweep(RepeatingRedisStep):
     """Consumer bootstep: ``sweep_orphans`` every ``orphan_sweep_seconds`` under a fleet lock."""
 
-    requires = ("celery.worker.consumer.tasks:Tasks",)
+    timer_priority = 20
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._timer_entry: Any = None
-        self._client: redis.Redis[bytes] | None = None
-        self._pid = os.getpid()
+    def interval(self, settings: Settings) -> float:
+        return settings.orphan_sweep_seconds
 
-    def start(self, parent: Any) -> None:
-        settings = get_settings()
-        if settings.orphan_sweep_seconds <= 0:
-            return
-        self._pid = os.getpid()
-        self._client = redis_client(settings)
-        self._timer_entry = parent.timer.call_repeatedly(
-            settings.orphan_sweep_seconds, self._sweep, (parent,), priority=20
-        )
-
-    def stop(self, parent: Any) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked pool process inherited this object
-        if self._timer_entry is not None:
-            self._timer_entry.cancel()
-            self._timer_entry = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    shutdown = stop
-
-    def _sweep(self, parent: Any) -> None:
-        if self._client is None or os.getpid() != self._pid:
-            return
+    def tick(self, parent: Any, client: redis.Redis[bytes]) -> None:
         settings = get_settings()
         qos = getattr(getattr(parent.task_consumer, "channel", None), "qos", None)
         if qos is None:
@@ -168,10 +139,10 @@ class OrphanSweep(bootsteps.StartStopStep):
         try:
             # One sweeper per interval across the fleet; the lock lapses by itself.
             lock_ms = max(100, int(settings.orphan_sweep_seconds * 1000 * 0.8))
-            if not self._client.set(SWEEP_LOCK_KEY, parent.hostname, nx=True, px=lock_ms):
+            if not client.set(SWEEP_LOCK_KEY, parent.hostname, nx=True, px=lock_ms):
                 return
             sweep_orphans(
-                self._client,
+                client,
                 qos,
                 hostname=parent.hostname,
                 own_held=held_delivery_tags(parent),
