@@ -9,39 +9,43 @@ carry no payloads and need no token, so probes and Prometheus can reach them.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import re
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from drydock import api_policy, api_remediation, client
+from drydock import api_errors, api_openapi, api_policy, api_remediation, client
 from drydock.api_auth import Caller
+from drydock.api_edge import EdgeMiddleware
+from drydock.api_errors import ErrorBody, InputProblem
+from drydock.api_inputs import (
+    MAX_FILTER_LENGTH,
+    MAX_OFFSET,
+    ApprovalHeader,
+    FilterText,
+    IdempotencyKeyHeader,
+    TargetAssetHeader,
+    json_bytes,
+    json_value,
+    strictly,
+)
+from drydock.api_policy import AdmissionRefusedBody
 from drydock.health import FleetHealth, check_fleet
 from drydock.metrics import DrydockCollector, render
 from models import jobs as job_store
 from models import tokens
 from models.db import session_scope
 from models.tables import DeadLetter, EventKind, Job, JobEvent, JobStatus
-from tasks.catalog import CATALOG
-from workers.errors import (
-    BrokerUnavailableError,
-    DrydockError,
-    NotFoundError,
-    PayloadInvalidError,
-    ReplayRefusedError,
-    UnknownTaskError,
-)
+from tasks.catalog import CATALOG, TaskSpec
+from workers.errors import NotFoundError, PayloadInvalidError
 from workers.queues import WORK_QUEUES
 
 API_VERSION = "1"
@@ -128,6 +132,10 @@ class DeadLetterBody(BaseModel):
 class DeadLetterDetailBody(DeadLetterBody):
     payload: dict[str, Any]
     traceback: str | None
+    # A message refused before it could run: its body as it came (capped, redacted) and the
+    # id it carried; None for a job that ran.
+    raw_body: str | None = None
+    message_id: str | None = None
 
 
 class TaskBody(BaseModel):
@@ -135,10 +143,6 @@ class TaskBody(BaseModel):
     queue: str
     summary: str
     payload_schema: dict[str, Any]
-
-
-class ErrorBody(BaseModel):
-    detail: Any
 
 
 def _scope_filter(caller: tokens.Caller) -> list[str] | None:
@@ -154,136 +158,108 @@ app = FastAPI(
     title="Drydock",
     version=API_VERSION,
     summary="Enqueue jobs on the Drydock fleet and follow them.",
-    responses={401: {"model": ErrorBody, "description": "Missing, invalid or revoked token."}},
 )
-_metrics = DrydockCollector()
-
-
-for _handlers in (api_remediation.EXCEPTION_HANDLERS, api_policy.EXCEPTION_HANDLERS):
-    for _error, _handler in _handlers.items():
-        app.add_exception_handler(_error, _handler)
+# A path with a trailing slash is another path: not redirected to a route it does not name.
+app.router.redirect_slashes = False
+app.add_middleware(EdgeMiddleware)
+api_errors.install(app, {**api_remediation.EXCEPTION_HANDLERS, **api_policy.EXCEPTION_HANDLERS})
 app.include_router(api_remediation.router)
 app.include_router(api_policy.router)
-
-
-@app.exception_handler(PayloadInvalidError)
-def _invalid_payload(request: Request, exc: PayloadInvalidError) -> JSONResponse:
-    detail = [
-        {
-            "loc": ["body", *problem.field.split(".")],
-            "field": problem.field,
-            "msg": problem.problem,
-            "type": "payload_invalid",
-        }
-        for problem in exc.problems
-    ]
-    return JSONResponse({"detail": detail, "message": str(exc)}, status_code=422)
-
-
-@app.exception_handler(UnknownTaskError)
-def _unknown_task(request: Request, exc: UnknownTaskError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-@app.exception_handler(NotFoundError)
-def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-@app.exception_handler(client.IdempotencyConflictError)
-@app.exception_handler(ReplayRefusedError)
-def _conflict(request: Request, exc: DrydockError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=409)
-
-
-@app.exception_handler(BrokerUnavailableError)
-def _broker_down(request: Request, exc: BrokerUnavailableError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
-
-
-@app.exception_handler(OperationalError)
-def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
-    message = " ".join(str(exc.orig).split())[:300]
-    return JSONResponse(
-        {"detail": f"the outcome store is unreachable: {message}"},
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
+_metrics = DrydockCollector()
 
 
 # ---- jobs --------------------------------------------------------------------------------------
 
-TaskName = Annotated[str, Path(description="A task name, e.g. builds.canary.")]
+
+def _known_queue(queue: str) -> str:
+    if queue not in WORK_QUEUES:
+        raise ValueError(f"unknown queue; one of {', '.join(WORK_QUEUES)}")
+    return queue
 
 
-@app.post(
-    "/v1/jobs/{task_name}",
-    status_code=202,
-    response_model=EnqueuedJobBody,
-    responses={
-        200: {"model": EnqueuedJobBody, "description": "Idempotency-Key already used."},
-        403: {
-            "model": ErrorBody,
-            "description": "Outside the token's scopes, or refused by admission (with gates).",
-        },
-        404: {"model": ErrorBody, "description": "No such task."},
-        409: {"model": ErrorBody, "description": "Idempotency-Key used with another payload."},
-        422: {"model": ErrorBody, "description": "Invalid payload; each problem has its path."},
-        503: {"model": ErrorBody, "description": "Broker or store unreachable; nothing kept."},
+QueueName = Annotated[
+    str,
+    AfterValidator(_known_queue),
+    Query(description="A work queue.", json_schema_extra={"enum": list(WORK_QUEUES)}),
+]
+# A page's position: the last job's enqueue time (microseconds since the epoch) and its id. Every
+# string of this form is a position, so any cursor the pattern admits is answered.
+CURSOR_PATTERN = r"^[0-9]{1,16}-[0-9a-f]{32}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+_ENQUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": EnqueuedJobBody, "description": "Idempotency-Key already used."},
+    403: {
+        "model": AdmissionRefusedBody,
+        "description": "Outside the token's scopes, another tenant, or refused by admission "
+        "(with the decision and its gates; the scope refusals carry no decision).",
     },
-    tags=["jobs"],
-)
-def enqueue_job(
-    task_name: TaskName,
-    caller: Caller,
+    404: {"model": ErrorBody, "description": "The target asset does not exist."},
+    409: {
+        "model": ErrorBody,
+        "description": "Idempotency-Key used with another payload, or the target is ambiguous.",
+    },
+    413: {"model": ErrorBody, "description": "Payload over DRYDOCK_MAX_PAYLOAD_BYTES."},
+}
+
+
+def _enqueue_route(spec: TaskSpec) -> None:
+    """POST /v1/jobs/<task>: one route per task, so each documents its own payload."""
+
+    def enqueue_task(
+        caller: Caller,
+        response: Response,
+        body: Annotated[bytes, Depends(json_bytes)],
+        idempotency_key: IdempotencyKeyHeader = None,
+        target_asset: TargetAssetHeader = None,
+        approval_token: ApprovalHeader = None,
+    ) -> EnqueuedJobBody:
+        return _enqueue(spec, caller, response, body, idempotency_key, target_asset, approval_token)
+
+    app.add_api_route(
+        f"/v1/jobs/{spec.name}",
+        enqueue_task,
+        methods=["POST"],
+        status_code=202,
+        response_model=EnqueuedJobBody,
+        responses=_ENQUEUE_RESPONSES,
+        tags=["jobs"],
+        summary=f"Enqueue {spec.name}",
+        description=f"{spec.summary} 202 with the new job, or 200 with the existing one when "
+        "the Idempotency-Key was already used with the same payload.",
+        operation_id=f"enqueue_{spec.name.replace('.', '_')}",
+    )
+
+
+def _enqueue(
+    spec: TaskSpec,
+    caller: tokens.Caller,
     response: Response,
-    payload: Annotated[
-        dict[str, Any] | None,
-        Body(description="The task's payload: see GET /v1/tasks or the task schemas below."),
-    ] = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Send the same key again to get the first job back instead of a new one.",
-        ),
-    ] = None,
-    target_asset: Annotated[
-        str | None,
-        Header(
-            alias="X-Drydock-Target-Asset",
-            description=(
-                "Bind the job to an asset (id, or name within the tenant): its quarantine "
-                "preempts the job while it waits; a protected asset needs an approval token."
-            ),
-        ),
-    ] = None,
-    approval_token: Annotated[
-        str | None,
-        Header(
-            alias="X-Drydock-Approval",
-            description="An approval token (POST /v1/admission/approvals) for a protected target.",
-        ),
-    ] = None,
+    body: bytes,
+    idempotency_key: str | None,
+    target_asset: str | None,
+    approval_token: str | None,
 ) -> EnqueuedJobBody:
-    """Validate and enqueue one job. 202 with the new job, or 200 with the existing one when the
-    Idempotency-Key was already used with the same task and payload."""
-    if task_name not in CATALOG:
-        raise UnknownTaskError(task_name, list(CATALOG))
+    task_name = spec.name
     if not caller.may_use(task_name):
         raise HTTPException(
             403,
             f"token {caller.name!r} may not enqueue {task_name} (scopes: "
             f"{', '.join(caller.scopes)})",
         )
-    named = (payload or {}).get("tenant")
+    payload = json_value(body, missing={})
+    try:
+        strictly(spec.payload, payload)
+    except ValidationError as exc:
+        raise PayloadInvalidError.from_validation(task_name, exc) from None
+    named = payload.get("tenant")
     if caller.tenant is not None and named is not None and named != caller.tenant:
         raise HTTPException(
             403, f"token {caller.name!r} acts for tenant {caller.tenant} only, not {named!r}"
         )
     job = client.enqueue(
         task_name,
-        payload or {},
+        payload,
         idempotency_key,
         enqueued_by=f"api:{caller.name}",
         tenant=caller.tenant,
@@ -295,8 +271,13 @@ def enqueue_job(
     return _enqueued_body(job, response)
 
 
+for _spec in sorted(CATALOG.values(), key=lambda s: s.name):
+    _enqueue_route(_spec)
+
+
 @app.get(
-    "/v1/jobs/{job_id}",
+    # Only ids: /v1/jobs/<task> is a task's enqueue route, whatever the method.
+    "/v1/jobs/{job_id:uuid}",
     response_model=JobBody,
     responses={404: {"model": ErrorBody}},
     tags=["jobs"],
@@ -321,14 +302,19 @@ def get_job(job_id: uuid.UUID, caller: Caller) -> JobBody:
 def list_jobs(
     caller: Caller,
     status: JobStatus | None = None,
-    queue: Annotated[str | None, Query(description=f"One of {', '.join(WORK_QUEUES)}.")] = None,
-    task: str | None = None,
+    queue: QueueName | None = None,
+    task: Annotated[FilterText | None, Query(description="A task name.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            description="next_cursor of the previous page.",
+            max_length=MAX_FILTER_LENGTH,
+            pattern=CURSOR_PATTERN,
+        ),
+    ] = None,
 ) -> JobPageBody:
     """Jobs newest first, filtered, a page at a time."""
-    if queue is not None and queue not in WORK_QUEUES:
-        raise HTTPException(422, f"unknown queue {queue!r}; one of {', '.join(WORK_QUEUES)}")
     allowed = _scope_filter(caller)
     with session_scope() as session:
         rows = job_store.list_jobs(
@@ -367,7 +353,7 @@ def list_dead_letters(
     caller: Caller,
     include_replayed: bool = False,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[DeadLetterBody]:
     """Dead letters newest first (those not yet replayed, unless include_replayed)."""
     with session_scope() as session:
@@ -392,7 +378,13 @@ def get_dead_letter(job_id: uuid.UUID, caller: Caller) -> DeadLetterDetailBody:
     with session_scope() as session:
         letter = _visible_letter(session, job_id, caller)
         return DeadLetterDetailBody.model_validate(
-            {**_letter_fields(letter), "payload": letter.payload, "traceback": letter.traceback}
+            {
+                **_letter_fields(letter),
+                "payload": letter.payload,
+                "traceback": letter.traceback,
+                "raw_body": letter.raw_body,
+                "message_id": letter.message_id,
+            }
         )
 
 
@@ -446,7 +438,18 @@ def fleet(response: Response) -> FleetHealth:
     return health
 
 
-@app.get("/metrics", tags=["health"], response_class=Response)
+@app.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format.",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
+        503: {"model": ErrorBody, "description": "The store is unreachable."},
+    },
+)
 def metrics() -> Response:
     """Prometheus text format: jobs by task and status, durations, retries, dead letters,
     queue depth, workers and fleet health."""
@@ -457,38 +460,13 @@ def metrics() -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-# ---- OpenAPI: publish every task's payload schema ----------------------------------------------
+# ---- OpenAPI: exact, with every task's payload schema (drydock.api_openapi) ---------------------
 
 
 def _openapi() -> dict[str, Any]:
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(
-        title=app.title,
-        version=app.version,
-        summary=app.summary,
-        description=(__doc__ or "").strip(),
-        routes=app.routes,
-    )
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    refs = []
-    for spec in sorted(CATALOG.values(), key=lambda s: s.name):
-        payload_schema = spec.payload.model_json_schema(ref_template="#/components/schemas/{model}")
-        for name, definition in payload_schema.pop("$defs", {}).items():
-            components.setdefault(name, definition)
-        payload_schema["title"] = spec.name
-        payload_schema["description"] = f"{spec.summary} POST /v1/jobs/{spec.name}"
-        key = "payload." + spec.name
-        components[key] = payload_schema
-        refs.append({"$ref": f"#/components/schemas/{key}"})
-    operation = schema["paths"]["/v1/jobs/{task_name}"]["post"]
-    operation["requestBody"] = {
-        "required": False,
-        "description": "The payload of the task named in the path (each task's schema below).",
-        "content": {"application/json": {"schema": {"oneOf": refs}}},
-    }
-    app.openapi_schema = schema
-    return schema
+    if not app.openapi_schema:
+        app.openapi_schema = api_openapi.build(app, (__doc__ or "").strip())
+    return app.openapi_schema
 
 
 app.openapi = _openapi  # type: ignore[method-assign]
@@ -569,14 +547,16 @@ def _letter_fields(letter: DeadLetter) -> dict[str, Any]:
 
 
 def _encode_cursor(at: datetime, job_id: uuid.UUID) -> str:
-    raw = json.dumps([at.isoformat(), str(job_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (at - _EPOCH) // _MICROSECOND
+    return f"{micros}-{job_id.hex}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, job_id = json.loads(raw)
-        return datetime.fromisoformat(at), uuid.UUID(job_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise HTTPException(422, "cursor is not a next_cursor this API returned") from None
+    if not _CURSOR.match(cursor):  # the parameter's own pattern: a safety net
+        raise InputProblem.at(["query", "cursor"], "not a next_cursor this API returned")
+    micros, job_id = cursor.split("-")
+    return _EPOCH + int(micros) * _MICROSECOND, uuid.UUID(hex=job_id)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)

@@ -50,9 +50,16 @@ def tenant_to_read(caller: tokens.Caller, given: str | None) -> str | None:
 
 
 def tenant_to_write(caller: tokens.Caller, given: str | None) -> str:
+    """The tenant a write (or a read of one tenant's thing) acts for. A tenant token's is
+    implied; an operator token must name one. That is a matter of the token, not of the request
+    (the same request is whole from a tenant token), hence 403 and not 422."""
     tenant = tenant_to_read(caller, given)
     if tenant is None:
-        raise HTTPException(422, "say which tenant: ?tenant= (or a token bound to one)")
+        raise HTTPException(
+            403,
+            f"token {caller.name!r} acts for no tenant: name the tenant (?tenant= or "
+            '"tenant"), or use a token bound to one',
+        )
     return tenant
 
 

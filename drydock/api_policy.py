@@ -18,27 +18,31 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from drydock.api_auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
+from drydock.api_errors import ErrorBody
+from drydock.api_inputs import AssetRef, FilterText, JSONBody, TenantName, TenantQuery
 from models import evaluation, trust
 from models import policy as policy_store
 from models.db import session_scope
-from models.tables import EvaluationCertification, PolicyDecisionKind
+from models.tables import CertificationStatus, EvaluationCertification, PolicyDecisionKind
 from workers.admission import AdmissionRefusedError, issue_token
 
 router = APIRouter(tags=["policy"])
 
 MAX_TOKEN_TTL_SECONDS = 7 * 86400
+_FORBIDDEN = (
+    "The token lacks the scope, acts for another tenant, or is an operator token that did "
+    "not name the tenant."
+)
 
 
-class ErrorBody(BaseModel):
-    detail: Any
-
-
-class PlacementBody(BaseModel):
-    digest: str = Field(description="The image digest to place (sha256:...).")
-    tier: str = Field(description="The evaluation tier the placement requires.")
-    asset: str = Field(description="The target asset: its id, or its name within the tenant.")
-    tenant: str | None = Field(None, description="Operator tokens: the tenant placing.")
-    accelerators: list[str] = Field(
+class PlacementBody(JSONBody):
+    digest: FilterText = Field(description="The image digest to place (sha256:...).")
+    tier: FilterText = Field(description="The evaluation tier the placement requires.")
+    asset: AssetRef = Field(description="The target asset: its id, or its name within the tenant.")
+    tenant: TenantName | None = Field(
+        None, description="Operator tokens (required): the tenant placing."
+    )
+    accelerators: list[AssetRef] = Field(
         default_factory=list, max_length=64, description="Accelerator assets the workload uses."
     )
 
@@ -47,6 +51,13 @@ class GateBody(BaseModel):
     gate: str
     passed: bool
     reason: str
+
+
+class AdmissionRefusedBody(ErrorBody):
+    decision_id: int | None = Field(
+        None, description="The recorded decision (GET /v1/policy/decisions)."
+    )
+    gates: list[GateBody] = Field(default_factory=list)
 
 
 class DecisionBody(BaseModel):
@@ -62,13 +73,17 @@ class DecisionBody(BaseModel):
     decided_at: datetime
 
 
-class ApprovalRequestBody(BaseModel):
-    asset: str = Field(description="The protected asset: its id, or its name within the tenant.")
-    task: str = Field(
-        min_length=1, max_length=200, description="Task name or pattern (`builds.*`) approved."
+class ApprovalRequestBody(JSONBody):
+    asset: AssetRef = Field(
+        description="The protected asset: its id, or its name within the tenant."
+    )
+    task: FilterText = Field(
+        min_length=1, description="Task name or pattern (`builds.*`) approved."
     )
     ttl_seconds: int = Field(3600, gt=0, le=MAX_TOKEN_TTL_SECONDS)
-    tenant: str | None = Field(None, description="Operator tokens: the asset's tenant.")
+    tenant: TenantName | None = Field(
+        None, description="Operator tokens (required): the asset's tenant."
+    )
 
 
 class ApprovalBody(BaseModel):
@@ -116,7 +131,7 @@ def admission_refused_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-EXCEPTION_HANDLERS = {AdmissionRefusedError: admission_refused_handler}
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {AdmissionRefusedError: admission_refused_handler}
 
 
 # ---- policy --------------------------------------------------------------------------------------
@@ -125,7 +140,7 @@ EXCEPTION_HANDLERS = {AdmissionRefusedError: admission_refused_handler}
 @router.post(
     "/v1/policy/decide",
     response_model=DecisionBody,
-    responses={403: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}, 404: {"model": ErrorBody}},
 )
 def decide(body: PlacementBody, caller: Caller) -> DecisionBody:
     """May this digest, at this tier, be placed on this asset for this tenant? Allow or deny,
@@ -144,10 +159,14 @@ def decide(body: PlacementBody, caller: Caller) -> DecisionBody:
         return DecisionBody.model_validate(policy_store.decision_json(row))
 
 
-@router.get("/v1/policy/decisions", response_model=list[DecisionBody])
+@router.get(
+    "/v1/policy/decisions",
+    response_model=list[DecisionBody],
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}},
+)
 def decisions(
     caller: Caller,
-    tenant: str | None = None,
+    tenant: TenantQuery = None,
     kind: Annotated[
         PolicyDecisionKind | None, Query(description="placement, admission, ...")
     ] = None,
@@ -170,7 +189,7 @@ def decisions(
     "/v1/admission/approvals",
     status_code=201,
     response_model=ApprovalBody,
-    responses={403: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}, 404: {"model": ErrorBody}},
     tags=["admission"],
 )
 def approve(body: ApprovalRequestBody, caller: Caller) -> ApprovalBody:
@@ -219,20 +238,21 @@ def _certification(cert: EvaluationCertification) -> CertificationBody:
 @router.get(
     "/v1/evaluation/certifications",
     response_model=list[CertificationBody],
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}},
     tags=["evaluation"],
 )
 def certifications(
     caller: Caller,
-    digest: str | None = None,
-    tier: str | None = None,
-    status: str | None = None,
+    digest: FilterText | None = None,
+    tier: FilterText | None = None,
+    status: CertificationStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[CertificationBody]:
     """Evaluations, newest first."""
     require_scope(caller, "evaluation.refresh_certification")
     with session_scope() as session:
         rows = evaluation.list_certifications(
-            session, digest=digest, tier=tier, status=status, limit=limit
+            session, digest=digest, tier=tier, status=status.value if status else None, limit=limit
         )
         return [_certification(row) for row in rows]
 
@@ -240,7 +260,7 @@ def certifications(
 @router.get(
     "/v1/evaluation/certifications/{cert_id}",
     response_model=CertificationDetailBody,
-    responses={404: {"model": ErrorBody}},
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}, 404: {"model": ErrorBody}},
     tags=["evaluation"],
 )
 def certification(cert_id: uuid.UUID, caller: Caller) -> CertificationDetailBody:

@@ -16,32 +16,42 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from drydock.api_auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
+from drydock.api_errors import ErrorBody, InputProblem
+from drydock.api_inputs import (
+    MAX_VERSION,
+    AssetRef,
+    JSONBody,
+    PlaybookName,
+    ReasonText,
+    TenantName,
+    TenantQuery,
+    json_bytes,
+    json_value,
+    strictly,
+)
 from models import remediation as store
 from models.db import session_scope
 from models.remediation import RemediationRefusedError
 from models.tables import RunState
 from tasks.remediation import domain
 from tasks.remediation.approvals import ApprovalsUnavailableError
+from tasks.remediation.executors import spec_model_for
+from tasks.remediation.executors.base import ExecutorKind
 from tasks.remediation.playbooks import PlaybookDefinition
 
 router = APIRouter(prefix="/v1/remediation", tags=["remediation"])
 
-
-TenantQuery = Annotated[
-    str | None,
-    Query(description="Operator tokens: the tenant. Tenant tokens: their own, or omitted."),
-]
+_FORBIDDEN = (
+    "The token lacks the scope, acts for another tenant, or is an operator token that did "
+    "not name the tenant."
+)
 
 # ---- bodies ----------------------------------------------------------------------------------
-
-
-class ErrorBody(BaseModel):
-    detail: Any
 
 
 class PlaybookBody(BaseModel):
@@ -63,15 +73,17 @@ class PlaybookDetailBody(PlaybookBody):
     versions: list[int]
 
 
-class RunRequestBody(BaseModel):
-    asset: str = Field(description="The asset's id, or its name within the tenant.")
-    playbook: str = Field(description="The playbook's name (its newest version runs).")
-    reason: str = Field("", max_length=2000, description="Why: kept in the audit trail.")
-    tenant: str | None = Field(None, description="Operator tokens: the asset's tenant.")
+class RunRequestBody(JSONBody):
+    asset: AssetRef = Field(description="The asset's id, or its name within the tenant.")
+    playbook: PlaybookName = Field(description="The playbook's name (its newest version runs).")
+    reason: ReasonText = Field("", description="Why: kept in the audit trail.")
+    tenant: TenantName | None = Field(
+        None, description="Operator tokens (required): the asset's tenant."
+    )
 
 
-class DecisionBody(BaseModel):
-    reason: str = Field("", max_length=2000, description="Why: kept in the audit trail.")
+class RunDecisionBody(JSONBody):
+    reason: ReasonText = Field("", description="Why: kept in the audit trail.")
 
 
 class RunRequestedBody(BaseModel):
@@ -163,10 +175,10 @@ def refused_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def approvals_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503)
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     RemediationRefusedError: refused_handler,
     ApprovalsUnavailableError: approvals_unavailable_handler,
 }
@@ -178,20 +190,48 @@ EXCEPTION_HANDLERS = {
     "/playbooks",
     status_code=201,
     response_model=PlaybookBody,
-    responses={403: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={
+        403: {"model": ErrorBody, "description": _FORBIDDEN},
+        409: {"model": ErrorBody, "description": "Refused: the tenant's name is invalid."},
+    },
 )
 def create_playbook(
-    definition: PlaybookDefinition, caller: Caller, tenant: TenantQuery = None
+    caller: Caller,
+    body: Annotated[bytes, Depends(json_bytes)],
+    tenant: TenantQuery = None,
 ) -> dict[str, Any]:
     """Store a playbook definition as the next version of its name; the spec is validated by
-    its executor's schema (422 names each problem)."""
+    its executor's schema (422 names each problem). The body is a PlaybookDefinition."""
     require_scope(caller, "remediation.playbooks")
-    return domain.create_playbook(
-        definition, tenant=tenant_to_write(caller, tenant), actor=actor_of(caller)
-    )
+    tenant = tenant_to_write(caller, tenant)
+    return domain.create_playbook(_definition(body), tenant=tenant, actor=actor_of(caller))
 
 
-@router.get("/playbooks", response_model=list[PlaybookBody])
+def _definition(body: bytes) -> PlaybookDefinition:
+    """The body as a definition, strictly: its spec first, with its executor's model, so that
+    each of the spec's problems is named where it is (the definition's own check of its spec
+    would report them all at the spec as one)."""
+    if not body:
+        raise InputProblem.at(["body"], "a playbook definition is required", "missing")
+    given = json_value(body, missing=None)
+    kinds = {kind.value: kind for kind in ExecutorKind}
+    executor = given.get("executor") if isinstance(given, dict) else None
+    if isinstance(executor, str) and executor in kinds:
+        try:
+            strictly(spec_model_for(kinds[executor]), given.get("spec"))
+        except ValidationError as exc:
+            raise InputProblem.of_body(exc, under=["spec"]) from None
+    try:
+        return strictly(PlaybookDefinition, given)
+    except ValidationError as exc:
+        raise InputProblem.of_body(exc) from None
+
+
+@router.get(
+    "/playbooks",
+    response_model=list[PlaybookBody],
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}},
+)
 def list_playbooks(caller: Caller, tenant: TenantQuery = None) -> list[dict[str, Any]]:
     """The newest version of every playbook the token may see."""
     require_scope(caller, "remediation.run_playbook")
@@ -203,13 +243,15 @@ def list_playbooks(caller: Caller, tenant: TenantQuery = None) -> list[dict[str,
 
 
 @router.get(
-    "/playbooks/{name}", response_model=PlaybookDetailBody, responses={404: {"model": ErrorBody}}
+    "/playbooks/{name}",
+    response_model=PlaybookDetailBody,
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}, 404: {"model": ErrorBody}},
 )
 def show_playbook(
-    name: str,
+    name: PlaybookName,
     caller: Caller,
     tenant: TenantQuery = None,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> dict[str, Any]:
     """One playbook version (the newest unless ?version=) with its spec."""
     require_scope(caller, "remediation.run_playbook")
@@ -225,6 +267,7 @@ def show_playbook(
     response_model=RunRequestedBody,
     responses={
         200: {"model": RunRequestedBody, "description": "Joined the asset's active run."},
+        403: {"model": ErrorBody, "description": _FORBIDDEN},
         404: {"model": ErrorBody, "description": "No such asset or playbook for the tenant."},
         409: {"model": ErrorBody, "description": "Refused: the asset is not distrusted, ..."},
     },
@@ -255,12 +298,20 @@ def request_run(body: RunRequestBody, caller: Caller, response: Response) -> Run
     )
 
 
-@router.get("/runs", response_model=list[RunBody])
+@router.get(
+    "/runs",
+    response_model=list[RunBody],
+    responses={
+        403: {"model": ErrorBody, "description": _FORBIDDEN},
+        404: {"model": ErrorBody, "description": "The asset filter names no asset."},
+        409: {"model": ErrorBody, "description": "The asset's name is several tenants'."},
+    },
+)
 def list_runs(
     caller: Caller,
     tenant: TenantQuery = None,
     state: RunState | None = None,
-    asset: str | None = None,
+    asset: Annotated[AssetRef | None, Query(description="An asset's id, or name.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict[str, Any]]:
     """Runs newest first."""
@@ -273,7 +324,11 @@ def list_runs(
     )
 
 
-@router.get("/runs/{run_id}", response_model=RunDetailBody, responses={404: {"model": ErrorBody}})
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunDetailBody,
+    responses={403: {"model": ErrorBody, "description": _FORBIDDEN}, 404: {"model": ErrorBody}},
+)
 def show_run(run_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
     """A run with its audit trail and each step's artifacts (output capped, secrets redacted)."""
     require_scope(caller, "remediation.run_playbook")
@@ -283,10 +338,15 @@ def show_run(run_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
 @router.post(
     "/runs/{run_id}/approve",
     response_model=ApprovedBody,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses={
+        403: {"model": ErrorBody, "description": _FORBIDDEN},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    },
 )
 def approve_run(
-    run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+    run_id: uuid.UUID, caller: Caller, body: Annotated[RunDecisionBody | None, Body()] = None
 ) -> ApprovedBody:
     """Approve a pending run: it is queued with a signed approval token bound to it, valid for
     DRYDOCK_REMEDIATION_APPROVAL_TTL_SECONDS."""
@@ -308,10 +368,14 @@ def approve_run(
 @router.post(
     "/runs/{run_id}/reject",
     response_model=RunBody,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses={
+        403: {"model": ErrorBody, "description": _FORBIDDEN},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+    },
 )
 def reject_run(
-    run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+    run_id: uuid.UUID, caller: Caller, body: Annotated[RunDecisionBody | None, Body()] = None
 ) -> dict[str, Any]:
     """Refuse a pending run; it becomes cancelled."""
     require_scope(caller, "remediation.approve")
@@ -324,10 +388,14 @@ def reject_run(
 @router.post(
     "/runs/{run_id}/cancel",
     response_model=RunBody,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses={
+        403: {"model": ErrorBody, "description": _FORBIDDEN},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+    },
 )
 def cancel_run(
-    run_id: uuid.UUID, caller: Caller, body: Annotated[DecisionBody | None, Body()] = None
+    run_id: uuid.UUID, caller: Caller, body: Annotated[RunDecisionBody | None, Body()] = None
 ) -> dict[str, Any]:
     """Cancel a run that has not started."""
     require_scope(caller, "remediation.run_playbook")

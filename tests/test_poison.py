@@ -422,3 +422,27 @@ def test_enqueue_raises_only_its_documented_errors(
     client = redis.Redis.from_url(os.environ["DRYDOCK_BROKER_URL"])
     assert client.llen(QUEUE) == 0
     client.close()
+
+
+def test_the_api_shows_a_refused_messages_raw_body_and_carried_id(
+    worker_factory: Callable[..., WorkerProcess], redis_server: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from drydock.api import app
+    from tests.test_api import bearer, make_token
+
+    worker_factory("poison-api")
+    ident = "carried-by-the-producer"
+    push_raw(redis_server, envelope(b'"a string body"', headers=task_headers(job_id=ident)))
+    from workers.base_task import job_uuid
+
+    job_id = job_uuid(ident)
+    wait_for(lambda: str(job_id) in dead_letters(), 30, "the dead letter")
+    with TestClient(app) as api:
+        shown = api.get(f"/v1/dead-letters/{job_id}", headers=bearer(make_token("ops", "*")))
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert body["reason"] == "unreadable_message"
+    assert body["message_id"] == ident
+    assert "a string body" in body["raw_body"]
