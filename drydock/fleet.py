@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from drydock import localservers
+from drydock import localservers, pidrecord
 from workers.queues import WORK_QUEUES
 from workers.settings import LOCAL_FLEET_FILE, read_local_fleet
 
@@ -376,6 +376,9 @@ class LocalFleet:
             )
         finally:
             log.close()
+        # Under the tests, CI stops whatever of the fleet outlives them by this record (by PID,
+        # never by name); nothing is written otherwise.
+        pidrecord.record(process.pid, f"drydock up: {spec.name}")
         self.children.append(Child(spec, process, log_path))
 
     def _wait_until_ready(self, timeout: float = 90.0) -> None:

@@ -8,6 +8,11 @@ rather than anonymous messages. Workers already send the task events Flower read
 ``kwargsrepr``, so secret fields show as ``[REDACTED]`` in Flower too. One process, no children:
 SIGTERM or SIGINT stops it with exit status 0 and leaves nothing running.
 
+Flower's worker list (``/api/workers``: each worker's stats, queues and tasks) comes from
+inspecting the workers, which Flower 2.2 does once at startup and then only when asked with
+``?refresh=1``; Drydock's Flower inspects again until every live worker has answered, then
+periodically (see ``WorkerListRefresher``), so the list is whole right after `drydock up`.
+
 Credentials are HTTP basic auth pairs ``user:password``, from ``--basic-auth`` (repeatable or
 comma-separated, as Flower takes them) or else ``DRYDOCK_FLOWER_BASIC_AUTH``. Without any, Flower
 is refused, unless ``--insecure-local`` asks for no authentication, which binds 127.0.0.1 only.
@@ -28,13 +33,19 @@ carry task names, worker host names and counts, no arguments. Without authentica
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from workers.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import redis
 
 ENV_VAR = "DRYDOCK_FLOWER_BASIC_AUTH"
 FLOWER_ENV_PREFIX = "FLOWER_"
@@ -192,11 +203,157 @@ def flower_environment(plan: FlowerPlan, environ: Mapping[str, str]) -> dict[str
     return {**kept, **plan.env}
 
 
+# ---- the worker list -------------------------------------------------------------------------
+# Flower 2.2 fills the list ``/api/workers`` serves (each worker's stats, active queues and
+# registered tasks) by inspecting the workers, a broadcast they answer within its
+# ``inspect_timeout``: once when it starts, and then only for a request with ``?refresh=1``. A
+# Flower started alongside its workers (`drydock up` starts them together) inspects before they
+# consume, and ``/api/workers`` stays ``{}``. Drydock's Flower inspects again until every live
+# worker has answered, and then periodically.
+#
+# A worker is live if Flower's events say so (its heartbeat events) or its Drydock heartbeat in
+# Redis is fresh (workers/heartbeat.py; the same rule as `drydock health`). It has answered once
+# the inspection holds all of REQUIRED_REPLIES from it, from the process that is beating now: a
+# worker restarted under the same name (another pid) may serve other queues.
+REQUIRED_REPLIES = ("stats", "active_queues", "registered")
+# How often the list is checked against the live workers: a new worker shows within about this
+# plus one inspection (a broadcast that waits Flower's inspect_timeout, 1 s by default).
+CHECK_SECONDS = 1.0
+# A live worker that does not answer (its control channel wedged) is asked again, backing off to
+# this, so it does not cost a broadcast a second for as long as it stays so.
+RETRY_MAX_SECONDS = 15.0
+# With every live worker answered, the list is inspected again this often anyway, for changes no
+# heartbeat shows (queues added with add_consumer, a worker's stats).
+REFRESH_SECONDS = 60.0
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerListRefresher:
+    """Keeps a Flower application's inspected worker list complete; runs on Flower's IO loop."""
+
+    def __init__(self, flower_app: Any, settings: Settings) -> None:
+        # flower.app.Flower: its ``update_workers()`` (an awaitable inspection, shared with any
+        # ``?refresh=1`` in flight), ``workers`` (what /api/workers serves) and ``events.state``.
+        self.flower_app = flower_app
+        self.settings = settings
+        self._redis: redis.Redis[bytes] | None = None
+        self._redis_failing = False
+        self._waiting_for: set[str] = set()
+        self._retry_delay = CHECK_SECONDS
+        self._next_retry = 0.0
+        self._next_refresh = time.monotonic() + REFRESH_SECONDS
+        self._timer: Any = None
+
+    def start(self) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        # A PeriodicCallback waits for an awaitable callback before scheduling the next, so
+        # checks never overlap; and it leaves no task behind when Flower stops.
+        self._timer = PeriodicCallback(self.check, CHECK_SECONDS * 1000)
+        self._timer.start()
+
+    async def check(self) -> None:
+        live = await self.live_workers()
+        waiting = self.unanswered(live)
+        now = time.monotonic()
+        newcomers = waiting - self._waiting_for
+        if newcomers:
+            self._retry_delay = CHECK_SECONDS
+        due = now >= self._next_refresh or bool(newcomers) or (waiting and now >= self._next_retry)
+        if not due:
+            return
+        try:
+            await self.flower_app.update_workers()
+        except Exception as exc:
+            # Flower logs each failed inspection itself; a broker outage must not stop the timer.
+            logger.warning("inspecting the workers failed: %s", exc)
+        waiting = self.unanswered(live)
+        now = time.monotonic()
+        self._next_refresh = now + REFRESH_SECONDS
+        if waiting:
+            self._next_retry = now + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+            logger.debug("workers yet to answer Flower's inspection: %s", sorted(waiting))
+        else:
+            self._retry_delay = CHECK_SECONDS
+            if self._waiting_for or newcomers:
+                logger.info("inspected all %d live workers", len(live))
+        self._waiting_for = waiting
+        self.forget_departed(live)
+
+    async def live_workers(self) -> dict[str, int | None]:
+        """The host name of every live worker, with the pid of its main process if known."""
+        live: dict[str, int | None] = {
+            name: getattr(worker, "pid", None)
+            for name, worker in self.flower_app.events.state.workers.items()
+            if worker.alive  # a producer (task-sent events only) never is
+        }
+        for beat in await self.flower_app.io_loop.run_in_executor(None, self._fresh_heartbeats):
+            live[beat.hostname] = beat.pid
+        return live
+
+    def unanswered(self, live: Mapping[str, int | None]) -> set[str]:
+        inspected: Mapping[str, Mapping[str, Any]] = self.flower_app.workers
+        return {name for name, pid in live.items() if not _answered(inspected.get(name), pid)}
+
+    def forget_departed(self, live: Mapping[str, int | None]) -> None:
+        """Drop workers gone for as long as Flower keeps offline ones elsewhere (the UI's list,
+        the metrics): Flower itself never drops an inspected worker."""
+        inspected = self.flower_app.workers
+        cutoff = time.time() - OFFLINE_WORKER_PURGE_SECONDS
+        for name in [name for name, info in inspected.items() if name not in live]:
+            if inspected[name].get("timestamp", 0) < cutoff:
+                del inspected[name]
+
+    def _fresh_heartbeats(self) -> list[Any]:
+        """Workers whose Drydock heartbeat is fresh (in an executor thread: Redis blocks)."""
+        import redis
+
+        from workers.heartbeat import read_workers, redis_client
+
+        try:
+            if self._redis is None:
+                self._redis = redis_client(self.settings)
+            beats = read_workers(self._redis)
+        except (redis.RedisError, ValueError) as exc:
+            if not self._redis_failing:
+                logger.warning("reading the workers' heartbeats failed: %s", exc)
+            self._redis_failing = True
+            return []
+        self._redis_failing = False
+        now = time.time()
+        return [b for b in beats if b.age(now) <= self.settings.heartbeat_stale_seconds]
+
+
+def _answered(info: Mapping[str, Any] | None, pid: int | None) -> bool:
+    if not info or any(reply not in info for reply in REQUIRED_REPLIES):
+        return False
+    return pid is None or info["stats"].get("pid") == pid
+
+
+def _refreshing(flower_class: Any, settings: Settings) -> Callable[..., Any]:
+    """Stands in for Flower's application class in its command: the application, with a
+    refresher of its worker list that starts with its IO loop."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        flower_app = flower_class(*args, **kwargs)
+        flower_app.io_loop.add_callback(WorkerListRefresher(flower_app, settings).start)
+        return flower_app
+
+    return make
+
+
 def run_flower(plan: FlowerPlan) -> None:
     """Become Flower until SIGTERM or SIGINT."""
     environment = flower_environment(plan, os.environ)
     os.environ.clear()
     os.environ.update(environment)
+    import flower.command  # type: ignore[import-untyped]  # Flower ships no type information
+
     from workers.app import app
 
+    # Flower's command builds its application from this module global, and offers no other
+    # hook: the command itself (options, authentication, signals, the HTTP server) runs as is.
+    flower.command.Flower = _refreshing(flower.command.Flower, get_settings())
     app.start(list(plan.argv))

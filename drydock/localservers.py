@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drydock import pidrecord
+
 PG_BIN_DIRS = ["/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]
 
 
@@ -151,6 +153,8 @@ def start_redis(workdir: Path, port: int | None = None, *, persistent: bool = Fa
             proc.kill()
             proc.wait(5)
 
+    # For CI, which stops what the tests started by PID (a no-op unless it asked).
+    pidrecord.record(proc.pid, f"redis-server {workdir}")
     server = LocalServer(f"redis://127.0.0.1:{port}/0", [stop], pid=proc.pid)
     import redis
 
@@ -256,4 +260,6 @@ def start_postgres(
         server.stop()
         raise
     server.pid = int((data / "postmaster.pid").read_text().split()[0])
+    # The postmaster, not pg_ctl (which has exited): it leads the backends' process group.
+    pidrecord.record(server.pid, f"postgres {data}")
     return server

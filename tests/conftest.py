@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from drydock import localservers
+from drydock import localservers, pidrecord
 from workers.queues import WORK_QUEUES
 
 # The session worker serves every queue but this one: tests that start and kill their own
@@ -50,9 +50,33 @@ pytest_plugins = [
 ]
 
 
+def _record_every_child(patcher: pytest.MonkeyPatch) -> None:
+    """Record every process this pytest process starts (drydock/pidrecord.py), for CI to stop
+    by PID whatever a test left running. Done in ``Popen`` itself, so a fixture or a test that
+    starts a server, a worker or a helper cannot forget to; the servers and children that
+    ``localservers`` and ``drydock up`` start in other processes record themselves."""
+    spawn = subprocess.Popen.__init__
+
+    def recording_init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        spawn(self, *args, **kwargs)
+        argv = kwargs.get("args", args[0] if args else "?")
+        words = [argv] if isinstance(argv, str | bytes | os.PathLike) else list(argv)
+        try:
+            pidrecord.record(self.pid, " ".join(os.fsdecode(word) for word in words))
+        except OSError as exc:
+            # The child runs already: failing here would lose its handle, and so the child.
+            print(f"warning: could not record test process {self.pid}: {exc}", file=sys.stderr)
+
+    patcher.setattr(subprocess.Popen, "__init__", recording_init)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from cryptography.fernet import Fernet
 
+    if pidrecord.recording_to():
+        patcher = pytest.MonkeyPatch()
+        _record_every_child(patcher)
+        _state["undo_recording"] = patcher.undo
     base = Path(tempfile.mkdtemp(prefix="drydock-tests-"))
     redis_port, pg_port = localservers.free_port(), localservers.free_port()
     registry_port = localservers.free_port()
@@ -78,6 +102,10 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_LOG_JSON": "true",
             # Workers and Beat beat twice a second: a lost one shows in health within ~2 s.
             "DRYDOCK_HEARTBEAT_SECONDS": "0.5",
+            # A worker silent for 5 s is lost: the jobs it held come back within ~7 s, well
+            # before the visibility timeout (the orphan sweep, workers/orphans.py).
+            "DRYDOCK_ORPHAN_AFTER_SECONDS": "5",
+            "DRYDOCK_ORPHAN_SWEEP_SECONDS": "1",
             # Builds: a Docker engine and buildah storage of the tests' own (tests/images.py
             # starts them), sources from git repositories the tests create on disk.
             "DRYDOCK_DOCKER_HOST": f"unix://{base}/docker/docker.sock",
@@ -129,6 +157,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     base = _state.get("base")
     if base:
         shutil.rmtree(base, ignore_errors=True)
+    undo = _state.get("undo_recording")
+    if undo:
+        undo()
 
 
 def _missing(what: str) -> None:

@@ -120,6 +120,20 @@ def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"{what} within {timeout}s (last: {last!r})")
 
 
+def listed_workers(
+    http: httpx.Client, auth: httpx.BasicAuth, *hostnames: str
+) -> dict[str, Any] | None:
+    """``/api/workers`` as Flower serves it unasked (no ``refresh``), once it holds each of
+    ``hostnames`` with its queues and tasks; else None."""
+    response = http.get("/api/workers", auth=auth)
+    assert response.status_code == 200, response.text
+    workers: dict[str, Any] = response.json()
+    complete = all(
+        {"stats", "active_queues", "registered"} <= set(workers.get(name, {})) for name in hostnames
+    )
+    return workers if complete else None
+
+
 def sample(metrics: str, name: str, **labels: str) -> float:
     """The value of the Prometheus sample ``name`` with these labels (others may be present)."""
     for line in metrics.splitlines():
@@ -157,8 +171,9 @@ def test_flower_shows_the_fleet_and_drydock_tasks_to_authenticated_users_only(
 
         poll(worker_online, 15, "the worker's heartbeat did not reach Flower")
 
-        workers = http.get("/api/workers", params={"refresh": "1"}, auth=auth).json()
-        assert worker.hostname in workers, workers
+        # The worker list needs no ?refresh=1: Drydock's Flower inspects until every live
+        # worker has answered.
+        workers = poll(lambda: listed_workers(http, auth, worker.hostname), 15, "no worker")
         served = {queue["name"] for queue in workers[worker.hostname]["active_queues"]}
         assert {"builds", "pushes", "attestation", "evaluation"} <= served
         assert "builds.canary" in workers[worker.hostname]["registered"]
@@ -218,6 +233,46 @@ def test_flower_shows_the_fleet_and_drydock_tasks_to_authenticated_users_only(
     for text in (log, command_line):
         for password in (OPERATOR[1], VIEWER[1], SECRET_VALUE):
             assert password not in text
+
+
+def test_flower_lists_workers_that_start_after_it_without_being_asked_to_refresh(
+    flower: tuple[FlowerProcess, WorkerProcess],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    """Flower 2.2 inspects the workers once, when it starts: a worker that starts later (as
+    under `drydock up`, where Flower starts with the workers) used to be missing from
+    /api/workers until someone asked for ``?refresh=1``. Drydock's Flower inspects again."""
+    server, shared = flower
+    auth = httpx.BasicAuth(*OPERATOR)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        late = worker_factory("flower-late", queues="remediation")
+        started = time.monotonic()
+        workers = poll(
+            lambda: listed_workers(http, auth, late.hostname, shared.hostname),
+            20,
+            "the worker started after Flower is not in /api/workers",
+        )
+        served = {queue["name"] for queue in workers[late.hostname]["active_queues"]}
+        assert served == {"remediation"}
+        assert "remediation.canary" in workers[late.hostname]["registered"]
+        assert workers[late.hostname]["stats"]["pid"] == late.pid
+        # Within a few of Flower's checks, not at its periodic refresh (REFRESH_SECONDS).
+        assert time.monotonic() - started < 20
+
+        # The same worker name, restarted on another queue: the list follows the new process.
+        late.stop()
+        again = worker_factory("flower-late", queues="remediation,evaluation")
+        assert again.hostname == late.hostname
+
+        def restarted() -> dict[str, Any] | None:
+            workers = listed_workers(http, auth, again.hostname)
+            if workers is None or workers[again.hostname]["stats"]["pid"] != again.pid:
+                return None
+            return workers
+
+        workers = poll(restarted, 20, "the restarted worker's new process is not listed")
+        served = {queue["name"] for queue in workers[again.hostname]["active_queues"]}
+        assert served == {"remediation", "evaluation"}
 
 
 def test_flower_refuses_to_start_without_credentials(tmp_path: Path) -> None:

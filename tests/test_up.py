@@ -13,11 +13,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from drydock import localservers
+from workers.queues import WORK_QUEUES
 
 pytestmark = pytest.mark.fleet
 
@@ -104,6 +106,31 @@ class UpProcess:
         raise AssertionError(f"no {fragment!r} from drydock up:\n{''.join(self.output)}")
 
 
+def serves(workers: dict[str, Any], queue: str) -> bool:
+    """Flower's worker list holds `drydock up`'s worker of ``queue``, serving it alone."""
+    return any(
+        name.startswith(f"drydock-{queue}@")
+        and {q["name"] for q in info.get("active_queues", [])} == {queue}
+        and f"{queue}.canary" in info.get("registered", [])
+        for name, info in workers.items()
+    )
+
+
+def flower_workers_listed(url: str, auth: tuple[str, str], timeout: float) -> dict[str, Any]:
+    """Poll Flower's ``/api/workers`` (with basic auth, without ``refresh``) until it lists a
+    worker for every queue, serving that queue and its canary; the list."""
+    deadline = time.monotonic() + timeout
+    workers: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/api/workers", auth=auth, timeout=10)
+        assert response.status_code == 200, response.text
+        workers = response.json()
+        if all(serves(workers, queue) for queue in WORK_QUEUES):
+            return workers
+        time.sleep(0.5)
+    raise AssertionError(f"Flower did not list a worker per queue within {timeout}s: {workers}")
+
+
 @pytest.fixture
 def up(tmp_path: Path, redis_server: str, postgres_server: str) -> Iterator[UpProcess]:
     # redis_server/postgres_server only prove the binaries exist (and fail in CI if not).
@@ -127,6 +154,13 @@ def test_up_runs_a_whole_fleet_that_other_commands_find_and_ctrl_c_stops_it(
     fleet = json.loads((tmp_path / ".drydock" / "fleet.json").read_text())
     token = (tmp_path / ".drydock" / "api-token").read_text().strip()
     assert oct((tmp_path / ".drydock" / "api-token").stat().st_mode)[-3:] == "600"
+
+    # Flower lists every worker with the queue it serves, unasked (no ?refresh=1), although it
+    # started before the workers could answer its first inspection.
+    flower_user, flower_password = (
+        (tmp_path / ".drydock" / "flower-credentials").read_text().strip().split(":", 1)
+    )
+    assert flower_workers_listed(fleet["flower_url"], (flower_user, flower_password), 20)
 
     # A second fleet in the same directory is refused, and starts nothing.
     second = drydock(tmp_path, "up", "--api-port", "1", timeout=60)
