@@ -348,6 +348,18 @@ def worker_factory(clean_state: None) -> Iterator[Callable[..., WorkerProcess]]:
         worker.stop()
 
 
+def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Call ``check`` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout}s (last: {last!r})")
+
+
 def wait_for_job(
     job_id: Any, statuses: tuple[str, ...] = ("succeeded", "dead_lettered"), timeout: float = 30
 ) -> Any:

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from drydock import localservers
 from drydock.flower import ENV_VAR, FlowerConfigError, parse_basic_auth, plan_flower
-from tests.conftest import WorkerProcess, wait_for_job
+from tests.conftest import WorkerProcess, poll, wait_for_job
 from workers.settings import Settings
 
 pytestmark = pytest.mark.fleet
@@ -106,18 +106,6 @@ def flower(fleet: WorkerProcess, tmp_path: Path) -> Iterator[tuple[FlowerProcess
     finally:
         assert server.stop() == 0, server.log()[-2000:]
         assert server.proc.poll() is not None
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Call ``check`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout}s (last: {last!r})")
 
 
 def listed_workers(

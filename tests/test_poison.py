@@ -20,7 +20,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
+from tests.conftest import PRIVATE_QUEUE, WorkerProcess, poll, wait_for_job
 
 pytestmark = pytest.mark.fleet
 
@@ -183,16 +183,6 @@ def dead_letters() -> dict[str, Any]:
     return {str(row.job_id): row for row in rows}
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_every_malformed_kind_is_dead_lettered_and_the_valid_job_behind_them_runs(
     worker_factory: Callable[..., WorkerProcess], redis_server: str
 ) -> None:
@@ -211,7 +201,7 @@ def test_every_malformed_kind_is_dead_lettered_and_the_valid_job_behind_them_run
     assert worker.proc.poll() is None, worker.log()[-3000:]
     assert "Unrecoverable error" not in worker.log()
 
-    letters = wait_for(lambda: len(dead_letters()) >= len(items) and dead_letters(), 30, "DLQ")
+    letters = poll(lambda: len(dead_letters()) >= len(items) and dead_letters(), 30, "DLQ")
     assert len(letters) == len(items), sorted(letter.message for letter in letters.values())
     by_reason: dict[str, int] = {}
     for letter in letters.values():
@@ -259,7 +249,7 @@ def test_a_refused_message_keeps_its_raw_body_redacted_and_capped(
     not_json = f"garbage password={secret} then {'y' * 40_000}".encode()
     push_raw(redis_server, not_json)
 
-    letters = wait_for(lambda: len(dead_letters()) == 2 and dead_letters(), 30, "two letters")
+    letters = poll(lambda: len(dead_letters()) == 2 and dead_letters(), 30, "two letters")
     positional = letters[ident]
     assert positional.reason == "invalid_payload"
     assert "positional" in positional.message
@@ -298,7 +288,7 @@ def test_an_unknown_task_can_be_replayed_once_its_name_exists(
             headers=task_headers("remediation.renamed_later", ident),
         ),
     )
-    letters = wait_for(lambda: dead_letters(), 30, "the dead letter")
+    letters = poll(lambda: dead_letters(), 30, "the dead letter")
     letter = letters[ident]
     assert letter.reason == "unknown_task"
     assert letter.payload == {"message": "kept", "api_key": "[REDACTED]"}
@@ -313,11 +303,11 @@ def test_a_redelivered_refused_message_is_dead_lettered_once(
     raw = envelope(b'"bad"', headers=task_headers(job_id=ident))
     worker_factory("poison-twice")
     push_raw(redis_server, raw)
-    wait_for(lambda: ident in dead_letters(), 30, "the first dead letter")
+    poll(lambda: ident in dead_letters(), 30, "the first dead letter")
     # The same message again (a producer retrying, or a redelivery): no second dead letter.
     push_raw(redis_server, raw)
     client = redis.Redis.from_url(redis_server)
-    wait_for(lambda: client.llen(QUEUE) == 0 and client.hlen("unacked") == 0, 30, "taken")
+    poll(lambda: client.llen(QUEUE) == 0 and client.hlen("unacked") == 0, 30, "taken")
     client.close()
     time.sleep(0.5)
     assert list(dead_letters()) == [ident]
@@ -356,7 +346,7 @@ def test_a_message_without_a_redacted_repr_shows_none_of_its_secrets_in_task_eve
         ),
     )
     try:
-        received = wait_for(
+        received = poll(
             lambda: [event for event in seen if event.get("uuid") == ident], 30, "task-received"
         )
     finally:
@@ -374,17 +364,17 @@ def test_a_poison_message_is_held_while_the_store_is_down_and_dead_lettered_afte
     unreachable = "postgresql+psycopg://drydock@127.0.0.1:1/drydock"
     blind = worker_factory("poison-blind", env={"DRYDOCK_DATABASE_URL": unreachable})
     push_raw(redis_server, b"not json at all")
-    wait_for(lambda: blind.log().count("job.refusal_not_recorded") >= 2, 30, "retries")
+    poll(lambda: blind.log().count("job.refusal_not_recorded") >= 2, 30, "retries")
     client = redis.Redis.from_url(redis_server)
     assert client.llen(QUEUE) == 0 and client.hlen("unacked") == 1  # held, not dropped
     assert not dead_letters()
     blind.stop()  # a warm shutdown gives the held message back to the queue
 
     worker_factory("poison-sighted")
-    letters = wait_for(lambda: dead_letters(), 30, "the dead letter")
+    letters = poll(lambda: dead_letters(), 30, "the dead letter")
     assert [letter.reason for letter in letters.values()] == ["unreadable_message"]
     assert "not json at all" in (next(iter(letters.values())).raw_body or "")
-    wait_for(lambda: client.hlen("unacked") == 0, 10, "acknowledged")
+    poll(lambda: client.hlen("unacked") == 0, 10, "acknowledged")
     client.close()
 
 
@@ -438,7 +428,7 @@ def test_the_api_shows_a_refused_messages_raw_body_and_carried_id(
     from workers.base_task import job_uuid
 
     job_id = job_uuid(ident)
-    wait_for(lambda: str(job_id) in dead_letters(), 30, "the dead letter")
+    poll(lambda: str(job_id) in dead_letters(), 30, "the dead letter")
     with TestClient(app) as api:
         shown = api.get(f"/v1/dead-letters/{job_id}", headers=bearer(make_token("ops", "*")))
     assert shown.status_code == 200, shown.text

@@ -474,16 +474,16 @@ def dead_letter_now(
         parked = (
             None
             if letter is None
-            else {
-                "job_id": str(job_id),
-                "task_name": task_name,
-                "queue": who.queue,
-                "error_class": error_class,
-                "message": message,
-                "reason": reason,
-                "attempts": attempt,
-                "payload": letter.payload,
-            }
+            else dead_letter.parked_body(
+                job_id,
+                task_name=task_name,
+                queue=who.queue,
+                error_class=error_class,
+                message=message,
+                reason=reason,
+                attempts=attempt,
+                payload=letter.payload,
+            )
         )
     if parked is None:
         return False

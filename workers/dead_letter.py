@@ -20,6 +20,30 @@ _exchange = Exchange(DEAD_LETTER_QUEUE, type="direct")
 _queue = Queue(DEAD_LETTER_QUEUE, _exchange, routing_key=DEAD_LETTER_QUEUE)
 
 
+def parked_body(
+    job_id: uuid.UUID,
+    *,
+    task_name: str,
+    queue: str,
+    error_class: str,
+    message: str,
+    reason: str,
+    attempts: int,
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    """The parked message of a dead job (redacted data only)."""
+    return {
+        "job_id": str(job_id),
+        "task_name": task_name,
+        "queue": queue,
+        "error_class": error_class,
+        "message": message,
+        "reason": reason,
+        "attempts": attempts,
+        "payload": payload,
+    }
+
+
 def park(app: Celery, job_id: uuid.UUID, body: dict[str, Any]) -> None:
     with app.producer_or_acquire() as producer:
         producer.publish(

@@ -25,6 +25,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from workers.broker import RAW_KEEP_BYTES, UNREADABLE_HEADER, UNREADABLE_RAW_HEADER, capped_text
+from workers.errors import list_problems
 from workers.logs import get_logger
 from workers.redaction import redact, redact_text, seal, split_secrets
 from workers.settings import get_settings
@@ -123,7 +124,7 @@ def refusal_for(message: Any, tasks: Mapping[str, Any], *, limit_bytes: int) -> 
     if b"\\u0000" in raw or b"\x00" in raw:
         problems = nul_problems(kwargs) + nul_problems(args, whole="(args)")
         if problems:
-            listed = "; ".join(f"{p.field}: {p.problem}" for p in problems)
+            listed = list_problems(problems)
             return Refusal(INVALID_PAYLOAD, "PayloadInvalidError", f"invalid payload: {listed}")
     return None
 
@@ -259,16 +260,16 @@ def dead_letter_refused(message: Any, refusal: Refusal, *, hostname: str) -> Non
         )
         parked = None
         if letter is not None:
-            parked = {
-                "job_id": str(job_id),
-                "task_name": letter.task_name,
-                "queue": letter.queue,
-                "error_class": refusal.error_class,
-                "message": problem,
-                "reason": refusal.reason,
-                "attempts": 0,
-                "payload": letter.payload,
-            }
+            parked = dead_letter.parked_body(
+                job_id,
+                task_name=letter.task_name,
+                queue=letter.queue,
+                error_class=refusal.error_class,
+                message=problem,
+                reason=refusal.reason,
+                attempts=0,
+                payload=letter.payload,
+            )
     log = get_logger(job_id=str(job_id), task=task_name, queue=queue, worker=hostname)
     if parked is None:
         log.info("job.refused_again", action="skip", reason=refusal.reason)
