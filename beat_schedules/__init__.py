@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.queues import WORK_QUEUES
+from kernel.topology import WORK_QUEUES
 
 if TYPE_CHECKING:
-    from workers.settings import Settings
+    from kernel.settings import Settings
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -13,8 +13,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from kernel.settings import get_settings
 from workers.app import celery_config
-from workers.settings import get_settings
 
 settings = get_settings()
 app = Celery("bare")

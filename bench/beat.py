@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, event, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from drydock import localservers  # noqa: E402
-from workers.settings import Settings  # noqa: E402
+from kernel.settings import Settings  # noqa: E402
 
 ANOMALY_TARGET_S = 10.0
 SWEEP_TARGET_S = 1.0

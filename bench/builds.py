@@ -38,12 +38,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drydock import localservers
+from kernel.platforms import Platform
+from kernel.settings import Settings
 from tasks.builds.backends import BuilderBackend, BuildSpec, backend_for, verify_platform
-from tasks.builds.platforms import Platform
 from tasks.builds.source import fetch_revision, resolve_inside
 from tests.image_builders import start_dockerd
 from tests.registry_server import RegistryServer, registry_config
-from workers.settings import Settings
 
 GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",

@@ -65,7 +65,7 @@ def configure(redis_url: str, db_url: str) -> None:
 
 
 def start_worker(kind: str, concurrency: int, log_path: Path) -> subprocess.Popen[bytes]:
-    from workers.queues import prefetch_for
+    from kernel.topology import prefetch_for
 
     common = [
         f"--concurrency={concurrency}",
@@ -148,7 +148,7 @@ def run_mode(
 ) -> dict[str, Any]:
     import redis
 
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
 
     client = redis.Redis.from_url(get_settings().broker_url)
     client.delete(QUEUE, "unacked", "unacked_index", "bench:starts")
@@ -217,7 +217,7 @@ def probe_latency(kind: str, send: Any, probes: int, capacity: float) -> list[fl
     """Send probes at half the measured capacity; return enqueue→start latencies in ms."""
     import redis
 
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
 
     interval = 2.0 / capacity
     called: dict[str, float] = {}

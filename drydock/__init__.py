@@ -17,11 +17,11 @@ _EXPORTS = {
     "enqueue": "drydock.client",
     "EnqueuedJob": "drydock.client",
     "IdempotencyConflictError": "drydock.client",
-    "BrokerUnavailableError": "workers.errors",
-    "DrydockError": "workers.errors",
-    "PayloadInvalidError": "workers.errors",
-    "PayloadTooLargeError": "workers.errors",
-    "UnknownTaskError": "workers.errors",
+    "BrokerUnavailableError": "kernel.errors",
+    "DrydockError": "kernel.errors",
+    "PayloadInvalidError": "kernel.errors",
+    "PayloadTooLargeError": "kernel.errors",
+    "UnknownTaskError": "kernel.errors",
 }
 
 __all__ = sorted(_EXPORTS)

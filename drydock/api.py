@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from catalog import CATALOG, TaskSpec
 from drydock import api_errors, api_openapi, api_policy, api_remediation, client
 from drydock.api_auth import Caller
 from drydock.api_edge import EdgeMiddleware
@@ -40,13 +41,12 @@ from drydock.api_inputs import (
 from drydock.api_policy import AdmissionRefusedBody
 from drydock.health import FleetHealth, check_fleet
 from drydock.metrics import DrydockCollector, render
+from kernel.errors import NotFoundError, PayloadInvalidError
+from kernel.topology import WORK_QUEUES
 from models import jobs as job_store
 from models import tokens
 from models.db import session_scope
 from models.tables import DeadLetter, EventKind, Job, JobEvent, JobStatus
-from tasks.catalog import CATALOG, TaskSpec
-from workers.errors import NotFoundError, PayloadInvalidError
-from workers.queues import WORK_QUEUES
 
 API_VERSION = "1"
 MAX_PAGE = 500

@@ -23,8 +23,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drydock.api_errors import Problem, problem, problem_response
-from workers.settings import get_settings
-from workers.storable import NUL_PROBLEM
+from kernel.settings import get_settings
+from kernel.storable import NUL_PROBLEM
 
 # JSON framing the payload's own bytes do not count: whitespace, indentation, escapes.
 FRAMING_BYTES = 64 * 1024

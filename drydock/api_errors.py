@@ -24,8 +24,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tasks.catalog import CATALOG
-from workers.errors import (
+from catalog import CATALOG
+from kernel.errors import (
     BrokerUnavailableError,
     DrydockError,
     NotFoundError,
@@ -35,8 +35,8 @@ from workers.errors import (
     TransientError,
     UnknownTaskError,
 )
-from workers.logs import get_logger
-from workers.storable import NUL_PROBLEM
+from kernel.logs import get_logger
+from kernel.storable import NUL_PROBLEM
 
 RETRY_AFTER_SECONDS = "5"
 

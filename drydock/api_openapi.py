@@ -22,10 +22,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from catalog import CATALOG
 from drydock.api_edge import MAX_NUMBER
 from drydock.api_errors import ErrorBody, ProblemBody
 from drydock.api_inputs import NO_NUL
-from tasks.catalog import CATALOG
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind
 from tasks.remediation.playbooks import PlaybookDefinition, max_timeout_seconds

@@ -24,7 +24,8 @@ from models import evaluation, trust
 from models import policy as policy_store
 from models.db import session_scope
 from models.tables import CertificationStatus, EvaluationCertification, PolicyDecisionKind
-from workers.admission import AdmissionRefusedError, issue_token
+from policy import placement
+from policy.admission import AdmissionRefusedError, issue_token
 
 router = APIRouter(tags=["policy"])
 
@@ -155,7 +156,7 @@ def decide(body: PlacementBody, caller: Caller) -> DecisionBody:
         accelerators=tuple(body.accelerators),
     )
     with session_scope() as session:
-        row = policy_store.decide_placement(session, request, actor=actor_of(caller))
+        row = placement.decide_placement(session, request, actor=actor_of(caller))
         return DecisionBody.model_validate(policy_store.decision_json(row))
 
 

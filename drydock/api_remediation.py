@@ -38,8 +38,8 @@ from models import remediation as store
 from models.db import session_scope
 from models.remediation import RemediationRefusedError
 from models.tables import RunState
+from policy.approvals import ApprovalsUnavailableError
 from tasks.remediation import domain
-from tasks.remediation.approvals import ApprovalsUnavailableError
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind
 from tasks.remediation.playbooks import PlaybookDefinition

@@ -85,7 +85,7 @@ def schema(
     ),
 ) -> None:
     """Print the JSON Schema of task payloads, for producers in other languages."""
-    from tasks.catalog import CATALOG, spec_for
+    from catalog import CATALOG, spec_for
 
     if registry_events:
         from tasks.pushes.telemetry import json_schemas
@@ -101,7 +101,7 @@ def schema(
 @app.command()
 def keygen() -> None:
     """Print a new key for DRYDOCK_SECRET_KEY."""
-    from workers.redaction import new_key
+    from kernel.redaction import new_key
 
     sys.stdout.write(new_key() + "\n")
 
@@ -118,8 +118,8 @@ def worker(
     pool: str = typer.Option("prefork", help="Celery pool: prefork, threads or solo."),
 ) -> None:
     """Run a Celery worker with Drydock's per-queue defaults."""
-    from workers.queues import parse_queue_list, prefetch_for
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
+    from kernel.topology import parse_queue_list, prefetch_for
 
     try:
         names = parse_queue_list(queues)
@@ -149,8 +149,8 @@ def worker(
 @app.command()
 def beat(loglevel: str | None = typer.Option(None, "--loglevel", "-l")) -> None:
     """Run Celery Beat with Drydock's schedules. One fires at a time: run a second to take over."""
+    from kernel.settings import get_settings
     from workers.app import app as celery_app
-    from workers.settings import get_settings
 
     # The schedule and when each entry last ran live in Redis (RedBeat), not in a local file.
     celery_app.start(["beat", f"--loglevel={loglevel or get_settings().log_level}"])
@@ -247,10 +247,10 @@ def jobs(
     offset: int = typer.Option(0, min=0),
 ) -> None:
     """List jobs, newest first."""
+    from kernel.topology import WORK_QUEUES
     from models import jobs as job_store
     from models.db import session_scope
     from models.tables import JobStatus
-    from workers.queues import WORK_QUEUES
 
     if status and status not in {s.value for s in JobStatus}:
         raise CliError(f"unknown status {status!r}; one of {', '.join(s.value for s in JobStatus)}")
@@ -618,7 +618,7 @@ def up(
     from pathlib import Path
 
     from drydock.fleet import FleetPlan, LocalFleet
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
 
     directory = Path(state_dir or get_settings().state_dir).absolute()
     plan = FleetPlan(
@@ -655,9 +655,9 @@ def tokens_create(
     ),
 ) -> None:
     """Create an API token. It is printed once: only its hash is stored."""
+    from catalog import CATALOG
     from models import tokens
     from models.db import session_scope
-    from tasks.catalog import CATALOG
 
     try:
         with session_scope() as session:
@@ -726,7 +726,7 @@ def api(
     """Serve the HTTP API with uvicorn (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
-    from workers.logs import configure_logging
+    from kernel.logs import configure_logging
 
     configure_logging()
     uvicorn.run(
@@ -820,7 +820,7 @@ def _explain(exc: BaseException) -> str | None:
     from pydantic import ValidationError
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from workers.errors import DrydockError
+    from kernel.errors import DrydockError
 
     if isinstance(exc, CliError | DrydockError):
         return str(exc)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drydock.cli_text import current_operator, when
-from workers.errors import DrydockError
+from kernel.errors import DrydockError
 
 registry_app = typer.Typer(
     help=(
@@ -263,7 +263,7 @@ def _probe_text(at: datetime | None, accepted: bool | None) -> str:
 
 
 def _split_repository(text: str) -> tuple[str, str]:
-    from tasks.pushes.payloads import PruneTagsPayload
+    from catalog.pushes import PruneTagsPayload
 
     host, slash, repository = text.partition("/")
     if not slash or not repository:

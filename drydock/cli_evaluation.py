@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from drydock.cli_text import current_operator, parse_duration, when
-from workers.errors import DrydockError
+from kernel.errors import DrydockError
 
 evaluation_app = typer.Typer(
     help="Evaluation tiers and certifications of image digests.", no_args_is_help=True
@@ -78,9 +78,9 @@ def tiers_put(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Create or replace a tier. The suite is checked before it is stored."""
+    from catalog.evaluation import checked_tier
     from models import evaluation
     from models.db import session_scope
-    from tasks.evaluation.payloads import checked_tier
     from tasks.evaluation.suite import parse_suite_spec
 
     try:
@@ -107,7 +107,7 @@ def tiers_put(
 
 
 def _check_fits_queue(timeout_seconds: int) -> None:
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
 
     longest = get_settings().work_budget_seconds("evaluation")
     if timeout_seconds > longest:
@@ -281,6 +281,7 @@ def policy_decide(
     """Decide a placement, record it, print every gate. Exit code 0 allowed, 3 denied."""
     from models import policy as policy_store
     from models.db import session_scope
+    from policy import placement
 
     request = policy_store.PlacementRequest(
         digest=digest,
@@ -290,7 +291,7 @@ def policy_decide(
         accelerators=tuple(accelerators or ()),
     )
     with session_scope() as session:
-        row = policy_store.decide_placement(session, request, actor=_by(by))
+        row = placement.decide_placement(session, request, actor=_by(by))
         document = policy_store.decision_json(row)
     if as_json:
         _print_json(document)
@@ -414,7 +415,7 @@ def admission_approve(
     """Print an approval token for enqueueing matching tasks on a protected asset."""
     from models import trust
     from models.db import session_scope
-    from workers.admission import issue_token
+    from policy.admission import issue_token
 
     with session_scope() as session:
         found = trust.find_asset(session, asset)

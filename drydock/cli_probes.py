@@ -17,8 +17,8 @@ import time
 import typer
 from rich.console import Console
 
+from kernel.settings import Settings, get_settings
 from workers.heartbeat_file import LocalHeartbeat, probe_problem, read_local_heartbeat
-from workers.settings import Settings, get_settings
 
 probe_app = typer.Typer(
     help="Container probes reading the heartbeat file (exit 1 with the reason when failing).",

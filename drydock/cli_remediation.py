@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from drydock.cli_text import current_operator, when
-from workers.errors import DrydockError, field_problems, list_problems
+from kernel.errors import DrydockError, field_problems, list_problems
 
 playbooks_app = typer.Typer(
     help="Remediation playbooks: create (a new version), list, show.", no_args_is_help=True
@@ -364,8 +364,8 @@ def build_sandbox(
     busybox: Path = typer.Option(Path("/bin/busybox"), "--busybox", help="A static busybox."),
 ) -> None:
     """Build the shell sandbox image on the Docker engine: scratch plus a static busybox."""
+    from kernel.settings import get_settings
     from tasks.remediation.executors.sandbox import build_sandbox_image
-    from workers.settings import get_settings
 
     image = tag or get_settings().remediation_sandbox_image
     image_id = build_sandbox_image(image, busybox)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from workers.errors import DrydockError
+from kernel.errors import DrydockError
 
 
 def when(moment: datetime | None) -> str:

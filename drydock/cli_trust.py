@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drydock.cli_text import current_operator, when
-from workers.errors import DrydockError
+from kernel.errors import DrydockError
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -1,7 +1,7 @@
 """The producer's side: enqueue by task name, and replay or purge dead letters.
 
 A producer imports this module and nothing of the workers' task code: the payload is validated
-against ``tasks.catalog``, the job is recorded in PostgreSQL, and the message is sent by name.
+against ``catalog``, the job is recorded in PostgreSQL, and the message is sent by name.
 """
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from models import jobs as job_store
-from models.db import session_scope
-from models.tables import Job
-from tasks.catalog import TaskSpec, spec_for
-from workers import dead_letter
-from workers.admission import admit, unbound
-from workers.app import app
-from workers.errors import (
+from catalog import TaskSpec, spec_for
+from kernel.errors import (
     BrokerUnavailableError,
     DrydockError,
     FieldProblem,
@@ -32,11 +26,17 @@ from workers.errors import (
     PayloadInvalidError,
     ReplayRefusedError,
 )
-from workers.logs import get_logger
-from workers.queues import ENQUEUED_AT_HEADER
-from workers.redaction import REDACTED, restore_secrets, seal, split_secrets, unseal
-from workers.settings import get_settings
-from workers.storable import NUL_PROBLEM, check_storable
+from kernel.logs import get_logger
+from kernel.redaction import REDACTED, restore_secrets, seal, split_secrets, unseal
+from kernel.settings import get_settings
+from kernel.storable import NUL_PROBLEM, check_storable
+from kernel.topology import ENQUEUED_AT_HEADER
+from models import jobs as job_store
+from models.db import session_scope
+from models.tables import Job
+from policy.admission import admit, unbound
+from workers import dead_letter
+from workers.app import app
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
@@ -96,7 +96,7 @@ def enqueue(
     ``DRYDOCK_MAX_PAYLOAD_BYTES``), ``IdempotencyConflictError``, ``AdmissionRefusedError`` and
     ``BrokerUnavailableError``.
 
-    Admission (``workers.admission``): the job acts for ``tenant`` (else the payload's
+    Admission (``policy.admission``): the job acts for ``tenant`` (else the payload's
     ``tenant`` field, if any) and is bound to ``target_asset`` (an asset id or ``tenant/name``),
     whose quarantine preempts it while it waits; a protected target needs ``approval_token``.
     A refusal raises AdmissionRefusedError and is recorded as a policy decision."""

@@ -32,8 +32,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from drydock import localservers, pidrecord
-from workers.queues import WORK_QUEUES
-from workers.settings import LOCAL_FLEET_FILE, read_local_fleet
+from kernel.settings import LOCAL_FLEET_FILE, read_local_fleet
+from kernel.topology import WORK_QUEUES
 
 if TYPE_CHECKING:
     import redis
@@ -308,7 +308,7 @@ class LocalFleet:
         if not key:
             key_file = state / "secret-key"
             if not key_file.exists():
-                from workers.redaction import new_key
+                from kernel.redaction import new_key
 
                 _write_private(key_file, new_key())
             key = key_file.read_text().strip()
@@ -336,9 +336,9 @@ class LocalFleet:
 
     def _local_token(self) -> str:
         """An API token for this local fleet (scope *), kept in the state directory."""
+        from catalog import CATALOG
         from models import tokens
         from models.db import session_scope
-        from tasks.catalog import CATALOG
 
         token_file = self.plan.state_dir / "api-token"
         with session_scope(self.urls["database_url"]) as session:

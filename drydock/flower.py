@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from workers.settings import Settings, get_settings
+from kernel.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import redis

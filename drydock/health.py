@@ -26,11 +26,11 @@ from kombu.transport.redis import Channel as RedisChannel
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
+from kernel.settings import Settings, get_settings
+from kernel.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 from models import jobs as job_store
 from models.db import session_scope
 from workers.heartbeat import WorkerBeat, last_beat_tick, read_workers, redis_client
-from workers.queues import DEAD_LETTER_QUEUE, WORK_QUEUES
-from workers.settings import Settings, get_settings
 
 
 class QueueReport(BaseModel):

@@ -23,11 +23,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from drydock.health import FleetHealth, check_fleet
+from kernel.settings import Settings, get_settings
 from models import jobs as job_store
 from models.builds import registry_telemetry_counts
 from models.db import session_scope
 from models.tables import EventKind
-from workers.settings import Settings, get_settings
 
 CACHE_SECONDS = 5.0
 # Seconds; from a canary's milliseconds to an hour-long build.

@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 import models.tables  # noqa: F401  (registers every table on Base.metadata)
+from kernel.settings import get_settings
 from models.base import Base
-from workers.settings import get_settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().database_url

@@ -17,6 +17,7 @@ from sqlalchemy import BigInteger, cast, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from kernel.errors import NotFoundError
 from models.db import session_scope
 from models.tables import (
     Artifact,
@@ -28,7 +29,6 @@ from models.tables import (
     RegistryEvent,
     RetentionPolicyRow,
 )
-from workers.errors import NotFoundError
 
 # The most of a build log kept per platform; a longer log keeps its tail (where errors are).
 MAX_LOG_BYTES = 1024 * 1024

@@ -25,6 +25,9 @@ from typing import Any, Literal
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from kernel.errors import DrydockError, NotFoundError
+from kernel.redaction import seal, unseal
+from kernel.settings import get_settings
 from models.db import session_scope
 from models.tables import (
     CredentialEvent,
@@ -40,9 +43,6 @@ from tasks.pushes.credentials import (
     run_credential_helper,
     set_htpasswd_password,
 )
-from workers.errors import DrydockError, NotFoundError
-from workers.redaction import seal, unseal
-from workers.settings import get_settings
 
 
 class SecretKeyRequiredError(DrydockError):

@@ -15,7 +15,7 @@ import psycopg
 from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from workers.settings import get_settings
+from kernel.settings import get_settings
 
 _lock = Lock()
 _engines: dict[tuple[int, str], Engine] = {}

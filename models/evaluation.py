@@ -22,13 +22,13 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from kernel.errors import DrydockError, NotFoundError
 from models.tables import (
     CertificationStatus,
     EvaluationCertification,
     EvaluationTier,
     ImageCertification,
 )
-from workers.errors import DrydockError, NotFoundError
 
 # The name image_certifications rows carry for a tier, so retention keeps certified digests.
 IMAGE_CERTIFICATION_PREFIX = "evaluation:"

@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from kernel.context import WorkerIdentity
 from models.db import hot_connection, session_scope
 from models.tables import (
     TERMINAL_STATUSES,
@@ -27,16 +28,6 @@ from models.tables import (
     JobStatus,
     sql_in_list,
 )
-
-
-@dataclass(frozen=True)
-class WorkerIdentity:
-    hostname: str
-    pid: int
-    queue: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"worker": self.hostname, "worker_pid": self.pid, "queue": self.queue}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
 import migrations
-from workers.settings import get_settings
+from kernel.settings import get_settings
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -1,4 +1,5 @@
-"""The policy engine's facts and records: gathering what ``tasks.evaluation.policy`` decides on,
+"""The policy engine's facts and records: gathering what ``policy.engine`` decides on (its
+caller, ``policy.placement``, joins the two),
 persisting each decision (``policy_decisions``), and preempting waiting jobs of a quarantined
 asset.
 
@@ -19,17 +20,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from models import anomaly, evaluation, trust
-from models.tables import (
-    ACTIVE_RUN_STATES,
-    PolicyDecision,
-    PolicyDecisionKind,
-    RemediationRun,
-    TenantPolicy,
-    TrustAsset,
-)
-from tasks.evaluation import policy as engine
-from tasks.evaluation.policy import (
+from kernel.decisions import (
     AssetFacts,
     CertificationFacts,
     Decision,
@@ -39,7 +30,16 @@ from tasks.evaluation.policy import (
     ScoreFacts,
     TenantRules,
 )
-from workers.errors import NotFoundError
+from kernel.errors import NotFoundError
+from models import anomaly, evaluation, trust
+from models.tables import (
+    ACTIVE_RUN_STATES,
+    PolicyDecision,
+    PolicyDecisionKind,
+    RemediationRun,
+    TenantPolicy,
+    TrustAsset,
+)
 
 PG_CHANNEL = "drydock_policy"
 
@@ -152,21 +152,6 @@ def placement_facts(session: Session, request: PlacementRequest, now: datetime) 
         repository=repository,
         scores=tuple(ScoreFacts(s.metric, s.value, s.flagged) for s in scores),
         rules=tenant_rules(session, request.tenant),
-    )
-
-
-def decide_placement(
-    session: Session, request: PlacementRequest, *, actor: str, now: datetime | None = None
-) -> PolicyDecision:
-    """Gather the facts, decide, and record the decision (announced on commit)."""
-    facts = placement_facts(session, request, now or datetime.now(UTC))
-    return record_decision(
-        session,
-        PolicyDecisionKind.PLACEMENT,
-        engine.decide_placement(facts),
-        request=request.as_json(),
-        tenant=request.tenant,
-        actor=actor,
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.orm import Session
 
+from kernel.errors import DrydockError, NotFoundError
 from models.tables import (
     ACTIVE_RUN_STATES,
     RemediationArtifact,
@@ -24,7 +25,6 @@ from models.tables import (
     TenantPolicy,
     sql_in_list,
 )
-from workers.errors import DrydockError, NotFoundError
 
 TERMINAL_RUN_STATES: frozenset[str] = frozenset(
     {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.EXPIRED}

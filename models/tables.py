@@ -74,7 +74,7 @@ class Job(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     task_name: Mapped[str] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(50))
-    # Secret-looking fields are replaced by "[REDACTED]"; see workers.redaction.
+    # Secret-looking fields are replaced by "[REDACTED]"; see kernel.redaction.
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     # Fernet token of the redacted values, present only when a fleet key is configured.
     sealed_secrets: Mapped[str | None] = mapped_column(Text)
@@ -255,7 +255,7 @@ class BuildRun(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
     )
-    # Never with credentials: a URL carrying them is refused (tasks.builds.payloads).
+    # Never with credentials: a URL carrying them is refused (catalog.builds).
     repository_url: Mapped[str] = mapped_column(Text)
     revision: Mapped[str] = mapped_column(String(255))
     # The commit the revision resolved to when it was fetched.

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from kernel.errors import DrydockError
 from models.tables import ApiToken
-from workers.errors import DrydockError
 
 TOKEN_PREFIX = "ddk_"
 # Writing last_used_at on every request would make each authenticated read a write.

@@ -32,6 +32,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from kernel.errors import DrydockError, NotFoundError, TransientError
+from kernel.logs import get_logger
+from kernel.settings import get_settings
 from models.db import session_scope
 from models.tables import (
     AssetKind,
@@ -41,9 +44,6 @@ from models.tables import (
     TrustState,
     TrustTransition,
 )
-from workers.errors import DrydockError, NotFoundError, TransientError
-from workers.logs import get_logger
-from workers.settings import get_settings
 
 # PostgreSQL NOTIFY channel and Redis pub/sub channel every transition is published on.
 PG_CHANNEL = "drydock_trust"

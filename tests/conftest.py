@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from drydock import localservers, pidrecord
-from workers.queues import WORK_QUEUES
+from kernel.topology import WORK_QUEUES
 
 # The session worker serves every queue but this one: tests that start and kill their own
 # workers use it, so the session worker can never take their jobs.

@@ -17,8 +17,8 @@ from tests.image_builders import BUSYBOX, DockerEngine
 @pytest.fixture(scope="session")
 def sandbox_image(docker_engine: DockerEngine) -> str:
     """The sandbox image's tag (the settings' default), built on the session's engine."""
+    from kernel.settings import get_settings
     from tasks.remediation.executors.sandbox import build_sandbox_image
-    from workers.settings import get_settings
 
     if not BUSYBOX.exists():
         _missing(f"a static busybox at {BUSYBOX}")

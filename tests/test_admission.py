@@ -19,12 +19,13 @@ from drydock.client import enqueue
 from models import policy as policy_store
 from models.db import session_scope
 from models.tables import Job, JobEvent, PolicyDecision, TrustState
+from policy import placement
+from policy.admission import AdmissionRefusedError, issue_token
 from tasks.remediation import domain as remediation
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from tests.test_api import bearer
 from tests.test_evaluation import asset_in
 from tests.test_remediation import move_to
-from workers.admission import AdmissionRefusedError, issue_token
 
 S = TrustState
 
@@ -132,9 +133,9 @@ def test_a_protected_target_needs_an_approval_token_for_that_task(fleet: WorkerP
 
 
 def test_admission_refusals_over_http_are_403_with_every_gate(fleet: WorkerProcess) -> None:
+    from catalog import CATALOG
     from drydock.api import app
     from models import tokens
-    from tasks.catalog import CATALOG
 
     asset_in(S.QUARANTINED, "acme", "node-2")
     with session_scope() as session:
@@ -217,7 +218,7 @@ def test_policy_watch_streams_decisions_and_transitions(fleet: WorkerProcess) ->
         assert "watching decisions and transitions" in watcher.stderr.readline()
         asset_id = asset_in(S.TRUSTED, "acme", "node-4")
         with session_scope() as session:
-            decided = policy_store.decide_placement(
+            decided = placement.decide_placement(
                 session,
                 policy_store.PlacementRequest(
                     digest="sha256:" + "b" * 64, tier="standard", asset=str(asset_id),
@@ -269,9 +270,9 @@ def test_enqueue_with_an_unknown_target_is_refused(fleet: WorkerProcess) -> None
 
 
 def test_a_tenant_token_reads_only_its_tenant_jobs(fleet: WorkerProcess) -> None:
+    from catalog import CATALOG
     from drydock.api import app
     from models import tokens
-    from tasks.catalog import CATALOG
 
     def token(name: str, tenant: str | None) -> dict[str, str]:
         with session_scope() as session:

@@ -25,9 +25,9 @@ def api(fleet: WorkerProcess) -> Iterator[TestClient]:
 
 
 def make_token(name: str, *scopes: str) -> str:
+    from catalog import CATALOG
     from models import tokens
     from models.db import session_scope
-    from tasks.catalog import CATALOG
 
     with session_scope() as session:
         _, plaintext = tokens.create_token(
@@ -241,7 +241,7 @@ def test_dead_letters_list_show_and_replay_once(api: TestClient) -> None:
 
 
 def test_openapi_publishes_the_routes_and_every_payload_schema(api: TestClient) -> None:
-    from tasks.catalog import CATALOG
+    from catalog import CATALOG
 
     document = api.get("/openapi.json").json()
     paths = document["paths"]

@@ -36,7 +36,7 @@ def operator(api: TestClient) -> dict[str, str]:
 @pytest.fixture
 def small_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """DRYDOCK_MAX_PAYLOAD_BYTES at its minimum, 1 KiB, for this test only."""
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
 
     monkeypatch.setenv("DRYDOCK_MAX_PAYLOAD_BYTES", "1024")
     get_settings.cache_clear()
@@ -277,7 +277,7 @@ def test_enqueue_refuses_nul_and_oversize_payloads_and_stores_nothing(
     fleet: WorkerProcess, small_limit: int
 ) -> None:
     from drydock import PayloadInvalidError, enqueue
-    from workers.errors import PayloadTooLargeError
+    from kernel.errors import PayloadTooLargeError
 
     with pytest.raises(PayloadInvalidError) as invalid:
         enqueue("builds.canary", {"message": "a\x00b", "data": {"k": ["\x00"]}})

@@ -23,6 +23,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from kernel.settings import Settings, get_settings
 from tests.conftest import PRIVATE_QUEUE, ChildProcess
 from workers.heartbeat import (
     BEAT_KEY,
@@ -31,7 +32,6 @@ from workers.heartbeat import (
     last_beat_tick,
 )
 from workers.heartbeat_file import read_local_heartbeat
-from workers.settings import Settings, get_settings
 
 pytestmark = pytest.mark.fleet
 

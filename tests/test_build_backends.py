@@ -17,6 +17,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from kernel.platforms import Platform
+from kernel.settings import get_settings
 from tasks.builds.backends import (
     PLATFORM_LABEL,
     BackendUnavailableError,
@@ -32,13 +34,11 @@ from tasks.builds.backends import (
     host_platform,
     verify_platform,
 )
-from tasks.builds.platforms import Platform
 from tasks.builds.source import fetch_revision
 from tasks.pushes.credentials import RegistryCredential
 from tasks.pushes.errors import PushErrorKind, RegistryPushError
 from tests.image_builders import BuildahStorage, DockerEngine, GitRepo
 from tests.registry_server import RegistryServer
-from workers.settings import get_settings
 
 NATIVE = host_platform()
 # A platform this host does not run natively (this suite runs on amd64 or arm64 machines).

@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import select
 
 from drydock.client import enqueue
+from kernel.platforms import Platform
 from models import builds as ledger
 from models import credentials as credential_store
 from models.db import session_scope
@@ -31,7 +32,6 @@ from models.tables import (
     RegistryCredentialRow,
     RegistryEvent,
 )
-from tasks.builds.platforms import Platform
 from tasks.pushes import telemetry
 from tasks.pushes.credentials import set_htpasswd_password
 from tasks.pushes.domain import index_job_id, push_job_id
@@ -363,8 +363,8 @@ def test_a_stopped_registry_is_retried_then_dead_lettered_with_the_index_job(
 def test_an_option_injection_url_is_refused_at_enqueue_and_at_the_task(
     build_fleet: WorkerProcess, tmp_path: Any
 ) -> None:
+    from kernel.errors import PayloadInvalidError
     from workers.app import app
-    from workers.errors import PayloadInvalidError
 
     marker = tmp_path / "pwned"
     evil = f"--upload-pack=touch {marker}"

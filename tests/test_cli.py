@@ -168,7 +168,7 @@ def test_tokens_are_shown_once_listed_without_secrets_and_revoked(clean_state: N
 def test_commands_find_a_running_local_fleet_only_while_it_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.settings import Settings
+    from kernel.settings import Settings
 
     for name in ("DRYDOCK_BROKER_URL", "DRYDOCK_DATABASE_URL", "DRYDOCK_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)

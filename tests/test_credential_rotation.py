@@ -23,7 +23,10 @@ import pytest
 from sqlalchemy import select, update
 
 from beat_schedules import beat_schedule
+from catalog.pushes import RotateCredentialsPayload
 from drydock.client import enqueue
+from kernel.errors import NotFoundError
+from kernel.settings import Settings
 from models import builds as ledger
 from models import credentials as store
 from models.credentials import PullSecretRef
@@ -41,13 +44,10 @@ from tasks.pushes.credentials import (
     set_htpasswd_password,
 )
 from tasks.pushes.domain import index_job_id
-from tasks.pushes.payloads import RotateCredentialsPayload
 from tasks.pushes.rotation import Probe, RotationReason, rotate_credentials, rotation_reason
 from tasks.remediation.executors.kubernetes import KubernetesAdapter, KubernetesApiError
 from tests.conftest import TEST_BUILD_TIME_LIMIT, WorkerProcess, wait_for_job
 from tests.kube_standin import KubeStandIn
-from workers.errors import NotFoundError
-from workers.settings import Settings
 
 ROTATED_USER = "drydock-rotated"
 PULL_SECRET = PullSecretRef("ci", "registry-login")

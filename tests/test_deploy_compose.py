@@ -23,9 +23,9 @@ import yaml
 from typer.core import TyperGroup
 
 from drydock.cli import app
+from kernel.settings import DEFAULT_TIME_LIMITS
+from kernel.topology import WORK_QUEUES, parse_queue_list
 from tests.conftest import _missing
-from workers.queues import WORK_QUEUES, parse_queue_list
-from workers.settings import DEFAULT_TIME_LIMITS
 
 COMPOSE_FILE = Path(__file__).parent.parent / "deploy" / "compose.yaml"
 # Values no real deployment would use, so finding one in the file proves it was inlined.

@@ -37,9 +37,9 @@ import pydantic
 import pytest
 import yaml
 
+from kernel.settings import DEFAULT_TIME_LIMITS, Settings
+from kernel.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 from tests.conftest import _missing
-from workers.queues import DEAD_LETTER_QUEUE, WORK_QUEUES
-from workers.settings import DEFAULT_TIME_LIMITS, Settings
 
 Doc = dict[str, Any]
 

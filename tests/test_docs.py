@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from workers.settings import Settings
+from kernel.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -26,6 +26,7 @@ from models.tables import (
     PolicyDecision,
     TrustState,
 )
+from policy import placement
 from tests.conftest import WorkerProcess, wait_for_job
 from tests.evaluation_images import EvaluationImage
 from tests.registry_server import RegistryServer
@@ -309,7 +310,7 @@ def test_stale_evidence_denies_a_placement_and_names_the_reason(
 
     # Expired but not yet swept: denied already, as expired.
     with session_scope() as session:
-        row = policy_store.decide_placement(session, request, actor="test")
+        row = placement.decide_placement(session, request, actor="test")
         assert not row.allowed
         assert "evidence is stale (expired" in row.summary
     sweep = wait_for_job(enqueue("evaluation.sweep_certifications", {}).id)
@@ -347,10 +348,10 @@ def test_stale_evidence_denies_a_placement_and_names_the_reason(
     # A fresh evaluation makes the same placement allowed; a quarantined target denies it.
     _certified("standard", evaluation_image, datetime.now(UTC))
     with session_scope() as session:
-        assert policy_store.decide_placement(session, request, actor="test").allowed
+        assert placement.decide_placement(session, request, actor="test").allowed
     move_to(target, S.QUARANTINED)
     with session_scope() as session:
-        denied = policy_store.decide_placement(session, request, actor="test")
+        denied = placement.decide_placement(session, request, actor="test")
         assert not denied.allowed
         assert denied.summary == "trust_state: acme/node-1 is quarantined, not trusted"
 
@@ -359,9 +360,9 @@ def test_stale_evidence_denies_a_placement_and_names_the_reason(
 def test_tenant_tokens_decide_only_for_their_tenant(
     fleet: WorkerProcess, as_operator: bool
 ) -> None:
+    from catalog import CATALOG
     from drydock.api import app
     from models import tokens
-    from tasks.catalog import CATALOG
     from tests.test_api import bearer
 
     with session_scope() as session:

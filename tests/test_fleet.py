@@ -18,13 +18,13 @@ from drydock.client import (
     purge_dead_letters,
     replay_dead_letter,
 )
+from kernel.errors import PayloadInvalidError, ReplayRefusedError, UnknownTaskError
+from kernel.redaction import REDACTED, unseal
+from kernel.settings import get_settings
 from models.db import session_scope
 from models.tables import DeadLetter, Job, JobEvent
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from workers.app import app
-from workers.errors import PayloadInvalidError, ReplayRefusedError, UnknownTaskError
-from workers.redaction import REDACTED, unseal
-from workers.settings import get_settings
 
 pytestmark = pytest.mark.fleet
 

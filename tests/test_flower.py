@@ -24,8 +24,8 @@ from pydantic import SecretStr
 
 from drydock import localservers
 from drydock.flower import ENV_VAR, FlowerConfigError, parse_basic_auth, plan_flower
+from kernel.settings import Settings
 from tests.conftest import WorkerProcess, poll, wait_for_job
-from workers.settings import Settings
 
 pytestmark = pytest.mark.fleet
 

@@ -16,11 +16,11 @@ import pytest
 
 from drydock.client import enqueue
 from drydock.health import FleetFacts, FleetHealth, assess, check_fleet
+from kernel.settings import Settings
+from kernel.topology import WORK_QUEUES
 from models.jobs import RunningJob
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from workers.heartbeat import WorkerBeat
-from workers.queues import WORK_QUEUES
-from workers.settings import Settings
 
 NOW = 1_800_000_000.0
 

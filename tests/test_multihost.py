@@ -32,12 +32,12 @@ from sqlalchemy import Engine, create_engine, pool, select
 from sqlalchemy.orm import Session
 
 from drydock import localservers
+from kernel.topology import WORK_QUEUES
 from models.migrate import upgrade
 from models.tables import Job, JobEvent
 from tests import netns
 from tests.conftest import WorkerProcess, _missing
 from workers.heartbeat_file import read_local_heartbeat
-from workers.queues import WORK_QUEUES
 
 pytestmark = pytest.mark.fleet
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from kernel.settings import get_settings
 from workers.heartbeat import WorkerBeat, record_worker
 from workers.orphans import sweep_orphans
-from workers.settings import get_settings
 
 pytestmark = pytest.mark.fleet
 

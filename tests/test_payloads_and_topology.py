@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from catalog import CATALOG, spec_for
+from catalog.canary import CanaryPayload
 from drydock.client import validate_payload
+from kernel.errors import PayloadInvalidError, UnknownTaskError
+from kernel.settings import Settings
+from kernel.topology import WORK_QUEUES, parse_queue_list, prefetch_for, queue_for_task
 from tasks.canary.domain import CanaryPermanentError, CanaryTransientError, run_canary
-from tasks.canary.payloads import CanaryPayload
-from tasks.catalog import CATALOG, spec_for
-from workers.errors import PayloadInvalidError, UnknownTaskError
-from workers.queues import WORK_QUEUES, parse_queue_list, prefetch_for, queue_for_task
-from workers.settings import Settings
 
 
 def test_every_queue_has_a_canary_routed_to_it() -> None:

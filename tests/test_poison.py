@@ -277,7 +277,7 @@ def test_an_unknown_task_can_be_replayed_once_its_name_exists(
     """A refused message with a readable payload keeps it (secrets sealed), so an operator
     who fixes the cause can look at it; the replay refuses an unknown task by name."""
     from drydock.client import replay_dead_letter
-    from workers.errors import UnknownTaskError
+    from kernel.errors import UnknownTaskError
 
     worker_factory("poison-unknown")
     ident = str(uuid.uuid4())

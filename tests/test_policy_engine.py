@@ -6,7 +6,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from tasks.evaluation.policy import (
+from kernel.decisions import (
     AdmissionFacts,
     AssetFacts,
     CertificationFacts,
@@ -15,10 +15,8 @@ from tasks.evaluation.policy import (
     ScoreFacts,
     TenantRules,
     TokenCheck,
-    decide_admission,
-    decide_evaluation_host,
-    decide_placement,
 )
+from policy.engine import decide_admission, decide_evaluation_host, decide_placement
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 DIGEST = "sha256:" + "c" * 64

@@ -19,14 +19,16 @@ from celery.result import AsyncResult
 from sqlalchemy import select as sql_select
 
 from drydock.client import enqueue
+from kernel.context import WorkerIdentity
+from kernel.redaction import REDACTED
+from kernel.settings import get_settings
 from models import jobs as job_store
 from models.db import session_scope
 from models.tables import JobEvent
 from tests.conftest import WorkerProcess, wait_for_job
 from workers.app import app
-from workers.base_task import PROGRESS_STATE, DrydockTask, JobContext
-from workers.redaction import REDACTED
-from workers.settings import get_settings
+from workers.base_task import PROGRESS_STATE, DrydockTask
+from workers.base_task import WorkerJobContext as JobContext
 
 pytestmark = pytest.mark.fleet
 
@@ -116,7 +118,7 @@ def _context(job_id: uuid.UUID, task: DrydockTask | None) -> JobContext:
             session,
             job_store.NewJob(id=job_id, task_name="builds.canary", queue="builds", payload={}),
         )
-    who = job_store.WorkerIdentity("test@host", os.getpid(), "builds")
+    who = WorkerIdentity("test@host", os.getpid(), "builds")
     return JobContext(job_id, 1, who, ("region",), _task=task, _task_id=str(job_id))
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.redaction import (
+from kernel.redaction import (
     REDACTED,
     SealError,
     new_key,
@@ -184,7 +184,7 @@ def test_url_passwords_and_bearer_values_are_scrubbed_from_free_text() -> None:
 
 
 def test_text_that_is_not_json_is_redacted_by_pattern() -> None:
-    from workers.redaction import redact_text
+    from kernel.redaction import redact_text
 
     text = '{"password": "p4ss-word", "dsn": "postgresql://u:p@h/d", "message": "hi"'
     shown = redact_text(text)

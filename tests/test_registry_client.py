@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.builds.platforms import Platform
+from kernel.platforms import Platform
 from tasks.pushes.credentials import RegistryCredential
 from tasks.pushes.errors import PushErrorKind, RegistryPushError
 from tasks.pushes.image_index import (

@@ -12,6 +12,7 @@ import bcrypt
 import pytest
 from sqlalchemy import select
 
+from kernel.settings import Settings
 from models import credentials as store
 from models.db import session_scope
 from models.tables import RegistryCredentialRow
@@ -21,7 +22,6 @@ from tasks.pushes.credentials import (
     RegistryCredential,
     set_htpasswd_password,
 )
-from workers.settings import Settings
 
 HOST = "registry.test:5000"
 

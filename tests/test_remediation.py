@@ -20,11 +20,13 @@ import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
 from drydock.client import enqueue
+from kernel.context import JobContext, WorkerIdentity
+from kernel.settings import get_settings
 from models import remediation as store
 from models import trust
 from models.db import session_scope
-from models.jobs import WorkerIdentity
 from models.tables import (
     AssetKind,
     Job,
@@ -35,14 +37,12 @@ from models.tables import (
     TrustState,
 )
 from models.trust import Move
-from tasks.remediation import approvals, domain
-from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
+from policy import approvals
+from tasks.remediation import domain
 from tasks.remediation.playbooks import PlaybookDefinition
 from tests.conftest import WorkerProcess, wait_for_job
 from tests.test_attestation_samples import tpm_asset, verify_through_queue
 from tests.tpm_simulator import SoftwareTpm
-from workers.base_task import JobContext
-from workers.settings import get_settings
 
 S = TrustState
 SECRET = "s3cr3t-api-key-value"
@@ -674,9 +674,9 @@ def test_operators_define_playbooks_request_approve_and_read_runs_from_the_cli(
 def test_tenants_cannot_run_approve_or_read_each_others_remediation(clean_state: None) -> None:
     from fastapi.testclient import TestClient
 
+    from catalog import CATALOG
     from drydock.api import app
     from models import tokens
-    from tasks.catalog import CATALOG
 
     def token(name: str, tenant: str | None, *scopes: str) -> dict[str, str]:
         with session_scope() as session:

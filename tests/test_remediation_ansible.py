@@ -158,7 +158,7 @@ def test_local_connection_is_refused_unless_allowed(tmp_path: Path) -> None:
 
 
 def test_local_connection_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.settings import get_settings
+    from kernel.settings import get_settings
 
     monkeypatch.setenv("DRYDOCK_REMEDIATION_ALLOW_LOCAL_ANSIBLE", "true")
     get_settings.cache_clear()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from kernel.settings import get_settings
 from tasks.remediation.executors.base import (
     Executor,
     ExecutorUnavailableError,
@@ -28,7 +29,6 @@ from tasks.remediation.executors.kubernetes import (
     KubernetesSpec,
 )
 from tests.kube_standin import KubeStandIn, write_kubeconfig
-from workers.settings import get_settings
 
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 # Short retry and poll intervals: the tests' stand-in answers at once.

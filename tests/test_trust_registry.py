@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from drydock.client import enqueue
+from kernel.errors import PayloadInvalidError
 from models import trust
 from models.db import get_engine, session_scope
 from models.tables import (
@@ -35,7 +36,6 @@ from models.tables import (
 )
 from models.trust import IllegalTransitionError, Move
 from tests.conftest import WorkerProcess, wait_for_job
-from workers.errors import PayloadInvalidError
 
 S = TrustState
 
@@ -449,8 +449,8 @@ def test_the_staleness_sweep_touches_only_due_assets_through_its_index(
 
 def test_beat_runs_the_staleness_sweep_on_the_attestation_queue() -> None:
     from beat_schedules import beat_schedule
-    from tasks.catalog import CATALOG
-    from workers.settings import Settings
+    from catalog import CATALOG
+    from kernel.settings import Settings
 
     entry = beat_schedule(Settings(trust_staleness_interval_seconds=30))["trust-staleness"]
     assert entry["task"] in CATALOG and entry["options"]["queue"] == "attestation"

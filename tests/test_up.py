@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from drydock import localservers
-from workers.queues import WORK_QUEUES
+from kernel.topology import WORK_QUEUES
 
 pytestmark = pytest.mark.fleet
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from drydock.client import enqueue
+from kernel.topology import WORK_QUEUES
 from models.db import session_scope
 from models.tables import Job, JobEvent
 from tests.conftest import (
@@ -23,7 +24,6 @@ from tests.conftest import (
     WorkerProcess,
     wait_for_job,
 )
-from workers.queues import WORK_QUEUES
 
 pytestmark = pytest.mark.fleet
 

@@ -8,10 +8,10 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
 from beat_schedules import beat_schedule
+from kernel.settings import Settings, get_settings
 from workers.heartbeat import BEAT_KEY_PREFIX, WorkerHeartbeat
 from workers.orphans import OrphanSweep
 from workers.queues import celery_queues, route_task
-from workers.settings import Settings, get_settings
 
 # Imported by workers only (Celery's ``include``), never by producers.
 TASK_MODULES = [
@@ -120,7 +120,7 @@ app.steps["consumer"].add(OrphanSweep)
 
 @worker_init.connect
 def _configure_worker_logging(**_: Any) -> None:
-    from workers.logs import configure_logging
+    from kernel.logs import configure_logging
 
     configure_logging()
 

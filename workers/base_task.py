@@ -5,7 +5,7 @@ For each delivery of its message the base task:
 
 1. records the attempt (``started`` event, queue wait, worker identity), or, when the job already
    has an outcome (a redelivered message), returns that outcome and writes nothing;
-2. validates the keyword arguments with the payload model from ``tasks.catalog``; an invalid
+2. validates the keyword arguments with the payload model from ``catalog``; an invalid
    payload is dead-lettered at once, with zero retries and a message naming each bad field;
 3. runs the handler; on success records the result (redacted);
 4. on an error the task declared transient, asks ``workers.retry.decide`` and either schedules
@@ -17,8 +17,6 @@ Every transition is one ``job_events`` row and one JSON log line.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import time
 import traceback
@@ -36,18 +34,19 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, TimeLimitExc
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
+from catalog import spec_for
+from kernel.context import JobContext, WorkerIdentity
+from kernel.errors import DeadLetteredError, PayloadInvalidError
+from kernel.logs import get_logger
+from kernel.payload import Payload
+from kernel.redaction import redact, scrub_text, secret_strings, split_secrets
+from kernel.settings import get_settings
+from kernel.topology import ENQUEUED_AT_HEADER
 from models import jobs as job_store
 from models.db import session_scope
-from tasks.catalog import spec_for
 from workers import dead_letter
 from workers.app import app
-from workers.errors import DeadLetteredError, PayloadInvalidError
-from workers.logs import get_logger
-from workers.payload import Payload
-from workers.queues import ENQUEUED_AT_HEADER
-from workers.redaction import redact, scrub_text, secret_strings, split_secrets
 from workers.retry import RetryPolicy, Verdict, backoff_seconds, decide
-from workers.settings import get_settings
 
 # The Celery state of a job that reported progress: ``AsyncResult(job_id).state`` while it runs,
 # with ``.info`` the reported ``percent``, ``message`` and detail (redacted), ``job_id`` and
@@ -82,42 +81,24 @@ class ProgressStateBackend(RedisBackend):
 
 
 @dataclass
-class JobContext:
-    """What a handler knows about the job it runs."""
+class WorkerJobContext(JobContext):
+    """The context a worker hands its handler: progress is a ``progress`` event (shown by
+    ``drydock job ID``, followed live by ``--follow``) and the task's Celery state ``PROGRESS``.
 
-    job_id: uuid.UUID
-    attempt: int
-    who: job_store.WorkerIdentity
-    secret_names: tuple[str, ...] = ()
-    # What the handler leaves for its task's retry listener (which push target failed, say).
-    notes: dict[str, Any] = field(default_factory=dict)
-    _log: Any = field(default=None, repr=False)
+    The event is the record: if it cannot be written the error propagates, like any other
+    write to the outcome store. The Celery state is a live view: failing to set it (Redis
+    unreachable) is logged and the job carries on.
+    """
+
     # The running task and its Celery id: progress is also set as the task's PROGRESS state.
     # None (a context made outside a worker): progress is recorded as events only.
     _task: DrydockTask | None = field(default=None, repr=False)
     _task_id: str | None = field(default=None, repr=False)
     _state_set: bool = field(default=False, repr=False)
 
-    def progress(self, percent: float | None, message: str, **detail: Any) -> None:
-        """Report how far the job has come: a ``progress`` event (shown by ``drydock job ID``,
-        followed live by ``--follow``) and the task's Celery state ``PROGRESS``. Secrets in
-        ``detail`` are redacted in both.
-
-        ``percent`` is None (unknown: an indeterminate bar) or a number from 0 to 100, rounded
-        to one decimal; a number outside that range is clamped to it (with a warning in the
-        log), while NaN, infinity or anything not a number raises ValueError or TypeError.
-
-        The event is the record: if it cannot be written the error propagates, like any other
-        write to the outcome store. The Celery state is a live view: failing to set it (Redis
-        unreachable) is logged and the job carries on.
-        """
-        data = redact(
-            {"percent": self._checked_percent(percent), "message": message, **detail},
-            self.secret_names,
-        )
+    def _report(self, data: dict[str, Any]) -> None:
         with session_scope() as session:
             job_store.record_progress(session, self.job_id, self.attempt, self.who, data)
-        self._logger().info("job.progress", action="progress", **data)
         if self._task is not None and self._task_id is not None:
             meta = {**data, "job_id": str(self.job_id), "attempt": self.attempt}
             # Set before trying: a state written by a call that then failed is still cleared.
@@ -139,24 +120,6 @@ class JobContext:
         except Exception as exc:
             self._state_failed("clear", exc)
 
-    def _checked_percent(self, percent: float | None) -> float | None:
-        if percent is None:
-            return None
-        if isinstance(percent, bool) or not isinstance(percent, numbers.Real):
-            raise TypeError(
-                f"progress percent must be a number from 0 to 100 or None, "
-                f"not {type(percent).__name__}"
-            )
-        value = float(percent)
-        if not math.isfinite(value):
-            raise ValueError(f"progress percent must be a number from 0 to 100, not {value}")
-        clamped = min(100.0, max(0.0, round(value, 1)))
-        if clamped != round(value, 1):
-            self._logger().warning(
-                "job.progress_percent_clamped", action="progress", given=value, percent=clamped
-            )
-        return clamped
-
     def _state_failed(self, what: str, exc: Exception) -> None:
         self._logger().warning(
             "job.progress_state_failed",
@@ -164,9 +127,6 @@ class JobContext:
             state_operation=what,
             error=f"{type(exc).__name__}: {exc}"[:300],
         )
-
-    def _logger(self) -> Any:
-        return self._log if self._log is not None else get_logger(job_id=str(self.job_id))
 
 
 Handler = Callable[[Any, JobContext], Any]
@@ -220,7 +180,7 @@ class DrydockTask(Task[..., Any]):
         redacted, secrets = split_secrets(kwargs, extra)
         scrub_values = secret_strings(secrets)
         delivery = self.request.delivery_info or {}
-        who = job_store.WorkerIdentity(
+        who = WorkerIdentity(
             hostname=self.request.hostname or "unknown",
             pid=os.getpid(),
             queue=delivery.get("routing_key") or spec_for(self.name).queue,
@@ -280,7 +240,7 @@ class DrydockTask(Task[..., Any]):
             invalid = PayloadInvalidError.from_validation(self.name, exc)
             raise dead_letter_job(invalid, "invalid_payload", None) from None
 
-        ctx = JobContext(
+        ctx = WorkerJobContext(
             job_id=job_id,
             attempt=attempt,
             who=who,
@@ -367,7 +327,7 @@ class DrydockTask(Task[..., Any]):
             job = job_store.get_job(session, job_id)
             if job is None:
                 return
-            who = job_store.WorkerIdentity(job.worker or "unknown", job.worker_pid or 0, job.queue)
+            who = WorkerIdentity(job.worker or "unknown", job.worker_pid or 0, job.queue)
             attempt = job.attempts
         limit = exc.args[0] if exc.args else self.time_limit
         dead_letter_now(
@@ -447,7 +407,7 @@ def dead_letter_now(
     task_name: str,
     job_id: uuid.UUID,
     attempt: int,
-    who: job_store.WorkerIdentity,
+    who: WorkerIdentity,
     *,
     error_class: str,
     message: str,
@@ -501,7 +461,7 @@ def drydock_task(
     on_dead_lettered: DeadLetterListener | None = None,
     chord_member: bool = False,
 ) -> Callable[[Handler], DrydockTask]:
-    """Register ``handler`` as the Celery task ``name`` (which must be in ``tasks.catalog``).
+    """Register ``handler`` as the Celery task ``name`` (which must be in ``catalog``).
 
     ``chord_member``: the task runs in the header of a Celery chord, which counts finished
     members through the result backend, so its (empty) result is stored there; every other

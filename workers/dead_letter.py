@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from workers.queues import DEAD_LETTER_JOB_HEADER, DEAD_LETTER_QUEUE
+from kernel.topology import DEAD_LETTER_JOB_HEADER, DEAD_LETTER_QUEUE
 
 _exchange = Exchange(DEAD_LETTER_QUEUE, type="direct")
 _queue = Queue(DEAD_LETTER_QUEUE, _exchange, routing_key=DEAD_LETTER_QUEUE)

@@ -29,9 +29,9 @@ import redis
 from celery import bootsteps
 from redbeat import RedBeatScheduler
 
+from kernel.logs import get_logger
+from kernel.settings import Settings, get_settings
 from workers.heartbeat_file import LocalHeartbeat, write_local_heartbeat
-from workers.logs import get_logger
-from workers.settings import Settings, get_settings
 
 WORKER_KEY_PREFIX = "drydock:heartbeat:worker:"
 BEAT_KEY = "drydock:heartbeat:beat"

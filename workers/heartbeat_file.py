@@ -68,7 +68,7 @@ def write_local_heartbeat(path: str, beat: LocalHeartbeat) -> None:
         os.replace(partial, target)
     except OSError as exc:
         # A probe will report the stale file; the worker itself keeps working.
-        from workers.logs import get_logger
+        from kernel.logs import get_logger
 
         get_logger().warning("heartbeat.file_failed", path=path, error=str(exc))
 

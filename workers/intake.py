@@ -24,12 +24,13 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
+from kernel.context import WorkerIdentity
+from kernel.errors import list_problems
+from kernel.logs import get_logger
+from kernel.redaction import redact, redact_text, seal, split_secrets
+from kernel.settings import get_settings
+from kernel.storable import nul_problems
 from workers.broker import RAW_KEEP_BYTES, UNREADABLE_HEADER, UNREADABLE_RAW_HEADER, capped_text
-from workers.errors import list_problems
-from workers.logs import get_logger
-from workers.redaction import redact, redact_text, seal, split_secrets
-from workers.settings import get_settings
-from workers.storable import nul_problems
 
 # Dead-letter reasons of refused messages (beside the base task's own).
 UNREADABLE = "unreadable_message"
@@ -240,7 +241,7 @@ def dead_letter_refused(message: Any, refusal: Refusal, *, hostname: str) -> Non
     task_name = _stored(name, 200) if isinstance(name, str) and name else "(unreadable)"
     payload, sealed = _storable_payload(message, refusal, settings.extra_secret_fields)
     problem = _stored(redact_text(refusal.problem, settings.extra_secret_fields), 2000)
-    who = job_store.WorkerIdentity(hostname=hostname, pid=os.getpid(), queue=queue)
+    who = WorkerIdentity(hostname=hostname, pid=os.getpid(), queue=queue)
     with session_scope() as session:
         letter = job_store.record_refused_message(
             session,

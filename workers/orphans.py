@@ -31,10 +31,10 @@ from typing import Any
 
 import redis
 
+from kernel.logs import get_logger
+from kernel.settings import Settings, get_settings
+from kernel.topology import WORK_QUEUES
 from workers.heartbeat import RepeatingRedisStep, held_delivery_tags, read_workers
-from workers.logs import get_logger
-from workers.queues import WORK_QUEUES
-from workers.settings import Settings, get_settings
 
 SWEEP_LOCK_KEY = "drydock:orphan-sweep:lock"
 # Candidates looked at per sweep: a fleet-wide loss is drained over a few sweeps.
@@ -101,7 +101,7 @@ def give_back(client: redis.Redis[bytes], qos: Any, tag: str) -> bool:
     Not kombu's ``restore_by_tag``: that routes through the channel's exchange table, which a
     worker that does not consume the message's queue never declared, and a message routed
     nowhere is dropped. In Drydock's topology a work queue's exchange and routing key are its
-    name (workers.queues), so the queue is the routing key; kombu consumes from the right."""
+    name (kernel.topology), so the queue is the routing key; kombu consumes from the right."""
     moved = False
 
     def transaction(pipe: Any) -> None:

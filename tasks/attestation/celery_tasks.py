@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.trust import TransitionConflictError
-from tasks.attestation import domain
-from tasks.attestation.inventory import InventoryUnavailableError
-from tasks.attestation.payloads import (
+from catalog.attestation import (
     ExpireStaleEvidencePayload,
     IngestAcceleratorPosturePayload,
     SyncVmInventoryPayload,
     VerifyEvidencePayload,
 )
-from workers.base_task import DrydockTask, JobContext, drydock_task
+from kernel.context import JobContext
+from models.trust import TransitionConflictError
+from tasks.attestation import domain
+from tasks.attestation.inventory import InventoryUnavailableError
+from workers.base_task import DrydockTask, drydock_task
 
 # Retried with backoff: a writer that kept losing the race for an asset, libvirt unreachable.
 # A verdict is never retried into a different answer: bad evidence is a verdict, not an error.

@@ -15,6 +15,18 @@ from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from catalog.attestation import (
+    ExpireStaleEvidencePayload,
+    IngestAcceleratorPosturePayload,
+    SnpEvidenceInput,
+    SyncVmInventoryPayload,
+    TdxEvidenceInput,
+    TpmEvidenceInput,
+    VerifyEvidencePayload,
+)
+from kernel.context import JobContext
+from kernel.errors import DrydockError
+from kernel.settings import get_settings
 from models import trust
 from models.db import session_scope
 from models.tables import (
@@ -27,20 +39,8 @@ from models.tables import (
 from models.trust import Move
 from tasks.attestation import inventory, sev_snp, tdx, tpm
 from tasks.attestation.certs import is_self_signed, load_certificates
-from tasks.attestation.payloads import (
-    ExpireStaleEvidencePayload,
-    IngestAcceleratorPosturePayload,
-    SnpEvidenceInput,
-    SyncVmInventoryPayload,
-    TdxEvidenceInput,
-    TpmEvidenceInput,
-    VerifyEvidencePayload,
-)
 from tasks.attestation.posture import AcceleratorPolicy, judge_posture
 from tasks.attestation.verdict import Check, EvidenceFormatError, EvidenceKind, Verdict
-from workers.base_task import JobContext
-from workers.errors import DrydockError
-from workers.settings import get_settings
 
 S = TrustState
 

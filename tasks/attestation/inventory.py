@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from workers.errors import TransientError
+from kernel.errors import TransientError
 
 # virDomainState values.
 _DOMAIN_STATES = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from workers.errors import DrydockError
+from kernel.errors import DrydockError
 
 # No real evidence comes near this: quotes are a few KiB, SNP reports 1184 bytes, TDX quotes with
 # their certificate chains about 5 KiB (8 KiB buffers), collateral JSON about 16 KiB.

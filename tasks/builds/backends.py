@@ -35,11 +35,11 @@ import docker.errors
 import requests.exceptions
 from docker.utils import parse_repository_tag
 
-from tasks.builds.platforms import Platform
+from kernel.errors import DrydockError, TransientError
+from kernel.platforms import Platform
+from kernel.settings import Settings
 from tasks.pushes.credentials import RegistryCredential, engine_auth_config
 from tasks.pushes.errors import classify_push_failure
-from workers.errors import DrydockError, TransientError
-from workers.settings import Settings
 
 # Lines of output a failed step's error shows.
 LAST_LINES_KEPT = 20

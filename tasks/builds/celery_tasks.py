@@ -9,18 +9,19 @@ from typing import Any
 
 from celery import chord, signature
 
+from catalog import spec_for
+from catalog.builds import BuildImagePayload
+from kernel.context import JobContext
+from kernel.platforms import Platform
+from kernel.topology import ENQUEUED_AT_HEADER
 from models import jobs as job_store
 from models.db import session_scope
 from tasks.builds.backends import BackendUnavailableError
 from tasks.builds.domain import build_image as run_build
-from tasks.builds.payloads import BuildImagePayload
-from tasks.builds.platforms import Platform
 from tasks.builds.source import SourceFetchError
-from tasks.catalog import spec_for
 from tasks.pushes.credentials import CredentialUnavailableError
 from tasks.pushes.domain import index_job_id, push_job_id
-from workers.base_task import DrydockTask, JobContext, drydock_task
-from workers.queues import ENQUEUED_AT_HEADER
+from workers.base_task import DrydockTask, drydock_task
 
 
 def dispatch_pushes(run_id: uuid.UUID, platforms: Sequence[Platform]) -> list[str]:

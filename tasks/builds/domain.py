@@ -20,6 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from catalog.builds import BuildImagePayload
+from kernel.context import JobContext
+from kernel.errors import DrydockError, TransientError
+from kernel.platforms import Platform
+from kernel.redaction import scrub_text, secret_strings, split_secrets
+from kernel.settings import Settings, get_settings
 from models import builds as ledger
 from models import credentials as credential_store
 from models.tables import BuildStatus, CredentialOutcome, PlatformStatus
@@ -30,14 +36,8 @@ from tasks.builds.backends import (
     backend_for,
     verify_platform,
 )
-from tasks.builds.payloads import BuildImagePayload
-from tasks.builds.platforms import Platform
 from tasks.builds.source import fetch_revision, redact_url, resolve_inside
 from tasks.pushes.credentials import CredentialUnavailableError
-from workers.base_task import JobContext
-from workers.errors import DrydockError, TransientError
-from workers.redaction import scrub_text, secret_strings, split_secrets
-from workers.settings import Settings, get_settings
 
 # Lines of a build's log kept in memory per platform; the stored artifact is capped again.
 LOG_LINES_KEPT = 20_000

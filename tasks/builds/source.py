@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from workers.errors import DrydockError, TransientError
+from kernel.errors import DrydockError, TransientError
 
 
 class SourceRefusedError(DrydockError):

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from catalog.canary import CanaryPayload
+from kernel.context import JobContext
+from kernel.topology import WORK_QUEUES
 from tasks.canary.domain import CanaryTransientError, run_canary
-from tasks.canary.payloads import CanaryPayload
-from workers.base_task import DrydockTask, JobContext, drydock_task
-from workers.queues import WORK_QUEUES
+from workers.base_task import DrydockTask, drydock_task
 
 
 def canary(payload: CanaryPayload, ctx: JobContext) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.canary.payloads import CanaryPayload
-from workers.errors import DrydockError, TransientError
+from catalog.canary import CanaryPayload
+from kernel.errors import DrydockError, TransientError
 
 
 class CanaryTransientError(TransientError):

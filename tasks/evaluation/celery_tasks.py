@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.evaluation import domain
-from tasks.evaluation.payloads import (
+from catalog.evaluation import (
     RecomputeAnomaliesPayload,
     RefreshCertificationPayload,
     SweepCertificationsPayload,
 )
+from kernel.context import JobContext
+from tasks.evaluation import domain
 from tasks.evaluation.suite import EvaluationEngineUnavailableError
-from workers.base_task import DrydockTask, JobContext, drydock_task
+from workers.base_task import DrydockTask, drydock_task
 
 # Retried with backoff: the Docker engine unreachable. A suite that fails is an outcome (a
 # failed evaluation, the certification revoked), not an error; a refusal by the host-trust gate,

@@ -14,23 +14,24 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from catalog.evaluation import (
+    RecomputeAnomaliesPayload,
+    RefreshCertificationPayload,
+    SweepCertificationsPayload,
+)
+from kernel.context import JobContext
+from kernel.decisions import Decision
+from kernel.errors import BrokerUnavailableError, DrydockError, NotFoundError
+from kernel.logs import get_logger
+from kernel.settings import get_settings
 from models import anomaly, evaluation, trust
 from models import credentials as credential_store
 from models import policy as policy_store
 from models.db import session_scope
 from models.tables import CertificationStatus, EvaluationCertification, PolicyDecisionKind
-from tasks.evaluation.payloads import (
-    RecomputeAnomaliesPayload,
-    RefreshCertificationPayload,
-    SweepCertificationsPayload,
-)
-from tasks.evaluation.policy import Decision, decide_evaluation_host
+from policy.admission import AdmissionRefusedError
+from policy.engine import decide_evaluation_host
 from tasks.evaluation.suite import parse_suite_spec, run_suite
-from workers.admission import AdmissionRefusedError
-from workers.base_task import JobContext
-from workers.errors import BrokerUnavailableError, DrydockError, NotFoundError
-from workers.logs import get_logger
-from workers.settings import get_settings
 
 REFRESH_TASK = "evaluation.refresh_certification"
 

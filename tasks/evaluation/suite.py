@@ -48,6 +48,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kernel.errors import DrydockError, FieldProblem, TransientError, field_problems, list_problems
 from tasks.evaluation.results import (
     CHECK_STATUSES,
     MAX_JUNIT_BYTES,
@@ -67,7 +68,6 @@ from tasks.remediation.executors.sandbox import (
     remove_container,
     wait_for_exit,
 )
-from workers.errors import DrydockError, FieldProblem, TransientError, field_problems, list_problems
 
 EVAL_DIR = "/eval"
 RESULTS_DIR = "/results"

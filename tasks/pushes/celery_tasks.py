@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.builds.backends import BackendUnavailableError
-from tasks.pushes import domain, rotation
-from tasks.pushes.credentials import CredentialUnavailableError
-from tasks.pushes.errors import RegistryPushError
-from tasks.pushes.payloads import (
+from catalog.pushes import (
     PruneTagsPayload,
     PublishIndexPayload,
     PushImagePayload,
     RotateCredentialsPayload,
 )
-from workers.base_task import DrydockTask, JobContext, drydock_task
+from kernel.context import JobContext
+from tasks.builds.backends import BackendUnavailableError
+from tasks.pushes import domain, rotation
+from tasks.pushes.credentials import CredentialUnavailableError
+from tasks.pushes.errors import RegistryPushError
+from workers.base_task import DrydockTask, drydock_task
 
 # Retried with backoff (workers.retry, tenacity's exponential full jitter): registry failures
 # whose kind is retryable, a builder that is down, a helper that did not answer.

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import bcrypt
 
-from workers.errors import DrydockError, TransientError
+from kernel.errors import DrydockError, TransientError
 
 # A helper that takes longer than this is treated as unavailable (and retried later).
 COMMAND_TIMEOUT_SECONDS = 30

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
 
+from catalog.builds import tag_for_revision
+from catalog.pushes import PruneTagsPayload, PublishIndexPayload, PushImagePayload
+from kernel.context import JobContext
+from kernel.errors import DrydockError, TransientError
+from kernel.logs import get_logger
+from kernel.platforms import Platform
+from kernel.redaction import scrub_text
+from kernel.settings import Settings, get_settings
 from models import builds as ledger
 from models import credentials as credential_store
 from models.db import session_scope
@@ -24,8 +32,6 @@ from models.tables import (
     RegistryEventKind,
 )
 from tasks.builds.backends import backend_for
-from tasks.builds.payloads import tag_for_revision
-from tasks.builds.platforms import Platform
 from tasks.pushes import telemetry
 from tasks.pushes.credentials import (
     CredentialRefusedError,
@@ -34,14 +40,9 @@ from tasks.pushes.credentials import (
 )
 from tasks.pushes.errors import PushErrorKind, RegistryPushError
 from tasks.pushes.image_index import build_image_index
-from tasks.pushes.payloads import PruneTagsPayload, PublishIndexPayload, PushImagePayload
 from tasks.pushes.registry import ManifestInfo, RegistryClient, registry_is_insecure
 from tasks.pushes.retention import RetentionPolicy, TagState, plan_prune
-from workers.base_task import JobContext, dead_letter_now
-from workers.errors import DrydockError, TransientError
-from workers.logs import get_logger
-from workers.redaction import scrub_text
-from workers.settings import Settings, get_settings
+from workers.base_task import dead_letter_now
 
 T = TypeVar("T")
 

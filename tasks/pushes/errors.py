@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from workers.errors import TransientError
+from kernel.errors import TransientError
 
 
 class PushErrorKind(StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tasks.builds.platforms import Platform
+from kernel.platforms import Platform
 
 if TYPE_CHECKING:
     from tasks.pushes.registry import ManifestInfo

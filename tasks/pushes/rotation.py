@@ -31,6 +31,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+from catalog.pushes import RotateCredentialsPayload
+from kernel.errors import DrydockError, NotFoundError
+from kernel.logs import get_logger
+from kernel.redaction import scrub_text
+from kernel.settings import Settings, get_settings
 from models import credentials as credential_store
 from models.credentials import (
     CredentialSummary,
@@ -47,13 +52,8 @@ from tasks.pushes.credentials import (
 )
 from tasks.pushes.domain import registry_client
 from tasks.pushes.errors import PushErrorKind, RegistryPushError
-from tasks.pushes.payloads import RotateCredentialsPayload
 from tasks.remediation.executors.base import ExecutorUnavailableError
 from tasks.remediation.executors.kubernetes import KubernetesAdapter, KubernetesApiError
-from workers.errors import DrydockError, NotFoundError
-from workers.logs import get_logger
-from workers.redaction import scrub_text
-from workers.settings import Settings, get_settings
 
 # Errors kept in events and results are cut to this length.
 MAX_ERROR_CHARS = 500

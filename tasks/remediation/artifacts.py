@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kernel.redaction import redact, scrub_text
 from tasks.remediation.executors.base import StepResult
-from workers.redaction import redact, scrub_text
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from kernel.context import JobContext
 from models.trust import TransitionConflictError
 from tasks.remediation import domain
 from tasks.remediation.executors.base import ExecutorUnavailableError
-from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
-from workers.base_task import DrydockTask, JobContext, drydock_task
+from workers.base_task import DrydockTask, drydock_task
 
 # Retried with backoff: the engine, daemon or API unreachable; another playbook running on the
 # asset; writers racing for the asset. A playbook step that fails is an outcome, not an error.

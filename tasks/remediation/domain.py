@@ -37,6 +37,12 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from kernel.context import JobContext
+from kernel.errors import BrokerUnavailableError, DrydockError, TransientError
+from kernel.logs import get_logger
+from kernel.redaction import is_secret_name, scrub_text, secret_strings
+from kernel.settings import get_settings
 from models import remediation as store
 from models import trust
 from models.db import get_engine, session_scope
@@ -52,8 +58,9 @@ from models.tables import (
     TrustState,
 )
 from models.trust import Move
-from tasks.remediation import approvals, artifacts
-from tasks.remediation.approvals import ApprovalTokenError, TokenProblem
+from policy import approvals
+from policy.approvals import ApprovalTokenError, TokenProblem
+from tasks.remediation import artifacts
 from tasks.remediation.executors import executor_for
 from tasks.remediation.executors.base import (
     ExecutorKind,
@@ -61,13 +68,7 @@ from tasks.remediation.executors.base import (
     SecretEnvSpec,
     Target,
 )
-from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
 from tasks.remediation.playbooks import PlaybookDefinition, parse_spec
-from workers.base_task import JobContext
-from workers.errors import BrokerUnavailableError, DrydockError, TransientError
-from workers.logs import get_logger
-from workers.redaction import is_secret_name, scrub_text, secret_strings
-from workers.settings import get_settings
 
 A = RemediationAuditAction
 RUN_TASK = "remediation.run_playbook"

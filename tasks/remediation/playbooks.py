@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kernel.errors import field_problems, list_problems
+from kernel.settings import get_settings
 from models.tables import AssetKind
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind, ExecutorSpec
-from workers.errors import field_problems, list_problems
-from workers.settings import get_settings
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,99}"
 

@@ -305,7 +305,7 @@ class AnsibleExecutor:
         is where ``ansible-playbook`` is looked for first (default: next to the worker's
         Python)."""
         if allow_local is None:
-            from workers.settings import get_settings
+            from kernel.settings import get_settings
 
             allow_local = get_settings().remediation_allow_local_ansible
         self.allow_local = allow_local

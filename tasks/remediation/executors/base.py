@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kernel.errors import TransientError
 from models.tables import ExecutorKind
-from workers.errors import TransientError
 
 __all__ = [
     "OUTPUT_PREFIX",

@@ -48,6 +48,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
+from kernel.errors import DrydockError
+from kernel.settings import get_settings
 from tasks.remediation.executors.base import (
     ExecutorKind,
     ExecutorSpec,
@@ -57,8 +59,6 @@ from tasks.remediation.executors.base import (
     Target,
     utcnow,
 )
-from workers.errors import DrydockError
-from workers.settings import get_settings
 
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 # The kubelet puts this annotation on the API's copy of a static pod; evicting such a copy does

@@ -226,7 +226,7 @@ class LibvirtExecutor:
     def __init__(self, uri: str | None = None, poll_seconds: float = POLL_SECONDS) -> None:
         """``uri`` overrides ``settings.libvirt_uri``."""
         if uri is None:
-            from workers.settings import get_settings
+            from kernel.settings import get_settings
 
             uri = get_settings().libvirt_uri
         self.uri = uri

@@ -42,6 +42,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from kernel.errors import DrydockError
+from kernel.settings import get_settings
 from tasks.remediation.executors.base import (
     ExecutorKind,
     ExecutorSpec,
@@ -53,8 +55,6 @@ from tasks.remediation.executors.base import (
     parse_outputs,
     utcnow,
 )
-from workers.errors import DrydockError
-from workers.settings import get_settings
 
 MAX_STEPS = 50
 MAX_STEP_NAME_LENGTH = 64
@@ -730,7 +730,7 @@ def remove_container(container: Any, *, log_action: str, message: str, **context
     except docker.errors.NotFound:
         pass
     except Exception as exc:
-        from workers.logs import get_logger
+        from kernel.logs import get_logger
 
         get_logger(action=log_action).warning(
             message, container=container.id, error=str(exc), **context

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import structlog
 
-from workers.redaction import redact
-from workers.settings import get_settings
+from kernel.redaction import redact
+from kernel.settings import get_settings
 
 
 def _dumps(value: Any, **_: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from workers.errors import FieldProblem, PayloadInvalidError, PayloadTooLargeError
+from kernel.errors import FieldProblem, PayloadInvalidError, PayloadTooLargeError
 
 NUL_PROBLEM = "must not contain the NUL character (\\u0000)"
 # orjson writes NUL as this escape; a payload whose JSON lacks it has no NUL anywhere.

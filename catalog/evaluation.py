@@ -7,8 +7,8 @@ import uuid
 
 from pydantic import Field, field_validator
 
-from tasks.builds.payloads import RegistryHost, RepositoryPath
-from workers.payload import Payload
+from catalog.builds import RegistryHost, RepositoryPath
+from kernel.payload import Payload
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TIER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")

@@ -20,7 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from workers.queues import WORK_QUEUES
+from kernel.topology import WORK_QUEUES
 
 # Defaults per work queue, in seconds. Builds and remediation may run for an hour; attestation is
 # a burst of short verifications.

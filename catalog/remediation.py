@@ -6,7 +6,7 @@ import uuid
 
 from pydantic import Field
 
-from workers.payload import Payload
+from kernel.payload import Payload
 
 # A JWT: three base64url parts. Checked for shape here (at enqueue and at the task); its
 # signature, run and expiry are judged by the task, which audits every refusal.

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, Base64Bytes, Field, field_validator, model_validator
 
+from kernel.payload import Payload
 from tasks.attestation.certs import load_certificate, load_certificates
 from tasks.attestation.posture import AcceleratorPosture
 from tasks.attestation.verdict import MAX_EVIDENCE_BYTES, EvidenceFormatError, require_size
-from workers.payload import Payload
 
 MAX_NONCE_BYTES = 64
 

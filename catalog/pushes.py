@@ -4,9 +4,9 @@ import uuid
 
 from pydantic import Field, field_validator
 
-from tasks.builds.payloads import RegistryHost, RepositoryPath, checked_registry_host
-from tasks.builds.platforms import Platform
-from workers.payload import Payload
+from catalog.builds import RegistryHost, RepositoryPath, checked_registry_host
+from kernel.payload import Payload
+from kernel.platforms import Platform
 
 
 class PushImagePayload(Payload):

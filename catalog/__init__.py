@@ -9,29 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.attestation.payloads import (
+from catalog.attestation import (
     ExpireStaleEvidencePayload,
     IngestAcceleratorPosturePayload,
     SyncVmInventoryPayload,
     VerifyEvidencePayload,
 )
-from tasks.builds.payloads import BuildImagePayload
-from tasks.canary.payloads import CanaryPayload
-from tasks.evaluation.payloads import (
+from catalog.builds import BuildImagePayload
+from catalog.canary import CanaryPayload
+from catalog.evaluation import (
     RecomputeAnomaliesPayload,
     RefreshCertificationPayload,
     SweepCertificationsPayload,
 )
-from tasks.pushes.payloads import (
+from catalog.pushes import (
     PruneTagsPayload,
     PublishIndexPayload,
     PushImagePayload,
     RotateCredentialsPayload,
 )
-from tasks.remediation.payloads import RunPlaybookPayload, SweepRunsPayload
-from workers.errors import UnknownTaskError
-from workers.payload import Payload
-from workers.queues import WORK_QUEUES, queue_for_task
+from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from kernel.errors import UnknownTaskError
+from kernel.payload import Payload
+from kernel.topology import WORK_QUEUES, queue_for_task
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from workers.errors import DrydockError
-from workers.settings import Settings, get_settings
+from kernel.errors import DrydockError
+from kernel.settings import Settings, get_settings
 
 ALGORITHM = "HS256"
 # Tokens of other JWT issuers (or of other Drydock purposes) are refused by this audience.

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import Field
 
-from workers.payload import Payload
+from kernel.payload import Payload
 
 
 class CanaryPayload(Payload):

@@ -1,7 +1,7 @@
 """Admission control: the policy every enqueue passes before a job reaches a queue.
 
 ``admit`` gathers the facts (the tenant's rules, the bound target asset, the approval token),
-asks the pure engine (``tasks.evaluation.policy.decide_admission``) and records the decision
+asks the pure engine (``policy.engine.decide_admission``) and records the decision
 when there was anything to decide: always when refused, and whenever a tenant or a target was
 involved. A job with nothing to decide (an operator's job with no target) carries the trivial
 context and adds no row, which keeps the enqueue path as cheap as before.
@@ -22,12 +22,13 @@ from typing import Any
 import jwt
 from sqlalchemy.orm import Session
 
+from kernel.decisions import AdmissionFacts, Decision, TokenCheck
+from kernel.errors import DrydockError, NotFoundError
 from models import policy as policy_store
 from models import trust
 from models.tables import PolicyDecisionKind
-from tasks.evaluation.policy import AdmissionFacts, Decision, TokenCheck, decide_admission
-from tasks.remediation.approvals import ALGORITHM, signing_key
-from workers.errors import DrydockError, NotFoundError
+from policy.approvals import ALGORITHM, signing_key
+from policy.engine import decide_admission
 
 AUDIENCE = "drydock:admission-approval"
 
