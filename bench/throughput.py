@@ -205,7 +205,7 @@ def producer(kind: str) -> Any:
 
         return send_bare
 
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     def send_drydock(probe: bool) -> str:
         return str(enqueue("attestation.canary", {"message": "bench"}).id)

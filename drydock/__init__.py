@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "enqueue": "drydock.client",
-    "EnqueuedJob": "drydock.client",
-    "IdempotencyConflictError": "drydock.client",
+    "enqueue": "dispatch.enqueue",
+    "EnqueuedJob": "dispatch.enqueue",
+    "IdempotencyConflictError": "dispatch.enqueue",
     "BrokerUnavailableError": "kernel.errors",
     "DrydockError": "kernel.errors",
     "PayloadInvalidError": "kernel.errors",

@@ -23,7 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from catalog import CATALOG, TaskSpec
-from drydock import api_errors, api_openapi, api_policy, api_remediation, client
+from dispatch import enqueue as client
+from drydock import api_errors, api_openapi, api_policy, api_remediation
 from drydock.api_auth import Caller
 from drydock.api_edge import EdgeMiddleware
 from drydock.api_errors import ErrorBody, InputProblem

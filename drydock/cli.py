@@ -217,7 +217,7 @@ def enqueue(
     ),
 ) -> None:
     """Validate, admit and enqueue a job; prints its id."""
-    from drydock.client import enqueue as enqueue_job
+    from dispatch.enqueue import enqueue as enqueue_job
 
     try:
         payload = json.loads(payload_json)
@@ -567,7 +567,7 @@ def dlq_replay(
     by: str | None = typer.Option(None, "--by", help="Who is replaying (default: $USER)."),
 ) -> None:
     """Enqueue the job again with its original payload; records who replayed it."""
-    from drydock.client import replay_dead_letter
+    from dispatch.enqueue import replay_dead_letter
 
     job = replay_dead_letter(_uuid(job_id), by=by or current_operator())
     out.print(f"replayed as {job.id} ({job.task_name} on {job.queue})")
@@ -581,7 +581,7 @@ def dlq_purge(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete dead letters and their parked messages (the jobs' records stay)."""
-    from drydock.client import purge_dead_letters
+    from dispatch.enqueue import purge_dead_letters
 
     chosen = [bool(job_ids), all_, older_than is not None]
     if sum(chosen) != 1:

@@ -192,7 +192,7 @@ def registry_rotate(
     force: bool = typer.Option(False, "--force", help="Rotate even credentials that are not due."),
 ) -> None:
     """Probe now (and rotate what is due) on the pushes queue, as Beat does; prints the job id."""
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     payload: dict[str, object] = {"force": force}
     if registries:

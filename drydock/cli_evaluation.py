@@ -149,7 +149,7 @@ def certify(
     ),
 ) -> None:
     """Enqueue an evaluation now (the first, or an early refresh)."""
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     registry, repository, digest = _split_image(image)
     job = enqueue(

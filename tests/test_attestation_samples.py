@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from dispatch.enqueue import enqueue
 from drydock.cli import app as cli_app
-from drydock.client import enqueue
 from kernel.errors import PayloadInvalidError
 from models import trust
 from models.db import session_scope

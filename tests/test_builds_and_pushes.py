@@ -17,7 +17,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from kernel.platforms import Platform
 from models import builds as ledger
 from models import credentials as credential_store

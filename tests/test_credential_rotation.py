@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from beat_schedules import beat_schedule
 from catalog.pushes import RotateCredentialsPayload
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from kernel.errors import NotFoundError
 from kernel.settings import Settings
 from models import builds as ledger

@@ -366,7 +366,7 @@ def test_image_migrates_and_its_worker_serves_a_queue(
     """The one-shot migrate role against the fleet's database (already at head: a no-op), then
     a worker role on the queue no test worker serves: a canary enqueued here runs in the
     container, as the image's user, the probes pass, and drain then SIGTERM stop it cleanly."""
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     env = _fleet_env()
     _run(docker_client, drydock_image, ["migrate"], environment=env, network_mode="host")

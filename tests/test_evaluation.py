@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from models import evaluation, trust
 from models import policy as policy_store
 from models.db import session_scope

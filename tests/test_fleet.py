@@ -12,7 +12,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from drydock.client import (
+from dispatch.enqueue import (
     IdempotencyConflictError,
     enqueue,
     purge_dead_letters,

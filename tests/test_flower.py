@@ -136,7 +136,7 @@ def sample(metrics: str, name: str, **labels: str) -> float:
 def test_flower_shows_the_fleet_and_drydock_tasks_to_authenticated_users_only(
     flower: tuple[FlowerProcess, WorkerProcess],
 ) -> None:
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     server, worker = flower
     auth = httpx.BasicAuth(*OPERATOR)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from drydock.health import FleetFacts, FleetHealth, assess, check_fleet
 from kernel.settings import Settings
 from kernel.topology import WORK_QUEUES

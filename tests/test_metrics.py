@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from dispatch.enqueue import enqueue
 from drydock import metrics as metrics_module
-from drydock.client import enqueue
 from tests.conftest import WorkerProcess, wait_for_job
 
 pytestmark = pytest.mark.fleet

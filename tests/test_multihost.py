@@ -82,11 +82,11 @@ class MultihostFleet:
         return self.workdir / f"{hostname}.heartbeat"
 
     def enqueue(self, jobs: list[tuple[str, dict[str, Any]]]) -> list[uuid.UUID]:
-        """Enqueue from the client host with ``drydock.client.enqueue`` (in a process of its
+        """Enqueue from the client host with ``dispatch.enqueue.enqueue`` (in a process of its
         own: this process's settings belong to the session's single-machine fleet)."""
         script = (
             "import json, sys\n"
-            "from drydock.client import enqueue\n"
+            "from dispatch.enqueue import enqueue\n"
             "jobs = json.loads(sys.argv[1])\n"
             "print(json.dumps([str(enqueue(name, payload).id) for name, payload in jobs]))\n"
         )

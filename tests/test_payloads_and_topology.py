@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from catalog import CATALOG, spec_for
 from catalog.canary import CanaryPayload
-from drydock.client import validate_payload
+from dispatch.enqueue import validate_payload
 from kernel.errors import PayloadInvalidError, UnknownTaskError
 from kernel.settings import Settings
 from kernel.topology import WORK_QUEUES, parse_queue_list, prefetch_for, queue_for_task
@@ -103,7 +103,7 @@ def test_canary_reports_progress_while_it_works() -> None:
 
 
 def test_a_blank_or_oversized_idempotency_key_is_refused_before_anything_is_recorded() -> None:
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     for key in ("", "   ", "k" * 201):
         with pytest.raises(PayloadInvalidError, match="idempotency_key: must be 1 to 200"):

@@ -186,7 +186,7 @@ def dead_letters() -> dict[str, Any]:
 def test_every_malformed_kind_is_dead_lettered_and_the_valid_job_behind_them_runs(
     worker_factory: Callable[..., WorkerProcess], redis_server: str
 ) -> None:
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     worker = worker_factory(
         "poison", env={"DRYDOCK_MAX_PAYLOAD_BYTES": str(SMALL_LIMIT)}, concurrency=1
@@ -276,7 +276,7 @@ def test_an_unknown_task_can_be_replayed_once_its_name_exists(
 ) -> None:
     """A refused message with a readable payload keeps it (secrets sealed), so an operator
     who fixes the cause can look at it; the replay refuses an unknown task by name."""
-    from drydock.client import replay_dead_letter
+    from dispatch.enqueue import replay_dead_letter
     from kernel.errors import UnknownTaskError
 
     worker_factory("poison-unknown")
@@ -399,7 +399,7 @@ def test_enqueue_raises_only_its_documented_errors(
     """Bad input from Python gets one of enqueue's documented errors, never a database error,
     and nothing is recorded or sent."""
     import drydock
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
     from models.db import session_scope
     from models.tables import Job
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from tests.conftest import WorkerProcess, wait_for_job
 from workers.heartbeat_file import LocalHeartbeat, probe_problem, read_local_heartbeat
 

@@ -18,7 +18,7 @@ import structlog.testing
 from celery.result import AsyncResult
 from sqlalchemy import select as sql_select
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from kernel.context import WorkerIdentity
 from kernel.redaction import REDACTED
 from kernel.settings import get_settings

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from kernel.context import JobContext, WorkerIdentity
 from kernel.settings import get_settings
 from models import remediation as store

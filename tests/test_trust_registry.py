@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from kernel.errors import PayloadInvalidError
 from models import trust
 from models.db import get_engine, session_scope

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
-from drydock.client import enqueue
+from dispatch.enqueue import enqueue
 from kernel.topology import WORK_QUEUES
 from models.db import session_scope
 from models.tables import Job, JobEvent

@@ -136,7 +136,7 @@ def sweep_certifications(payload: SweepCertificationsPayload, ctx: JobContext) -
     window get one refresh each (claimed before it is sent, so a second sweep skips them);
     claims whose job never came to exist, was preempted or was dead-lettered are released for
     the next sweep."""
-    from drydock.client import enqueue
+    from dispatch.enqueue import enqueue
 
     settings = get_settings()
     now = datetime.now(UTC)

@@ -419,7 +419,7 @@ def send_run(run_id: uuid.UUID) -> uuid.UUID | None:
     note it on the run. Every send of a run uses one idempotency key, so a run is enqueued once
     however often this is called. None when the broker is down: the run stays queued without a
     job, and the sweep sends it later."""
-    from drydock import client  # the producer side; the worker imports it only to send
+    from dispatch import enqueue as client
 
     with session_scope() as session:
         run = store.get_run(session, run_id, None)

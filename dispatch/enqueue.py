@@ -1,7 +1,13 @@
-"""The producer's side: enqueue by task name, and replay or purge dead letters.
+"""The one path every job takes to the broker: validate, admit, record, send.
 
+``drydock.enqueue`` (Python producers), the HTTP API, the CLI, Beat (``dispatch.beat``), the
+builds chord (``dispatch.chord``) and follow-up jobs sent by domain code all come through here.
 A producer imports this module and nothing of the workers' task code: the payload is validated
-against ``catalog``, the job is recorded in PostgreSQL, and the message is sent by name.
+against ``catalog``, admitted by ``policy.admission``, the job is recorded in PostgreSQL, and
+the message is sent by name. Also here: replaying and purging dead letters.
+
+The Celery app is imported when a message is sent, not when this module is: domain modules
+that send follow-up jobs import this one, and must load without Celery.
 """
 
 from __future__ import annotations
@@ -35,8 +41,6 @@ from models import jobs as job_store
 from models.db import session_scope
 from models.tables import Job
 from policy.admission import admit, unbound
-from workers import dead_letter
-from workers.app import app
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
@@ -194,7 +198,7 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
                 letter.replayed_at = letter.replayed_by = letter.replay_job_id = None
             job_store.forget_unsent_job(session, new_id)
         raise
-    dead_letter.remove_parked(app, [job_id])
+    _remove_parked([job_id])
     return EnqueuedJob(new_id, original.task_name, prepared.spec.queue, "queued", created=True)
 
 
@@ -213,7 +217,7 @@ def purge_dead_letters(
                 )
         purged = [letter.job_id for letter in letters]
         job_store.delete_dead_letters(session, letters)
-    dead_letter.remove_parked(app, purged)
+    _remove_parked(purged)
     return len(purged)
 
 
@@ -229,7 +233,21 @@ def _prepare(task_name: str, payload: Mapping[str, Any]) -> _Prepared:
     return _Prepared(spec, normalized, redacted, sealed)
 
 
+def _celery_app() -> Any:
+    # Here, not at the top: see the module's docstring.
+    from workers.app import app
+
+    return app
+
+
+def _remove_parked(job_ids: Sequence[uuid.UUID]) -> None:
+    from workers import dead_letter
+
+    dead_letter.remove_parked(_celery_app(), job_ids)
+
+
 def _send(prepared: _Prepared, job_id: uuid.UUID) -> None:
+    app = _celery_app()
     try:
         app.send_task(
             prepared.spec.name,
