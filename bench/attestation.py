@@ -3,7 +3,7 @@
     python bench/attestation.py [--quotes 200] [--checkquote-quotes 100] [--seconds 2]
                                 [--alg rsa|ecc] [--pcrs 0-23] [--cpu N]
 
-It starts its own software TPM (swtpm, through tests/tpm_simulator.py) in a temporary
+It starts its own software TPM (swtpm, through testkit/tpm.py) in a temporary
 directory and stops it when it ends. It creates an attestation key and makes ``--quotes`` real
 quotes of the SHA-256 bank (``--pcrs``, the whole bank by default, as cloud vTPMs quote), each with
 its own nonce, then, pinned to one CPU:
@@ -34,14 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks.attestation.tpm import (  # noqa: E402
+from evidence.tpm import (  # noqa: E402
     TpmCounters,
     TpmEvidence,
     TpmReference,
     verify_tpm_quote,
 )
-from tasks.attestation.verdict import Verdict  # noqa: E402
-from tests.tpm_simulator import AttestationKey, SoftwareTpm, TpmQuote  # noqa: E402
+from evidence.verdict import Verdict  # noqa: E402
+from testkit.tpm import AttestationKey, SoftwareTpm, TpmQuote  # noqa: E402
 
 TARGET_RATE = 2000.0
 TARGET_RATIO = 20.0

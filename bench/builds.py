@@ -37,13 +37,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adapters.git import fetch_revision, resolve_inside
 from drydock import localservers
 from kernel.platforms import Platform
 from kernel.settings import Settings
 from tasks.builds.backends import BuilderBackend, BuildSpec, backend_for, verify_platform
-from tasks.builds.source import fetch_revision, resolve_inside
-from tests.image_builders import start_dockerd
-from tests.registry_server import RegistryServer, registry_config
+from testkit.docker_engine import start_dockerd
+from testkit.registry import RegistryServer, new_registry_server, registry_config
 
 GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
@@ -181,9 +181,7 @@ def main() -> int:
     try:
         engine = start_dockerd(f"unix://{base}/docker/docker.sock", base / "docker")
         stops.append(engine.stop)
-        registry = RegistryServer(base / "registry", localservers.free_port(), "bench", "")
-        registry.workdir.mkdir(parents=True)
-        registry.set_password(uuid.uuid4().hex)
+        registry = new_registry_server(base / "registry", localservers.free_port(), "bench")
         registry.config_path.write_text(
             registry_config(registry.workdir, registry.port, registry.htpasswd_path)
         )

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, Base64Bytes, Field, field_validator, model_validator
 
+from evidence.certs import load_certificate, load_certificates
+from evidence.posture import AcceleratorPosture
+from evidence.verdict import MAX_EVIDENCE_BYTES, EvidenceFormatError, require_size
 from kernel.payload import Payload
-from tasks.attestation.certs import load_certificate, load_certificates
-from tasks.attestation.posture import AcceleratorPosture
-from tasks.attestation.verdict import MAX_EVIDENCE_BYTES, EvidenceFormatError, require_size
 
 MAX_NONCE_BYTES = 64
 
@@ -56,7 +56,7 @@ class TpmEvidenceInput(Payload):
 
     @model_validator(mode="after")
     def _parse(self) -> TpmEvidenceInput:
-        from tasks.attestation import tpm
+        from evidence import tpm
 
         try:
             attest = tpm.parse_attest(self.quote)
@@ -78,7 +78,7 @@ class SnpEvidenceInput(Payload):
 
     @model_validator(mode="after")
     def _parse(self) -> SnpEvidenceInput:
-        from tasks.attestation import sev_snp
+        from evidence import sev_snp
 
         _readable(sev_snp.parse_report, self.report)
         _readable(load_certificate, "vcek", self.vcek)
@@ -99,7 +99,7 @@ class TdxEvidenceInput(Payload):
 
     @model_validator(mode="after")
     def _parse(self) -> TdxEvidenceInput:
-        from tasks.attestation import tdx
+        from evidence import tdx
 
         _readable(tdx.parse_quote, self.quote)
         if self.collateral is not None:

@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from adapters.git import SourceRefusedError, check_repository_url, check_revision
 from kernel.payload import Payload
 from kernel.platforms import Platform
 from kernel.settings import get_settings
-from tasks.builds.source import SourceRefusedError, check_repository_url, check_revision
 
 # Docker reference grammar: lower-case path components separated by "/", each of
 # [a-z0-9] runs joined by ".", "_", "__" or "-".

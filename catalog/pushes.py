@@ -1,3 +1,6 @@
+"""The pushes queue's job contract: its payloads, and the deterministic ids of a build run's
+push jobs (the builds queue sends them, the pushes queue dead-letters the index job by id)."""
+
 from __future__ import annotations
 
 import uuid
@@ -7,6 +10,20 @@ from pydantic import Field, field_validator
 from catalog.builds import RegistryHost, RepositoryPath, checked_registry_host
 from kernel.payload import Payload
 from kernel.platforms import Platform
+
+# The push jobs of a build run have ids derived from it: sending the chord again (a build
+# redelivered between sending it and recording that) cannot make a second set of jobs.
+PUSH_JOB_NAMESPACE = uuid.UUID("0f5f2b8e-1c5a-4d3e-9c71-3a0b5d7e9f12")
+
+
+def push_job_id(run_id: uuid.UUID, platform: Platform) -> uuid.UUID:
+    """The job id of ``pushes.push_image`` for one platform of build run ``run_id``."""
+    return uuid.uuid5(PUSH_JOB_NAMESPACE, f"{run_id}/push/{platform}")
+
+
+def index_job_id(run_id: uuid.UUID) -> uuid.UUID:
+    """The job id of ``pushes.publish_index`` for build run ``run_id``."""
+    return uuid.uuid5(PUSH_JOB_NAMESPACE, f"{run_id}/publish_index")
 
 
 class PushImagePayload(Payload):

@@ -60,7 +60,9 @@ class EnqueuedJob:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class PreparedJob:
+    """A job's payload checked and split, ready to record and send."""
+
     spec: TaskSpec
     payload: dict[str, Any]
     redacted: dict[str, Any]
@@ -91,6 +93,7 @@ def enqueue(
     target_asset: str | uuid.UUID | None = None,
     approval_token: str | None = None,
     job_id: uuid.UUID | None = None,
+    expires: float | None = None,
 ) -> EnqueuedJob:
     """Validate, admit, record and send one job. The same idempotency key (or ``job_id``) twice
     returns the first job and sends nothing.
@@ -103,13 +106,16 @@ def enqueue(
     Admission (``policy.admission``): the job acts for ``tenant`` (else the payload's
     ``tenant`` field, if any) and is bound to ``target_asset`` (an asset id or ``tenant/name``),
     whose quarantine preempts it while it waits; a protected target needs ``approval_token``.
-    A refusal raises AdmissionRefusedError and is recorded as a policy decision."""
+    A refusal raises AdmissionRefusedError and is recorded as a policy decision.
+
+    ``expires``: seconds after which a job that has not started is not run (Beat's upkeep, whose
+    next tick sends a fresh one); the worker records it as preempted (``workers.signals``)."""
     _check_key(task_name, idempotency_key)
     _check_text_arguments(
         task_name,
         {"enqueued_by": enqueued_by, "tenant": tenant, "target_asset": target_asset},
     )
-    prepared = _prepare(task_name, payload)
+    prepared = prepare(task_name, payload)
     named = prepared.payload.get("tenant")
     acting_for = tenant if tenant is not None else named if isinstance(named, str) else None
     job_id = job_id or uuid.uuid4()
@@ -151,7 +157,7 @@ def enqueue(
             job.tenant = acting_for
             job.target_asset_id = admission.target_asset_id
             job.policy_context = admission.context()
-    _send_or_forget(prepared, job_id)
+    _send_or_forget(prepared, job_id, expires)
     get_logger(job_id=str(job_id), task=task_name, queue=prepared.spec.queue).info(
         "job.enqueued", action="enqueued", enqueued_by=enqueued_by, tenant=acting_for
     )
@@ -174,7 +180,7 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
         original = job_store.get_job(session, job_id)
         assert original is not None  # dead_letters.job_id is a foreign key
         payload = _original_payload(original)
-        prepared = _prepare(original.task_name, payload)
+        prepared = prepare(original.task_name, payload)
         new_id = uuid.uuid4()
         job_store.create_job(
             session,
@@ -221,7 +227,7 @@ def purge_dead_letters(
     return len(purged)
 
 
-def _prepare(task_name: str, payload: Mapping[str, Any]) -> _Prepared:
+def prepare(task_name: str, payload: Mapping[str, Any]) -> PreparedJob:
     spec = spec_for(task_name)
     normalized = validate_payload(task_name, payload)
     settings = get_settings()
@@ -230,10 +236,10 @@ def _prepare(task_name: str, payload: Mapping[str, Any]) -> _Prepared:
     sealed = None
     if secrets and settings.secret_key is not None:
         sealed = seal(secrets, settings.secret_key.get_secret_value())
-    return _Prepared(spec, normalized, redacted, sealed)
+    return PreparedJob(spec, normalized, redacted, sealed)
 
 
-def _celery_app() -> Any:
+def celery_app() -> Any:
     # Here, not at the top: see the module's docstring.
     from workers.app import app
 
@@ -243,33 +249,48 @@ def _celery_app() -> Any:
 def _remove_parked(job_ids: Sequence[uuid.UUID]) -> None:
     from workers import dead_letter
 
-    dead_letter.remove_parked(_celery_app(), job_ids)
+    dead_letter.remove_parked(celery_app(), job_ids)
 
 
-def _send(prepared: _Prepared, job_id: uuid.UUID) -> None:
-    app = _celery_app()
+def message_options(prepared: PreparedJob, job_id: uuid.UUID) -> dict[str, Any]:
+    """How a recorded job's message is sent: its id, queue, redacted reprs and enqueue time."""
+    return {
+        "kwargs": prepared.payload,
+        "task_id": str(job_id),
+        "queue": prepared.spec.queue,
+        "routing_key": prepared.spec.queue,
+        # What Flower and Celery's own logs show instead of the real arguments.
+        "kwargsrepr": repr(prepared.redacted),
+        "argsrepr": "()",
+        "headers": {ENQUEUED_AT_HEADER: time.time()},
+    }
+
+
+def broker_unavailable(what: str, exc: BaseException) -> BrokerUnavailableError:
+    return BrokerUnavailableError(
+        f"could not send {what} to the broker ({exc}); nothing was recorded, "
+        "enqueue it again once Redis is reachable"
+    )
+
+
+# What a send raises when the broker cannot be reached.
+BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
+
+
+def _send(prepared: PreparedJob, job_id: uuid.UUID, expires: float | None = None) -> None:
+    app = celery_app()
+    options = message_options(prepared, job_id)
+    if expires is not None:
+        options["expires"] = expires
     try:
-        app.send_task(
-            prepared.spec.name,
-            kwargs=prepared.payload,
-            task_id=str(job_id),
-            queue=prepared.spec.queue,
-            routing_key=prepared.spec.queue,
-            # What Flower and Celery's own logs show instead of the real arguments.
-            kwargsrepr=repr(prepared.redacted),
-            argsrepr="()",
-            headers={ENQUEUED_AT_HEADER: time.time()},
-        )
-    except (KombuOperationalError, RedisError, OSError) as exc:
-        raise BrokerUnavailableError(
-            f"could not send {prepared.spec.name} to the broker ({exc}); nothing was recorded, "
-            "enqueue it again once Redis is reachable"
-        ) from None
+        app.send_task(prepared.spec.name, **options)
+    except BROKER_ERRORS as exc:
+        raise broker_unavailable(prepared.spec.name, exc) from None
 
 
-def _send_or_forget(prepared: _Prepared, job_id: uuid.UUID) -> None:
+def _send_or_forget(prepared: PreparedJob, job_id: uuid.UUID, expires: float | None) -> None:
     try:
-        _send(prepared, job_id)
+        _send(prepared, job_id, expires)
     except BrokerUnavailableError:
         with session_scope() as session:
             job_store.forget_unsent_job(session, job_id)

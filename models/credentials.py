@@ -1,15 +1,9 @@
 """Registry credentials at rest: one row per registry, the password sealed with the fleet key.
 
-``credential_for`` gives a push the credentials to use (None: the registry is used without);
-``refresh_credential`` is called when the registry refused them, and gives fresh ones or
-raises. Both lock the row, so two pushes refused at once refresh once: the second finds the
-password already changed and uses it.
-
-Rotation (``tasks.pushes.rotation``) uses the same lock: ``rotate`` issues a new password only
-if the credential is still the one the rotation looked at, so a rotation and a push's refresh
-(or two rotations) never replace the password twice, and a push that read the old password
-is refused once and refreshed to the new one. Every probe and rotation is a
-``credential_events`` row (``record_event``); its detail never holds a secret.
+Rows, sealing and queries only: what a provider does to issue, refresh or rotate a credential
+(an htpasswd file written, a credential helper asked) is ``adapters.credentials``', which
+stores what it issued here, under the row lock ``locked_row`` takes. Every probe and rotation
+is a ``credential_events`` row (``record_event``); its detail never holds a secret.
 """
 
 from __future__ import annotations
@@ -19,13 +13,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from kernel.errors import DrydockError, NotFoundError
+from kernel.kubernetes_names import NamespaceName, ObjectName
 from kernel.redaction import seal, unseal
 from kernel.settings import get_settings
 from models.db import session_scope
@@ -35,22 +29,14 @@ from models.tables import (
     CredentialProviderKind,
     RegistryCredentialRow,
 )
-from tasks.pushes.credentials import (
-    CredentialConfigError,
-    CredentialRefusedError,
-    RegistryCredential,
-    new_password,
-    run_credential_helper,
-    set_htpasswd_password,
-)
 
 
 class SecretKeyRequiredError(DrydockError):
     pass
 
 
-class RotationUnsupportedError(DrydockError):
-    """The provider cannot issue a new credential (static): an operator must store one."""
+class CredentialConfigError(DrydockError):
+    """A provider configured with something unusable (no such file, empty command)."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +53,6 @@ class PullSecretRef:
     def parse(cls, text: str) -> PullSecretRef:
         """``NAMESPACE/NAME``, each a valid Kubernetes name; CredentialConfigError otherwise."""
         from pydantic import TypeAdapter, ValidationError
-
-        from tasks.remediation.executors.kubernetes import NamespaceName, ObjectName
 
         namespace, slash, name = text.strip().partition("/")
         if not slash:
@@ -122,11 +106,13 @@ def _key() -> str:
     return key.get_secret_value()
 
 
-def _seal(password: str) -> str:
+def seal_password(password: str) -> str:
+    """``password`` sealed with the fleet key (SecretKeyRequiredError without one)."""
     return seal({"password": password}, _key())
 
 
-def _unseal(row: RegistryCredentialRow) -> str | None:
+def stored_password(row: RegistryCredentialRow) -> str | None:
+    """The row's password, unsealed (None: a helper's, not asked yet)."""
     if row.sealed_password is None:
         return None
     return str(unseal(row.sealed_password, _key())["password"])
@@ -139,7 +125,7 @@ def normalize_host(host: str) -> str:
     return cleaned
 
 
-def _locked_row(session: Session, host: str) -> RegistryCredentialRow | None:
+def locked_row(session: Session, host: str) -> RegistryCredentialRow | None:
     """The registry's row, locked until the session commits: one refresh at a time."""
     return session.execute(
         select(RegistryCredentialRow)
@@ -148,7 +134,7 @@ def _locked_row(session: Session, host: str) -> RegistryCredentialRow | None:
     ).scalar_one_or_none()
 
 
-def _upsert(
+def store_provider(
     session: Session,
     host: str,
     provider: CredentialProviderKind,
@@ -157,9 +143,10 @@ def _upsert(
     password: str | None,
     config: dict[str, Any],
 ) -> None:
+    """Make ``provider`` (with ``config``) the registry's, with this login (or none yet)."""
     host = normalize_host(host)
-    sealed = _seal(password) if password is not None else None
-    row = _locked_row(session, host)
+    sealed = seal_password(password) if password is not None else None
+    row = locked_row(session, host)
     now = datetime.now(UTC)
     if row is None:
         session.add(
@@ -183,7 +170,7 @@ def _upsert(
 def store_static(session: Session, host: str, username: str, password: str) -> None:
     if not username or not password:
         raise CredentialConfigError("a static credential needs a username and a password")
-    _upsert(
+    store_provider(
         session,
         host,
         CredentialProviderKind.STATIC,
@@ -193,29 +180,10 @@ def store_static(session: Session, host: str, username: str, password: str) -> N
     )
 
 
-def store_htpasswd(session: Session, host: str, username: str, htpasswd_path: Path) -> None:
-    """Manage ``username`` in the registry's htpasswd file: set a fresh password now."""
-    path = htpasswd_path.absolute()
-    if not path.parent.is_dir():
-        raise CredentialConfigError(f"no directory {path.parent} for the htpasswd file")
-    password = new_password()
-    # Sealed first: with no fleet key, the file is left untouched.
-    _seal(password)
-    set_htpasswd_password(path, username, password)
-    _upsert(
-        session,
-        host,
-        CredentialProviderKind.HTPASSWD,
-        username=username,
-        password=password,
-        config={"htpasswd_path": str(path)},
-    )
-
-
 def store_command(session: Session, host: str, command: Sequence[str]) -> None:
     if not command or not command[0].strip():
         raise CredentialConfigError("the credential helper command is empty")
-    _upsert(
+    store_provider(
         session,
         host,
         CredentialProviderKind.COMMAND,
@@ -273,88 +241,20 @@ def provider_of(host: str) -> str | None:
         ).scalar_one_or_none()
 
 
-@dataclass(frozen=True)
-class VersionedCredential:
-    """A stored credential and its version (``CredentialSummary.version``)."""
-
-    credential: RegistryCredential
-    version: str
-
-
-def credential_for(host: str) -> RegistryCredential | None:
-    """The credentials a push to ``host`` uses, or None when none are configured."""
-    current = current_credential(host)
-    return None if current is None else current.credential
-
-
-def current_credential(host: str) -> VersionedCredential | None:
-    """``credential_for`` with the version of what it gave."""
-    with session_scope() as session:
-        row = _locked_row(session, host)
-        if row is None:
-            return None
-        password = _unseal(row)
-        if password is not None and row.username is not None:
-            credential = RegistryCredential(row.username, password, row.expires_at)
-        else:
-            # A command provider asked for the first time (or after its cache was dropped).
-            credential = _issue(row)
-            _keep(row, credential)
-        return VersionedCredential(credential, credential_version(row.updated_at))
-
-
-def refresh_credential(host: str, refused: RegistryCredential) -> RegistryCredential:
-    """Fresh credentials for ``host`` after the registry refused ``refused``.
-
-    Raises CredentialRefusedError when the provider cannot do better (a static credential
-    nobody has changed, a helper that gives the refused ones again), CredentialUnavailableError
-    when it cannot answer now."""
-    with session_scope() as session:
-        row = _locked_row(session, host)
-        if row is None:
-            raise CredentialRefusedError(
-                f"the registry {host} refused the credentials and none are stored for it any more"
-            )
-        stored = _unseal(row)
-        if stored is not None and row.username is not None:
-            current = RegistryCredential(row.username, stored)
-            if current != refused:
-                # Changed since this push read them: an operator, or another push's refresh.
-                return current
-        if row.provider == CredentialProviderKind.STATIC.value:
-            raise CredentialRefusedError(
-                f"the registry {host} refused the static credentials of user {row.username!r}; "
-                f"store working ones with `drydock registry login {host}`"
-            )
-        fresh = _issue(row)
-        if fresh == refused:
-            raise CredentialRefusedError(
-                f"the credential helper for {host} gave the same credentials the registry refused"
-            )
-        _keep(row, fresh)
-        row.refreshed_at = datetime.now(UTC)
-        row.refresh_count += 1
-        return fresh
-
-
-def _issue(row: RegistryCredentialRow) -> RegistryCredential:
-    """New credentials from the row's provider (htpasswd: a password set now)."""
-    if row.provider == CredentialProviderKind.HTPASSWD.value:
-        if row.username is None:
-            raise CredentialConfigError(f"htpasswd credentials of {row.host} have no user name")
-        password = new_password()
-        set_htpasswd_password(Path(row.config["htpasswd_path"]), row.username, password)
-        return RegistryCredential(row.username, password)
-    if row.provider == CredentialProviderKind.COMMAND.value:
-        return run_credential_helper(row.config.get("command") or [], row.host)
-    raise CredentialRefusedError(f"the static credentials of {row.host} have no password")
-
-
-def _keep(row: RegistryCredentialRow, credential: RegistryCredential) -> None:
-    row.username = credential.username
-    row.sealed_password = _seal(credential.password)
+def keep_issued(
+    row: RegistryCredentialRow, username: str, password: str, expires_at: datetime | None
+) -> None:
+    """Store what the row's provider just issued: it is the version in use from now."""
+    row.username = username
+    row.sealed_password = seal_password(password)
     row.updated_at = datetime.now(UTC)
-    row.expires_at = credential.expires_at
+    row.expires_at = expires_at
+
+
+def count_refresh(row: RegistryCredentialRow) -> None:
+    """One more refresh after a registry refused the stored credential."""
+    row.refreshed_at = datetime.now(UTC)
+    row.refresh_count += 1
 
 
 # ---- rotation ----------------------------------------------------------------------------------
@@ -379,7 +279,7 @@ def set_rotation_policy(
     """Rotate ``host``'s credential once it is ``rotate_after_seconds`` old (None: only when
     refused or expiring), and keep ``pull_secret`` holding it (None: no pull secret). The
     password and its age are left alone."""
-    row = _locked_row(session, host)
+    row = locked_row(session, host)
     if row is None:
         raise NotFoundError(f"no credentials stored for registry {host}")
     if rotate_after_seconds is not KEEP:
@@ -391,42 +291,6 @@ def set_rotation_policy(
         row.pull_secret_name = pull_secret.name if pull_secret else None
     session.flush()
     return _summary(row)
-
-
-@dataclass(frozen=True)
-class Rotation(VersionedCredential):
-    """What ``rotate`` left stored, and whether this call issued it (False: it had changed
-    since the caller looked, and is kept as it is)."""
-
-    rotated: bool
-
-
-def rotate(host: str, *, seen_version: str) -> Rotation:
-    """Issue a new credential through ``host``'s provider and store it, under the row lock.
-
-    Only if the stored credential is still version ``seen_version``: otherwise a push's
-    refresh, an operator or another rotation replaced it since the caller looked, and that one
-    is returned unchanged. Raises RotationUnsupportedError for a static credential, and the
-    provider's errors (CredentialUnavailableError, CredentialConfigError, OSError writing an
-    htpasswd file) with nothing stored."""
-    with session_scope() as session:
-        row = _locked_row(session, host)
-        if row is None:
-            raise NotFoundError(f"no credentials stored for registry {host}")
-        version = credential_version(row.updated_at)
-        stored = _unseal(row)
-        if version != seen_version and stored is not None and row.username is not None:
-            current = RegistryCredential(row.username, stored, row.expires_at)
-            return Rotation(current, version, rotated=False)
-        if row.provider == CredentialProviderKind.STATIC.value:
-            raise RotationUnsupportedError(
-                f"the static credentials of {row.host} cannot be rotated by Drydock; store new "
-                f"ones with `drydock registry login {row.host}`"
-            )
-        fresh = _issue(row)
-        _keep(row, fresh)
-        session.flush()
-        return Rotation(fresh, credential_version(row.updated_at), rotated=True)
 
 
 def record_probe(session: Session, host: str, accepted: bool | None, at: datetime) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -237,6 +237,33 @@ def record_success(
         },
     )
     return recorded is not None
+
+
+# A job whose message was dropped before it ran (it expired in the queue, or an operator
+# revoked it in Flower) ends "preempted" with its outcome event; a job already under way or
+# finished is left as it is (the status guard).
+_RECORD_UNRUN = """
+    WITH unrun AS (
+        UPDATE jobs
+           SET status = 'preempted', finished_at = now(), error = :reason,
+               error_class = :error_class
+         WHERE id = :job_id AND status IN ('queued', 'retrying')
+     RETURNING id, attempts, queue
+    )
+    INSERT INTO job_events (job_id, kind, attempt, at, queue, detail)
+    SELECT id, 'preempted', attempts, now(), queue,
+           jsonb_build_object('reason', CAST(:reason AS text))
+      FROM unrun
+    RETURNING job_id
+"""
+
+
+def record_unrun(session: Session, job_id: uuid.UUID, *, error_class: str, reason: str) -> bool:
+    """End a waiting job whose message was dropped unrun; False when it was not waiting."""
+    row = session.execute(
+        text(_RECORD_UNRUN), {"job_id": job_id, "error_class": error_class, "reason": reason}
+    ).first()
+    return row is not None
 
 
 def record_retry(

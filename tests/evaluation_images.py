@@ -19,9 +19,10 @@ import docker.errors
 import pytest
 
 from tasks.builds.backends import DockerBackend
+from testkit.docker_engine import DockerEngine
+from testkit.registry import RegistryServer
 from tests.conftest import _missing
-from tests.image_builders import BUSYBOX, DockerEngine
-from tests.registry_server import RegistryServer
+from tests.image_builders import BUSYBOX
 
 EVALUATION_REPOSITORY = "evaluation/busybox"
 EVALUATION_IMAGE_DOCKERFILE = """\

@@ -1,17 +1,16 @@
 """Image builders for the tests: a real Docker engine, buildah storage, git repositories.
 
-The engine is a ``dockerd`` of the session's own (vfs storage, no bridge, no iptables) on the
-socket ``DRYDOCK_DOCKER_HOST`` names, with its data and exec roots under ``<base>/docker``; it is
+The engine (fixture ``docker_engine``) is a ``dockerd`` of the session's own
+(:func:`testkit.docker_engine.start_dockerd`: vfs storage, no bridge, no iptables) on the socket
+``DRYDOCK_DOCKER_HOST`` names, with its data and exec roots under ``<base>/docker``; it is
 stopped at the end of the session. No image can be pulled here, so every test image is
 ``FROM scratch`` plus the static busybox of this machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from drydock import localservers
+from testkit.docker_engine import DOCKERD, DockerEngine, start_dockerd, unmount_under
 from tests.conftest import _missing, _register_stop, _state
 
 BUSYBOX = Path("/bin/busybox")
-DOCKERD = "/usr/sbin/dockerd"
 
 # What every test repository builds: busybox, a label, and a marker file unique to the
 # repository, so one test's layers are never another's cache.
@@ -44,109 +42,6 @@ COPY busybox /bin/busybox
 RUN ["/bin/busybox", "sh", "-c", "echo about to fail; echo something went wrong >&2; busybox false"]
 LABEL never="reached"
 """
-
-
-@dataclass
-class DockerEngine:
-    url: str
-    directory: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def exec_root(self) -> Path:
-        return self.directory / "exec"
-
-    def log(self) -> str:
-        return (self.directory / "dockerd.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        """Stop dockerd (which stops its containerd); whatever survives a kill is found by its
-        exec root (in containerd's command line) and killed by pid, mounts left are undone."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        for pid in _pids_mentioning(str(self.exec_root)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _unmount_under(self.directory)
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-    return found
-
-
-def _unmount_under(directory: Path) -> None:
-    prefix = str(directory.resolve()) + "/"
-    mounts = [
-        line.split()[1]
-        for line in Path("/proc/self/mounts").read_text().splitlines()
-        if line.split()[1].startswith(prefix)
-    ]
-    for mount in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-
-
-def start_dockerd(url: str, directory: Path, *, storage_driver: str = "vfs") -> DockerEngine:
-    """A dockerd serving ``url`` (``unix://<path>``) with everything under ``directory``."""
-    import docker
-
-    directory.mkdir(parents=True, exist_ok=True)
-    # Its own (empty) config file: nothing from /etc/docker/daemon.json applies.
-    config = directory / "daemon.json"
-    config.write_text("{}\n")
-    with open(directory / "dockerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                DOCKERD,
-                "--config-file",
-                str(config),
-                f"--storage-driver={storage_driver}",
-                "--iptables=false",
-                "--bridge=none",
-                "--data-root",
-                str(directory / "root"),
-                "--exec-root",
-                str(directory / "exec"),
-                "--pidfile",
-                str(directory / "dockerd.pid"),
-                "-H",
-                url,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own session: a Ctrl-C of the test run reaches pytest, which stops it in order.
-            start_new_session=True,
-        )
-    engine = DockerEngine(url, directory, proc)
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dockerd exited with {proc.returncode}")
-        client = docker.APIClient(base_url=url, version="1.41", timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-
-    try:
-        localservers.wait_for(answers, 60, "dockerd")
-    except localservers.ServerUnavailableError:
-        engine.stop()
-        raise RuntimeError(f"dockerd did not start:\n{engine.log()[-3000:]}") from None
-    return engine
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +91,7 @@ def buildah_ready() -> BuildahStorage:
     def clean() -> None:
         # Working containers a failed build may have left, then any mount under the storage.
         subprocess.run(storage.command("rm", "--all"), check=False, capture_output=True)
-        _unmount_under(storage.root.parent)
+        unmount_under(storage.root.parent)
 
     _register_stop(clean)
     return storage

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from testkit.docker_engine import DockerEngine
 from tests.conftest import _missing
-from tests.image_builders import BUSYBOX, DockerEngine
+from tests.image_builders import BUSYBOX
 
 
 @pytest.fixture(scope="session")

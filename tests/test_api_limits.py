@@ -171,7 +171,7 @@ def test_an_operator_token_must_name_the_tenant(api: TestClient, operator: dict[
 def test_a_body_over_the_limit_is_refused_before_it_is_read(
     api: TestClient, operator: dict[str, str], small_limit: int
 ) -> None:
-    from drydock.api_edge import FRAMING_BYTES
+    from drydock.api.edge import FRAMING_BYTES
 
     edge = small_limit + FRAMING_BYTES
     huge = b'{"message": "' + b"x" * edge + b'"}'

@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.attestation.certs import load_certificates
-from tasks.attestation.sev_snp import (
+from evidence.certs import load_certificates
+from evidence.sev_snp import (
     REPORT_SIZE,
     SnpEvidence,
     SnpPolicy,
@@ -33,7 +33,7 @@ from tasks.attestation.sev_snp import (
     parse_report,
     verify_sev_snp_report,
 )
-from tasks.attestation.verdict import EvidenceFormatError, Outcome, Verdict
+from evidence.verdict import EvidenceFormatError, Outcome, Verdict
 
 SAMPLES = Path(__file__).parent / "data" / "attestation-samples" / "sev-snp"
 

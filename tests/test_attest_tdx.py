@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.attestation.certs import load_certificate, load_certificates
-from tasks.attestation.tdx import (
+from evidence.certs import load_certificate, load_certificates
+from evidence.tdx import (
     INTEL_QE_VENDOR_ID,
     TdxEvidence,
     TdxPolicy,
@@ -33,7 +33,7 @@ from tasks.attestation.tdx import (
     parse_quote,
     verify_tdx_quote,
 )
-from tasks.attestation.verdict import (
+from evidence.verdict import (
     MAX_EVIDENCE_BYTES,
     EvidenceFormatError,
     Outcome,

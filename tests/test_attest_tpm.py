@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.attestation.tpm import (
+from evidence.tpm import (
     TpmCounters,
     TpmEvidence,
     TpmReference,
     load_attestation_key,
     verify_tpm_quote,
 )
-from tasks.attestation.verdict import (
+from evidence.verdict import (
     MAX_EVIDENCE_BYTES,
     EvidenceFormatError,
     Outcome,
@@ -34,7 +34,7 @@ from tasks.attestation.verdict import (
 )
 
 if TYPE_CHECKING:
-    from tests.tpm_simulator import AttestationKey, SoftwareTpm, TpmQuote
+    from testkit.tpm import AttestationKey, SoftwareTpm, TpmQuote
 
 
 SAMPLE = (

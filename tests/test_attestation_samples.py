@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 from dispatch.enqueue import enqueue
 from drydock.cli import app as cli_app
+from evidence.tdx import collateral_from_directory
 from kernel.errors import PayloadInvalidError
 from models import trust
 from models.db import session_scope
 from models.tables import AssetKind, AttestationVerdict, Job, TrustAsset, TrustAssetClass
-from tasks.attestation.tdx import collateral_from_directory
+from testkit.tpm import SoftwareTpm, TpmQuote
 from tests.conftest import SAMPLES, WorkerProcess, wait_for_job
-from tests.tpm_simulator import SoftwareTpm, TpmQuote
 
 MILAN_ROOT = SAMPLES / "sev-snp" / "virtee-milan-v2" / "ask_ark_milan.pem"
 INTEL_ROOT = SAMPLES / "tdx" / "go-tdx-guest-spr-v4" / "intel_sgx_root_ca.pem"

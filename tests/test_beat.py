@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,8 +23,11 @@ from pathlib import Path
 import pytest
 import redis
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from kernel.settings import Settings, get_settings
+from models.db import session_scope
+from models.tables import Job
 from tests.conftest import PRIVATE_QUEUE, ChildProcess
 from workers.heartbeat import (
     BEAT_KEY,
@@ -272,3 +276,25 @@ def test_a_fractional_lock_timeout_is_renewed_whole_not_truncated() -> None:
     # RedBeat renews the lock for int(timeout) seconds: 0.6 s would renew it to nothing.
     scheduler = HeartbeatScheduler(app, lazy=True, lock_timeout=0.6)
     assert scheduler.lock_timeout == 1
+
+
+def test_every_fire_is_an_enqueue_recorded_before_any_worker_takes_it(
+    broker: redis.Redis[bytes], start_beat: Callable[..., BeatProcess]
+) -> None:
+    # Beat sends through dispatch.enqueue: each fire is a job row (validated, admitted) from the
+    # moment it is due, named for its entry, though no worker serves the queue.
+    beat = start_beat(canary_interval=1)
+    poll(lambda: len(fires(broker, 1)) >= 2, "Beat did not fire twice", [beat])
+    beat.stop()
+    sent = [
+        uuid.UUID(json.loads(raw)["headers"]["id"]) for raw in broker.lrange(PRIVATE_QUEUE, 0, -1)
+    ]
+    with session_scope() as session:
+        rows = session.scalars(select(Job).where(Job.id.in_(sent))).all()
+        recorded = {
+            row.id: (row.task_name, row.enqueued_by, row.status, bool(row.policy_context))
+            for row in rows
+        }
+    assert recorded == {
+        job_id: (CANARY_TASK, f"beat:{CANARY_ENTRY}", "queued", True) for job_id in sent
+    }

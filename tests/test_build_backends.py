@@ -17,11 +17,14 @@ from pathlib import Path
 import docker
 import pytest
 
+from adapters.credentials import RegistryCredential
+from adapters.git import fetch_revision
+from adapters.image_store import BackendUnavailableError
+from adapters.registry_errors import PushErrorKind, RegistryPushError
 from kernel.platforms import Platform
 from kernel.settings import get_settings
 from tasks.builds.backends import (
     PLATFORM_LABEL,
-    BackendUnavailableError,
     BuildahBackend,
     BuilderBackend,
     BuildSpec,
@@ -34,11 +37,9 @@ from tasks.builds.backends import (
     host_platform,
     verify_platform,
 )
-from tasks.builds.source import fetch_revision
-from tasks.pushes.credentials import RegistryCredential
-from tasks.pushes.errors import PushErrorKind, RegistryPushError
-from tests.image_builders import BuildahStorage, DockerEngine, GitRepo
-from tests.registry_server import RegistryServer
+from testkit.docker_engine import DockerEngine
+from testkit.registry import RegistryServer
+from tests.image_builders import BuildahStorage, GitRepo
 
 NATIVE = host_platform()
 # A platform this host does not run natively (this suite runs on amd64 or arm64 machines).

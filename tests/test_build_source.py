@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.builds.source import (
+from adapters.git import (
     FetchedSource,
     RevisionNotFoundError,
     SourceFetchError,

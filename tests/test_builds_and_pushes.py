@@ -17,6 +17,11 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from adapters import credentials as providers
+from adapters.credentials import set_htpasswd_password
+from adapters.image_index import index_children
+from adapters.registry import RegistryClient
+from catalog.pushes import index_job_id, push_job_id
 from dispatch.enqueue import enqueue
 from kernel.platforms import Platform
 from models import builds as ledger
@@ -33,10 +38,6 @@ from models.tables import (
     RegistryEvent,
 )
 from tasks.pushes import telemetry
-from tasks.pushes.credentials import set_htpasswd_password
-from tasks.pushes.domain import index_job_id, push_job_id
-from tasks.pushes.image_index import index_children
-from tasks.pushes.registry import RegistryClient
 from tests.conftest import TEST_BUILD_TIME_LIMIT, WorkerProcess, wait_for_job
 
 pytestmark = pytest.mark.fleet
@@ -127,7 +128,7 @@ def test_two_platform_buildah_build_from_a_tag_is_published_as_one_index(
 ) -> None:
     repo = git_repo_factory()
     with session_scope() as session:
-        credential_store.store_htpasswd(
+        providers.store_htpasswd(
             session, registry_server.host, DRYDOCK_USER, registry_server.htpasswd_path
         )
     job = enqueue(
@@ -277,10 +278,10 @@ def test_a_password_changed_on_the_registry_is_refreshed_and_the_push_succeeds(
 ) -> None:
     repo = git_repo_factory()
     with session_scope() as session:
-        credential_store.store_htpasswd(
+        providers.store_htpasswd(
             session, registry_server.host, DRYDOCK_USER, registry_server.htpasswd_path
         )
-    issued = credential_store.credential_for(registry_server.host)
+    issued = providers.credential_for(registry_server.host)
     assert issued is not None
     # Someone rotates the password on the registry, behind Drydock's back.
     set_htpasswd_password(registry_server.htpasswd_path, DRYDOCK_USER, "changed-elsewhere-1234")
@@ -312,7 +313,7 @@ def test_a_password_changed_on_the_registry_is_refreshed_and_the_push_succeeds(
     refresh = next(e for e in events if e.kind == "auth_refresh")
     assert refresh.detail["outcome"] == "refreshed" and refresh.detail["provider"] == "htpasswd"
 
-    fresh = credential_store.credential_for(registry_server.host)
+    fresh = providers.credential_for(registry_server.host)
     assert fresh is not None and fresh.password != issued.password
     with session_scope() as session:
         stored = session.execute(

@@ -22,14 +22,17 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from adapters import credentials as providers
+from adapters.credentials import RegistryCredential, set_htpasswd_password
+from adapters.kubernetes import KubernetesAdapter, KubernetesApiError
 from beat_schedules import beat_schedule
-from catalog.pushes import RotateCredentialsPayload
+from catalog.pushes import RotateCredentialsPayload, index_job_id
 from dispatch.enqueue import enqueue
 from kernel.errors import NotFoundError
 from kernel.settings import Settings
 from models import builds as ledger
 from models import credentials as store
-from models.credentials import PullSecretRef
+from models.credentials import CredentialConfigError, PullSecretRef
 from models.db import session_scope
 from models.tables import (
     CredentialEvent,
@@ -38,14 +41,7 @@ from models.tables import (
     RegistryCredentialRow,
     RegistryEvent,
 )
-from tasks.pushes.credentials import (
-    CredentialConfigError,
-    RegistryCredential,
-    set_htpasswd_password,
-)
-from tasks.pushes.domain import index_job_id
 from tasks.pushes.rotation import Probe, RotationReason, rotate_credentials, rotation_reason
-from tasks.remediation.executors.kubernetes import KubernetesAdapter, KubernetesApiError
 from tests.conftest import TEST_BUILD_TIME_LIMIT, WorkerProcess, wait_for_job
 from tests.kube_standin import KubeStandIn
 
@@ -78,11 +74,11 @@ def _manage_htpasswd(registry: Any, *, rotate_after: int | None = None, age: tim
     """Drydock manages ROTATED_USER in the registry's htpasswd file, its password set ``age``
     ago (backdated in the database); the password issued."""
     with session_scope() as session:
-        store.store_htpasswd(session, registry.host, ROTATED_USER, registry.htpasswd_path)
+        providers.store_htpasswd(session, registry.host, ROTATED_USER, registry.htpasswd_path)
     with session_scope() as session:
         store.set_rotation_policy(session, registry.host, rotate_after_seconds=rotate_after)
     _backdate(registry.host, age)
-    issued = store.credential_for(registry.host)
+    issued = providers.credential_for(registry.host)
     assert issued is not None
     return issued.password
 
@@ -256,7 +252,7 @@ def test_a_due_htpasswd_credential_is_rotated_its_pull_secret_written_and_pushes
         "verified": "accepted",
         "pull_secret": "created",
     }
-    new = store.credential_for(host)
+    new = providers.credential_for(host)
     assert new is not None and new.password != old
     # The registry itself: the old password is refused, the new one accepted.
     assert _registry_says(registry_server, ROTATED_USER, old) == 401
@@ -321,7 +317,7 @@ def test_a_credential_that_is_not_due_is_only_probed(
         "rotation": "not_due",
         "pull_secret": None,
     }
-    assert store.credential_for(host) == RegistryCredential(ROTATED_USER, issued)
+    assert providers.credential_for(host) == RegistryCredential(ROTATED_USER, issued)
     assert _kinds(host) == ["probe_accepted"]
     [probe] = _events(host)
     assert probe.detail["age_seconds"] >= 86400 and probe.detail["after_rotation"] is False
@@ -341,7 +337,7 @@ def test_a_refused_credential_is_rotated_at_once(
 
     assert summary["probe"] == "refused" and summary["due"] == "refused"
     assert summary["rotation"] == "rotated" and summary["verified"] == "accepted"
-    fresh = store.credential_for(host)
+    fresh = providers.credential_for(host)
     assert fresh is not None and fresh.password not in (issued, "changed-elsewhere-5678")
     assert _registry_says(registry_server, ROTATED_USER, fresh.password) == 200
     assert _kinds(host) == ["probe_refused", "rotated", "probe_accepted"]
@@ -357,18 +353,18 @@ def test_a_rotation_never_replaces_a_password_twice_and_a_push_holding_the_old_o
     registry_server.start()
     host = registry_server.host
     issued = _manage_htpasswd(registry_server, age=timedelta(minutes=5))
-    seen = store.current_credential(host)
+    seen = providers.current_credential(host)
     assert seen is not None and seen.credential.password == issued
 
-    first = store.rotate(host, seen_version=seen.version)
+    first = providers.rotate(host, seen_version=seen.version)
     assert first.rotated and first.credential.password != issued
     # A second rotation that had looked at the same (old) credential keeps the first's.
-    second = store.rotate(host, seen_version=seen.version)
+    second = providers.rotate(host, seen_version=seen.version)
     assert not second.rotated and second.credential == first.credential
     assert second.version == first.version
     # A push that read the old password before the rotation is refused, and its refresh (the
     # same row lock) hands it the new password rather than rotating again.
-    assert store.refresh_credential(host, RegistryCredential(ROTATED_USER, issued)) == (
+    assert providers.refresh_credential(host, RegistryCredential(ROTATED_USER, issued)) == (
         first.credential
     )
     assert _row(host).refresh_count == 0
@@ -402,14 +398,16 @@ def test_a_static_credential_cannot_be_rotated_and_says_who_must_act(
     assert _kinds(registry_server.host) == ["probe_refused", "rotation_unsupported"]
     unsupported = _events(registry_server.host)[1]
     assert "drydock registry login" in unsupported.detail["message"]
-    assert store.credential_for(registry_server.host) == RegistryCredential(
+    assert providers.credential_for(registry_server.host) == RegistryCredential(
         registry_server.username, "not-it"
     )
 
     # Forced, the accepted one is unsupported too, and left as it was.
     forced = _rotate(hosts=[token_registry_server.host], force=True)
     assert forced[token_registry_server.host]["rotation"] == "unsupported"
-    assert store.credential_for(token_registry_server.host) == token_registry_server.credential()
+    assert (
+        providers.credential_for(token_registry_server.host) == token_registry_server.credential()
+    )
 
 
 def test_a_token_registry_refuses_a_wrong_password_at_its_token_service(
@@ -442,7 +440,7 @@ def test_a_helper_credential_expiring_soon_is_rotated_by_asking_the_helper_again
     set_htpasswd_password(registry_server.htpasswd_path, user, "vault-secret-1", rounds=5)
     with session_scope() as session:
         store.store_command(session, host, _helper(tmp_path, user, "vault-secret-1", soon))
-    first = store.credential_for(host)
+    first = providers.credential_for(host)
     assert first is not None and first.expires_at == soon
     assert _row(host).expires_at == soon
     # The vault has the next secret ready (and the registry knows it), valid for a month.
@@ -454,7 +452,7 @@ def test_a_helper_credential_expiring_soon_is_rotated_by_asking_the_helper_again
 
     # The probe was refused (the registry moved on), but the expiry would have been enough.
     assert summary["due"] in ("refused", "expiring") and summary["rotation"] == "rotated"
-    assert store.credential_for(host) == RegistryCredential(user, "vault-secret-2")
+    assert providers.credential_for(host) == RegistryCredential(user, "vault-secret-2")
     assert _row(host).expires_at == later
     rotated = next(e for e in _events(host) if e.kind == "rotated")
     assert rotated.detail["expires_at"] == later.isoformat()
@@ -470,7 +468,7 @@ def test_an_expiring_helper_credential_the_registry_still_accepts_is_rotated_for
     soon = datetime.now(UTC) + timedelta(hours=1)
     with session_scope() as session:
         store.store_command(session, host, _helper(tmp_path, user, "vault-secret-3", soon))
-    assert store.credential_for(host) is not None
+    assert providers.credential_for(host) is not None
 
     summary = _rotate(hosts=[host])[host]
 
@@ -498,7 +496,7 @@ def test_a_failing_kubernetes_api_records_pull_secret_failed_and_the_rotation_st
 
     assert summary["rotation"] == "rotated" and summary["pull_secret"] == "failed"
     assert "answered 500" in summary["pull_secret_error"]
-    new = store.credential_for(host)
+    new = providers.credential_for(host)
     assert new is not None and new.password != old
     assert _registry_says(registry_server, ROTATED_USER, new.password) == 200
     assert _kinds(host) == ["probe_accepted", "rotated", "probe_accepted", "pull_secret_failed"]
@@ -588,7 +586,7 @@ def test_the_cli_sets_a_policy_and_the_queue_rotates_now(
     job = wait_for_job(job_id, ("succeeded",))
     assert job.result["hosts"][host]["rotation"] == "rotated"
     assert {event.job_id for event in _events(host)} == {job_id}
-    new = store.credential_for(host)
+    new = providers.credential_for(host)
     assert new is not None and _registry_says(registry_server, ROTATED_USER, new.password) == 200
     assert _registry_says(registry_server, ROTATED_USER, old) == 401
 

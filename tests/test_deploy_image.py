@@ -36,8 +36,8 @@ from typing import Any
 
 import pytest
 
+from testkit.docker_engine import DOCKERD, DockerEngine, start_dockerd
 from tests.conftest import PRIVATE_QUEUE, _missing, _register_stop, _state, wait_for_job
-from tests.image_builders import DOCKERD, DockerEngine, start_dockerd
 
 REPO = Path(__file__).resolve().parent.parent
 # The image's interpreter: Debian bookworm's python3 (3.11.2). The wheelhouse is resolved with
@@ -291,14 +291,20 @@ def test_build_context_is_the_package_sources_only() -> None:
         "pyproject.toml",
         "deploy",
         "drydock",
+        "dispatch",
         "workers",
         "tasks",
+        "catalog",
+        "policy",
+        "adapters",
+        "evidence",
         "models",
+        "kernel",
         "migrations",
         "beat_schedules",
     }
     assert {"pyproject.toml", "README.md", "drydock", "migrations"} <= top_level
-    assert "drydock/cli.py" in sent
+    assert "drydock/cli/__init__.py" in sent
     assert "deploy/Dockerfile" in sent
     assert not [path for path in sent if "__pycache__" in path or path.endswith(".pyc")]
 

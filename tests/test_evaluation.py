@@ -27,9 +27,9 @@ from models.tables import (
     TrustState,
 )
 from policy import placement
+from testkit.registry import RegistryServer
 from tests.conftest import WorkerProcess, wait_for_job
 from tests.evaluation_images import EvaluationImage
-from tests.registry_server import RegistryServer
 from tests.test_remediation import move_to
 
 S = TrustState

@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import pytest
 
+from adapters.credentials import RegistryCredential
 from tasks.evaluation.results import (
     MAX_JUNIT_BYTES,
     CheckResult,
@@ -37,10 +38,9 @@ from tasks.evaluation.suite import (
     parse_suite_spec,
     run_suite,
 )
-from tasks.pushes.credentials import RegistryCredential
+from testkit.docker_engine import DockerEngine
+from testkit.registry import RegistryServer
 from tests.evaluation_images import EvaluationImage, engine_has, forget_evaluation_image
-from tests.image_builders import DockerEngine
-from tests.registry_server import RegistryServer
 
 # --- the parsers (pure) -----------------------------------------------------------------------
 

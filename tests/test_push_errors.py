@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.pushes.errors import (
+from adapters.registry_errors import (
     RETRYABLE_KINDS,
     PushErrorKind,
     RegistryPushError,

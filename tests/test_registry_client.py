@@ -12,23 +12,23 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from kernel.platforms import Platform
-from tasks.pushes.credentials import RegistryCredential
-from tasks.pushes.errors import PushErrorKind, RegistryPushError
-from tasks.pushes.image_index import (
+from adapters.credentials import RegistryCredential
+from adapters.image_index import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
     build_image_index,
     index_children,
 )
-from tasks.pushes.registry import (
+from adapters.registry import (
     ImageReference,
     ManifestInfo,
     RegistryClient,
     registry_is_insecure,
 )
-from tests.registry_server import RegistryServer, UploadedImage, sha256_digest
+from adapters.registry_errors import PushErrorKind, RegistryPushError
+from kernel.platforms import Platform
+from testkit.registry import RegistryServer, UploadedImage, sha256_digest
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 AMD64, ARM64 = Platform.parse("linux/amd64"), Platform.parse("linux/arm64")

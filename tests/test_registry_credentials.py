@@ -12,16 +12,17 @@ import bcrypt
 import pytest
 from sqlalchemy import select
 
-from kernel.settings import Settings
-from models import credentials as store
-from models.db import session_scope
-from models.tables import RegistryCredentialRow
-from tasks.pushes.credentials import (
+from adapters import credentials as providers
+from adapters.credentials import (
     CredentialRefusedError,
     CredentialUnavailableError,
     RegistryCredential,
     set_htpasswd_password,
 )
+from kernel.settings import Settings
+from models import credentials as store
+from models.db import session_scope
+from models.tables import RegistryCredentialRow
 
 HOST = "registry.test:5000"
 
@@ -47,7 +48,7 @@ def _htpasswd_users(path: Path) -> dict[str, str]:
 def test_static_credentials_are_sealed_and_a_refusal_needs_an_operator(empty_store: None) -> None:
     with session_scope() as session:
         store.store_static(session, HOST, "alice", "first-password")
-    assert store.credential_for(HOST) == RegistryCredential("alice", "first-password")
+    assert providers.credential_for(HOST) == RegistryCredential("alice", "first-password")
     row = _row()
     assert row.sealed_password and "first-password" not in row.sealed_password
     with session_scope() as session:
@@ -55,11 +56,11 @@ def test_static_credentials_are_sealed_and_a_refusal_needs_an_operator(empty_sto
     assert "first-password" not in repr(listed) and listed[0].has_password
 
     with pytest.raises(CredentialRefusedError, match="drydock registry login"):
-        store.refresh_credential(HOST, RegistryCredential("alice", "first-password"))
+        providers.refresh_credential(HOST, RegistryCredential("alice", "first-password"))
     # An operator stored new ones: the refresh hands them over.
     with session_scope() as session:
         store.store_static(session, HOST, "alice", "second-password")
-    fresh = store.refresh_credential(HOST, RegistryCredential("alice", "first-password"))
+    fresh = providers.refresh_credential(HOST, RegistryCredential("alice", "first-password"))
     assert fresh.password == "second-password"
     assert "second-password" not in repr(fresh)
 
@@ -70,15 +71,15 @@ def test_htpasswd_provider_sets_and_rotates_the_password_keeping_other_users(
     htpasswd = tmp_path / "htpasswd"
     set_htpasswd_password(htpasswd, "someone-else", "their-password")
     with session_scope() as session:
-        store.store_htpasswd(session, HOST, "drydock", htpasswd)
-    issued = store.credential_for(HOST)
+        providers.store_htpasswd(session, HOST, "drydock", htpasswd)
+    issued = providers.credential_for(HOST)
     assert issued is not None and issued.username == "drydock"
     users = _htpasswd_users(htpasswd)
     assert bcrypt.checkpw(issued.password.encode(), users["drydock"].encode())
     assert bcrypt.checkpw(b"their-password", users["someone-else"].encode())
     assert stat.S_IMODE(htpasswd.stat().st_mode) == 0o600
 
-    fresh = store.refresh_credential(HOST, issued)
+    fresh = providers.refresh_credential(HOST, issued)
     assert fresh.password != issued.password
     users = _htpasswd_users(htpasswd)
     assert bcrypt.checkpw(fresh.password.encode(), users["drydock"].encode())
@@ -88,7 +89,7 @@ def test_htpasswd_provider_sets_and_rotates_the_password_keeping_other_users(
 
     # A second push refused with the old password at the same time gets the new one: the
     # password is not rotated twice.
-    assert store.refresh_credential(HOST, issued) == fresh
+    assert providers.refresh_credential(HOST, issued) == fresh
     assert _row().refresh_count == 1
 
 
@@ -114,16 +115,16 @@ def test_a_credential_helper_is_asked_then_asked_again_on_refusal(
     command = _helper(tmp_path, {"Username": "robot", "Secret": "helper-secret-1"})
     with session_scope() as session:
         store.store_command(session, HOST, command)
-    first = store.credential_for(HOST)
+    first = providers.credential_for(HOST)
     assert first == RegistryCredential("robot", "helper-secret-1")
     assert (tmp_path / "asked").read_text() == HOST
 
     # The vault rotated the secret: a refusal asks the helper again.
     _helper(tmp_path, {"Username": "robot", "Secret": "helper-secret-2"})
-    assert store.refresh_credential(HOST, first).password == "helper-secret-2"
+    assert providers.refresh_credential(HOST, first).password == "helper-secret-2"
     # A helper that keeps giving what the registry refused is a refusal for good.
     with pytest.raises(CredentialRefusedError, match="same credentials"):
-        store.refresh_credential(HOST, RegistryCredential("robot", "helper-secret-2"))
+        providers.refresh_credential(HOST, RegistryCredential("robot", "helper-secret-2"))
 
 
 def test_a_failing_helper_is_unavailable_and_says_why_without_secrets(
@@ -133,7 +134,7 @@ def test_a_failing_helper_is_unavailable_and_says_why_without_secrets(
     with session_scope() as session:
         store.store_command(session, HOST, command)
     with pytest.raises(CredentialUnavailableError) as raised:
-        store.credential_for(HOST)
+        providers.credential_for(HOST)
     assert "exit 3" in str(raised.value) and "keychain" in str(raised.value)
     assert "never-shown" not in str(raised.value)
 

@@ -40,9 +40,9 @@ from models.trust import Move
 from policy import approvals
 from tasks.remediation import domain
 from tasks.remediation.playbooks import PlaybookDefinition
+from testkit.tpm import SoftwareTpm
 from tests.conftest import WorkerProcess, wait_for_job
 from tests.test_attestation_samples import tpm_asset, verify_through_queue
-from tests.tpm_simulator import SoftwareTpm
 
 S = TrustState
 SECRET = "s3cr3t-api-key-value"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from adapters.kubernetes import RESTARTED_AT_ANNOTATION, KubernetesAdapter, KubernetesApiError
 from kernel.settings import get_settings
 from tasks.remediation.executors.base import (
     Executor,
@@ -21,13 +22,7 @@ from tasks.remediation.executors.base import (
     StepResult,
     Target,
 )
-from tasks.remediation.executors.kubernetes import (
-    RESTARTED_AT_ANNOTATION,
-    KubernetesAdapter,
-    KubernetesApiError,
-    KubernetesExecutor,
-    KubernetesSpec,
-)
+from tasks.remediation.executors.kubernetes import KubernetesExecutor, KubernetesSpec
 from tests.kube_standin import KubeStandIn, write_kubeconfig
 
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"

@@ -40,8 +40,9 @@ from tasks.remediation.executors.sandbox import (
     ShellSpec,
     build_sandbox_image,
 )
+from testkit.docker_engine import DockerEngine
 from tests.conftest import _missing
-from tests.image_builders import BUSYBOX, DockerEngine
+from tests.image_builders import BUSYBOX
 
 TARGET = Target(
     asset_id=uuid.UUID("6f2c43e4-0d1c-4a43-9d3c-7f1f2b8e9a01"),

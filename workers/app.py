@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
 
+# Imported for its signal handlers: logging, fresh connections after a fork, outcomes of
+# dropped messages.
+import workers.signals  # noqa: F401
 from beat_schedules import beat_schedule
 from kernel.settings import Settings, get_settings
 from workers.heartbeat import BEAT_KEY_PREFIX, WorkerHeartbeat
@@ -93,8 +95,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": beat_schedule(settings),
         # Beat records every tick for /health/fleet and ticks at least once per heartbeat.
         # Its scheduler is RedBeat's: the schedule and a lock live in the broker's Redis, so
-        # any number of Beats may run and one fires at a time (see HeartbeatScheduler).
-        "beat_scheduler": "workers.heartbeat:HeartbeatScheduler",
+        # any number of Beats may run and one fires at a time (see HeartbeatScheduler). Each
+        # due entry is sent through dispatch.enqueue like any other job (validated, admitted,
+        # recorded): the scheduler is dispatch's subclass, named here and loaded by Beat only.
+        "beat_scheduler": "dispatch.beat:DispatchingScheduler",
         "beat_max_loop_interval": settings.heartbeat_seconds,
         "redbeat_redis_url": settings.broker_url,
         # Set, not inherited: RedBeat would otherwise read broker_transport_options.
@@ -116,17 +120,3 @@ app.conf.update(celery_config(get_settings()))
 app.steps["consumer"].add(WorkerHeartbeat)
 # Every worker sweeps for jobs held by lost workers (see workers.orphans).
 app.steps["consumer"].add(OrphanSweep)
-
-
-@worker_init.connect
-def _configure_worker_logging(**_: Any) -> None:
-    from kernel.logs import configure_logging
-
-    configure_logging()
-
-
-@worker_process_init.connect
-def _fresh_connections_after_fork(**_: Any) -> None:
-    from models.db import dispose_engines
-
-    dispose_engines()

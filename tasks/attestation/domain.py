@@ -24,6 +24,10 @@ from catalog.attestation import (
     TpmEvidenceInput,
     VerifyEvidencePayload,
 )
+from evidence import sev_snp, tdx, tpm
+from evidence.certs import is_self_signed, load_certificates
+from evidence.posture import AcceleratorPolicy, judge_posture
+from evidence.verdict import Check, EvidenceFormatError, EvidenceKind, Verdict
 from kernel.context import JobContext
 from kernel.errors import DrydockError
 from kernel.settings import get_settings
@@ -37,10 +41,7 @@ from models.tables import (
     TrustState,
 )
 from models.trust import Move
-from tasks.attestation import inventory, sev_snp, tdx, tpm
-from tasks.attestation.certs import is_self_signed, load_certificates
-from tasks.attestation.posture import AcceleratorPolicy, judge_posture
-from tasks.attestation.verdict import Check, EvidenceFormatError, EvidenceKind, Verdict
+from tasks.attestation import inventory
 
 S = TrustState
 

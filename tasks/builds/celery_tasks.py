@@ -2,63 +2,35 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from celery import chord, signature
-
-from catalog import spec_for
+from adapters.credentials import CredentialUnavailableError
+from adapters.git import SourceFetchError
+from adapters.image_store import BackendUnavailableError
 from catalog.builds import BuildImagePayload
+from catalog.pushes import index_job_id, push_job_id
+from dispatch.chord import JobRequest, send_chord
 from kernel.context import JobContext
 from kernel.platforms import Platform
-from kernel.topology import ENQUEUED_AT_HEADER
-from models import jobs as job_store
-from models.db import session_scope
-from tasks.builds.backends import BackendUnavailableError
 from tasks.builds.domain import build_image as run_build
-from tasks.builds.source import SourceFetchError
-from tasks.pushes.credentials import CredentialUnavailableError
-from tasks.pushes.domain import index_job_id, push_job_id
 from workers.base_task import DrydockTask, drydock_task
 
 
 def dispatch_pushes(run_id: uuid.UUID, platforms: Sequence[Platform]) -> list[str]:
     """Record and send ``pushes.push_image`` for every platform and, once they all finish,
-    ``pushes.publish_index`` (a Celery chord). Returns the job ids, the index job's last."""
+    ``pushes.publish_index``, through the one dispatch path (a chord). Returns the job ids,
+    the index job's last."""
     members = [
-        ("pushes.push_image", push_job_id(run_id, p), {"run_id": str(run_id), "platform": str(p)})
+        JobRequest(
+            "pushes.push_image", push_job_id(run_id, p), {"run_id": str(run_id), "platform": str(p)}
+        )
         for p in platforms
     ]
-    callback = ("pushes.publish_index", index_job_id(run_id), {"run_id": str(run_id)})
-    with session_scope() as session:
-        for name, job_id, kwargs in [*members, callback]:
-            job_store.create_job(
-                session,
-                job_store.NewJob(
-                    id=job_id,
-                    task_name=name,
-                    queue=spec_for(name).queue,
-                    payload=kwargs,
-                    enqueued_by=f"build:{run_id}",
-                ),
-            )
-
-    def immutable(name: str, job_id: uuid.UUID, kwargs: dict[str, Any]) -> Any:
-        queue = spec_for(name).queue
-        return signature(
-            name,
-            kwargs=kwargs,
-            immutable=True,
-            task_id=str(job_id),
-            queue=queue,
-            routing_key=queue,
-            headers={ENQUEUED_AT_HEADER: time.time()},
-        )
-
-    chord([immutable(*member) for member in members], immutable(*callback)).apply_async()
-    return [str(job_id) for _, job_id, _ in [*members, callback]]
+    callback = JobRequest("pushes.publish_index", index_job_id(run_id), {"run_id": str(run_id)})
+    sent = send_chord(members, callback, enqueued_by=f"build:{run_id}")
+    return [str(job_id) for job_id in sent]
 
 
 def build_image(payload: BuildImagePayload, ctx: JobContext) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapters.credentials import CredentialUnavailableError, credential_for
+from adapters.git import fetch_revision, redact_url, resolve_inside
 from catalog.builds import BuildImagePayload
 from kernel.context import JobContext
 from kernel.errors import DrydockError, TransientError
@@ -27,7 +29,6 @@ from kernel.platforms import Platform
 from kernel.redaction import scrub_text, secret_strings, split_secrets
 from kernel.settings import Settings, get_settings
 from models import builds as ledger
-from models import credentials as credential_store
 from models.tables import BuildStatus, CredentialOutcome, PlatformStatus
 from tasks.builds.backends import (
     BuilderBackend,
@@ -36,8 +37,6 @@ from tasks.builds.backends import (
     backend_for,
     verify_platform,
 )
-from tasks.builds.source import fetch_revision, redact_url, resolve_inside
-from tasks.pushes.credentials import CredentialUnavailableError
 
 # Lines of a build's log kept in memory per platform; the stored artifact is capped again.
 LOG_LINES_KEPT = 20_000
@@ -293,7 +292,7 @@ def _check_credentials(payload: BuildImagePayload, run_id: uuid.UUID) -> None:
     outcome = CredentialOutcome.NOT_NEEDED
     if payload.push is not None:
         try:
-            credential = credential_store.credential_for(payload.push.registry)
+            credential = credential_for(payload.push.registry)
         except CredentialUnavailableError:
             ledger.update_run(run_id, credential_outcome=CredentialOutcome.UNAVAILABLE.value)
             raise

@@ -14,18 +14,19 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from adapters.credentials import credential_for
 from catalog.evaluation import (
     RecomputeAnomaliesPayload,
     RefreshCertificationPayload,
     SweepCertificationsPayload,
 )
+from dispatch.enqueue import enqueue
 from kernel.context import JobContext
 from kernel.decisions import Decision
 from kernel.errors import BrokerUnavailableError, DrydockError, NotFoundError
 from kernel.logs import get_logger
 from kernel.settings import get_settings
 from models import anomaly, evaluation, trust
-from models import credentials as credential_store
 from models import policy as policy_store
 from models.db import session_scope
 from models.tables import CertificationStatus, EvaluationCertification, PolicyDecisionKind
@@ -68,7 +69,7 @@ def refresh_certification(payload: RefreshCertificationPayload, ctx: JobContext)
         image,
         suite,
         docker_host=settings.docker_host,
-        credential=credential_store.credential_for(payload.registry),
+        credential=credential_for(payload.registry),
         extra_env={
             "DRYDOCK_DIGEST": payload.digest,
             "DRYDOCK_TIER": payload.tier,
@@ -136,8 +137,6 @@ def sweep_certifications(payload: SweepCertificationsPayload, ctx: JobContext) -
     window get one refresh each (claimed before it is sent, so a second sweep skips them);
     claims whose job never came to exist, was preempted or was dead-lettered are released for
     the next sweep."""
-    from dispatch.enqueue import enqueue
-
     settings = get_settings()
     now = datetime.now(UTC)
     with session_scope() as session:

@@ -48,6 +48,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adapters import docker_engine
+from adapters.credentials import RegistryCredential, engine_auth_config
+from adapters.docker_engine import DockerEngineUnavailableError
+from adapters.registry_errors import PushErrorKind, classify_push_failure
 from kernel.errors import DrydockError, FieldProblem, TransientError, field_problems, list_problems
 from tasks.evaluation.results import (
     CHECK_STATUSES,
@@ -55,18 +59,6 @@ from tasks.evaluation.results import (
     CheckResult,
     parse_json_lines,
     parse_junit,
-)
-from tasks.pushes.credentials import RegistryCredential, engine_auth_config
-from tasks.remediation.executors.base import ExecutorUnavailableError
-from tasks.remediation.executors.sandbox import (
-    _connect,
-    _decode,
-    _engine_address,
-    _engine_errors,
-    _explain,
-    kill_container,
-    remove_container,
-    wait_for_exit,
 )
 
 EVAL_DIR = "/eval"
@@ -341,11 +333,11 @@ def run_suite(
     engine at ``docker_host`` (unset: DRYDOCK_DOCKER_HOST, else DOCKER_HOST, else the default
     socket), pulling it with ``credential`` when the engine does not have it."""
     repository, digest = _split_reference(image_ref)
-    address = _engine_address(docker_host)
+    address = docker_engine.engine_address(docker_host)
     with _evaluation_engine_errors():
-        client = _connect(address)
+        client = docker_engine.connect(address)
     try:
-        with _evaluation_engine_errors(), _engine_errors(address):
+        with _evaluation_engine_errors(), docker_engine.engine_errors(address):
             image_id = _image_id(client, image_ref, repository, digest, credential)
             environment = {**suite.env, **extra_env}
             return _run_container(client, image_id, image_ref, suite, environment)
@@ -355,11 +347,11 @@ def run_suite(
 
 @contextlib.contextmanager
 def _evaluation_engine_errors() -> Iterator[None]:
-    """The sandbox's engine helpers say an unreachable engine with the remediation error; here
-    it is the evaluation's own."""
+    """The engine adapter says an unreachable engine with its own error; here it is the
+    evaluation's."""
     try:
         yield
-    except ExecutorUnavailableError as exc:
+    except DockerEngineUnavailableError as exc:
         raise EvaluationEngineUnavailableError(str(exc)) from None
 
 
@@ -373,16 +365,14 @@ def _split_reference(image_ref: str) -> tuple[str, str]:
     return repository, digest
 
 
-# Pull failures a later attempt may not meet (tasks.pushes.errors reads registry answers the
-# same way for pushes and pulls); every other kind (not found, refused, denied) is permanent.
+# Pull failures a later attempt may not meet (adapters.registry_errors reads registry answers
+# the same way for pushes and pulls); every other kind (not found, refused, denied) is permanent.
 _RETRYABLE_PULL_KINDS = frozenset({"rate_limited", "server_error", "network_or_timeout"})
 
 
 def _pull_failure(
     image_ref: str, message: str, *, status: int | None, had_credentials: bool
 ) -> DrydockError:
-    from tasks.pushes.errors import PushErrorKind, classify_push_failure
-
     failure = classify_push_failure(message, had_credentials=had_credentials, status=status)
     if failure.kind.value in _RETRYABLE_PULL_KINDS:
         return EvaluationRegistryUnavailableError(
@@ -424,7 +414,7 @@ def _image_id(
         status = getattr(exc, "status_code", None)
         raise _pull_failure(
             image_ref,
-            _explain(exc),
+            docker_engine.explain(exc),
             status=status if isinstance(status, int) else None,
             had_credentials=had_credentials,
         ) from None
@@ -512,23 +502,27 @@ def _run_container(
             f"the engine's image of {image_ref} went away before the suite could run"
         ) from None
     except docker.errors.APIError as exc:
-        return not_run(f"the Docker engine refused the suite's container: {_explain(exc)}")
+        return not_run(
+            f"the Docker engine refused the suite's container: {docker_engine.explain(exc)}"
+        )
     try:
         try:
             container.put_archive("/", _suite_archive(suite.files))
         except docker.errors.APIError as exc:
-            return not_run(f"the suite's files could not be put in /eval: {_explain(exc)}")
+            return not_run(
+                f"the suite's files could not be put in /eval: {docker_engine.explain(exc)}"
+            )
         started = time.monotonic()
         try:
             container.start()
         except docker.errors.APIError as exc:
             # E.g. the program is not in the image ("executable file not found").
-            return not_run(f"the suite's container did not start: {_explain(exc)}")
-        exit_code = wait_for_exit(container, started + suite.timeout_seconds)
+            return not_run(f"the suite's container did not start: {docker_engine.explain(exc)}")
+        exit_code = docker_engine.wait_for_exit(container, started + suite.timeout_seconds)
         duration_ms = (time.monotonic() - started) * 1000
         timed_out = exit_code is None
         if timed_out:
-            kill_container(container)
+            docker_engine.kill_container(container)
         problems: list[str] = []
         checks: list[CheckResult] = []
         if suite.results == "jsonl":
@@ -560,7 +554,7 @@ def _run_container(
             problems=tuple(problems),
         )
     finally:
-        remove_container(
+        docker_engine.remove_container(
             container,
             log_action="evaluation.suite.remove_failed",
             message="an evaluation suite container could not be removed",
@@ -586,7 +580,7 @@ def _read_stdout(container: Any) -> tuple[str, bool]:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    return _decode(bytes(kept)), truncated
+    return docker_engine.decode(bytes(kept)), truncated
 
 
 def _output_tail(container: Any) -> str:
@@ -607,7 +601,7 @@ def _output_tail(container: Any) -> str:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    return _decode(b"".join(tail)[-OUTPUT_TAIL_BYTES:])
+    return docker_engine.decode(b"".join(tail)[-OUTPUT_TAIL_BYTES:])
 
 
 def _read_file(container: Any, path: str) -> tuple[bytes | None, str | None]:

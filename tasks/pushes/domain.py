@@ -14,11 +14,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
 
+from adapters.credentials import (
+    CredentialRefusedError,
+    CredentialUnavailableError,
+    RegistryCredential,
+    credential_for,
+    refresh_credential,
+)
+from adapters.image_index import build_image_index
+from adapters.image_store import image_store_for
+from adapters.registry import ManifestInfo, RegistryClient, registry_is_insecure
+from adapters.registry_errors import PushErrorKind, RegistryPushError
 from catalog.builds import tag_for_revision
-from catalog.pushes import PruneTagsPayload, PublishIndexPayload, PushImagePayload
+from catalog.pushes import (
+    PruneTagsPayload,
+    PublishIndexPayload,
+    PushImagePayload,
+)
 from kernel.context import JobContext
 from kernel.errors import DrydockError, TransientError
-from kernel.logs import get_logger
 from kernel.platforms import Platform
 from kernel.redaction import scrub_text
 from kernel.settings import Settings, get_settings
@@ -31,33 +45,10 @@ from models.tables import (
     PlatformStatus,
     RegistryEventKind,
 )
-from tasks.builds.backends import backend_for
 from tasks.pushes import telemetry
-from tasks.pushes.credentials import (
-    CredentialRefusedError,
-    CredentialUnavailableError,
-    RegistryCredential,
-)
-from tasks.pushes.errors import PushErrorKind, RegistryPushError
-from tasks.pushes.image_index import build_image_index
-from tasks.pushes.registry import ManifestInfo, RegistryClient, registry_is_insecure
 from tasks.pushes.retention import RetentionPolicy, TagState, plan_prune
-from workers.base_task import dead_letter_now
 
 T = TypeVar("T")
-
-# The push jobs of a run have ids derived from it: sending the chord again (a build redelivered
-# between sending it and recording that) cannot make a second set of jobs.
-PUSH_JOB_NAMESPACE = uuid.UUID("0f5f2b8e-1c5a-4d3e-9c71-3a0b5d7e9f12")
-
-
-def push_job_id(run_id: uuid.UUID, platform: Platform) -> uuid.UUID:
-    return uuid.uuid5(PUSH_JOB_NAMESPACE, f"{run_id}/push/{platform}")
-
-
-def index_job_id(run_id: uuid.UUID) -> uuid.UUID:
-    return uuid.uuid5(PUSH_JOB_NAMESPACE, f"{run_id}/publish_index")
-
 
 # Keys of JobContext.notes the listeners read.
 NOTE_TARGET = "push_target"
@@ -123,7 +114,7 @@ def with_fresh_credentials(
     """Run ``action`` with the registry's credentials; if the registry says they expired (or
     were changed behind Drydock's back), ask the provider for fresh ones and run it once more.
     A second refusal raises CredentialRefusedError: more attempts cannot help."""
-    credential = credential_store.credential_for(registry)
+    credential = credential_for(registry)
     try:
         return action(credential)
     except RegistryPushError as exc:
@@ -145,7 +136,7 @@ def with_fresh_credentials(
         )
 
     try:
-        fresh = credential_store.refresh_credential(registry, credential)
+        fresh = refresh_credential(registry, credential)
     except (CredentialRefusedError, CredentialUnavailableError) as exc:
         refresh_event("unavailable", str(exc)[:500])
         raise
@@ -182,12 +173,12 @@ def push_image(
     local_tag = row.tag
     destination = target.ref(local_tag.rsplit(":", 1)[1])
     ctx.notes[NOTE_TARGET] = destination
-    backend = backend_for(backend_name, settings)
+    images = image_store_for(backend_name, settings)
     event = _EventWriter(ctx.job_id, run_id, payload.platform)
 
     event(RegistryEventKind.TAG_STARTED, source=local_tag, target=destination)
     try:
-        backend.tag(local_tag, destination)
+        images.tag(local_tag, destination)
     except Exception as exc:
         event(RegistryEventKind.TAG_FAILED, target=destination, error=str(exc)[:2000])
         raise
@@ -207,7 +198,7 @@ def push_image(
         )
         scrub = [credential.password] if credential else []
         try:
-            return backend.push(
+            return images.push(
                 destination,
                 destination,
                 credential,
@@ -291,30 +282,20 @@ def push_image(
     }
 
 
-def push_dead_lettered(exc: BaseException, ctx: JobContext, reason: str) -> None:
-    """The dead-letter listener of ``pushes.push_image``: the platform and its run are failed,
-    and the run's index job, which the chord will now never start, is dead-lettered with the
-    reason, so it is not left queued forever. Once the cause is fixed an operator replays the
-    push, then the index (``drydock dlq replay``)."""
+def fail_push_run(exc: BaseException, ctx: JobContext, reason: str) -> str | None:
+    """A push was dead-lettered: its platform and its run are failed. Returns why the run's
+    index job, which the chord will now never start, must be dead-lettered too (the Celery
+    task does that, so it is not left queued forever), or None when the push never got as far
+    as naming its run. Once the cause is fixed an operator replays the push, then the index
+    (``drydock dlq replay``)."""
     if NOTE_RUN not in ctx.notes:
-        return
+        return None
     run_id = uuid.UUID(ctx.notes[NOTE_RUN])
     platform = ctx.notes[NOTE_PLATFORM]
     message = f"the push of {platform} was dead-lettered ({reason}): {exc}"[:2000]
     ledger.update_platform(run_id, platform, status=PlatformStatus.FAILED.value, error=message)
     ledger.fail_run(run_id, message)
-    dead_letter_now(
-        "pushes.publish_index",
-        index_job_id(run_id),
-        0,
-        ctx.who,
-        error_class="DependencyFailedError",
-        message=f"not published: {message}",
-        traceback=None,
-        reason="dependency_failed",
-        latency_ms=None,
-        log=get_logger(job_id=str(index_job_id(run_id)), task="pushes.publish_index"),
-    )
+    return f"not published: {message}"
 
 
 def run_dead_lettered(exc: BaseException, ctx: JobContext, reason: str) -> None:

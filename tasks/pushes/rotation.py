@@ -9,7 +9,7 @@ For each stored credential (or each one named), ``rotate_credentials``:
 2. decides (``rotation_reason``, no I/O) whether it is due: forced, refused, expiring within
    ``credential_rotation_margin_seconds`` (its provider said when), or older than its
    ``rotate_after_seconds``;
-3. rotates a due one through its provider (``models.credentials.rotate``, under the row lock
+3. rotates a due one through its provider (``adapters.credentials.rotate``, under the row lock
    a push's refresh takes): htpasswd sets a new password in the file, a helper is asked again;
    a static one cannot be (``rotation_unsupported``: an operator must). The new credential is
    probed at once (``after_rotation`` in that probe event's detail);
@@ -31,29 +31,25 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+from adapters import credentials as credential_providers
+from adapters.credentials import (
+    CredentialUnavailableError,
+    RegistryCredential,
+    RotationUnsupportedError,
+    VersionedCredential,
+)
+from adapters.kubernetes import KubernetesAdapter, KubernetesApiError, KubernetesUnavailableError
+from adapters.registry_errors import PushErrorKind, RegistryPushError
 from catalog.pushes import RotateCredentialsPayload
 from kernel.errors import DrydockError, NotFoundError
 from kernel.logs import get_logger
 from kernel.redaction import scrub_text
 from kernel.settings import Settings, get_settings
 from models import credentials as credential_store
-from models.credentials import (
-    CredentialSummary,
-    PullSecretRef,
-    RotationUnsupportedError,
-    VersionedCredential,
-)
+from models.credentials import CredentialConfigError, CredentialSummary, PullSecretRef
 from models.db import session_scope
 from models.tables import CredentialEventKind
-from tasks.pushes.credentials import (
-    CredentialConfigError,
-    CredentialUnavailableError,
-    RegistryCredential,
-)
 from tasks.pushes.domain import registry_client
-from tasks.pushes.errors import PushErrorKind, RegistryPushError
-from tasks.remediation.executors.base import ExecutorUnavailableError
-from tasks.remediation.executors.kubernetes import KubernetesAdapter, KubernetesApiError
 
 # Errors kept in events and results are cut to this length.
 MAX_ERROR_CHARS = 500
@@ -205,7 +201,7 @@ class _Rotation:
 
     def _probe_stored(self, now: datetime) -> tuple[VersionedCredential | None, Probe]:
         try:
-            current = credential_store.current_credential(self.host)
+            current = credential_providers.current_credential(self.host)
         except (CredentialUnavailableError, CredentialConfigError) as exc:
             probe = Probe("failed", error=str(exc)[:MAX_ERROR_CHARS])
             self._record_probe(probe, now, self.credential.username, after_rotation=False)
@@ -229,7 +225,7 @@ class _Rotation:
         }
         scrub = [seen.credential.password] if seen else []
         try:
-            rotation = credential_store.rotate(
+            rotation = credential_providers.rotate(
                 self.host, seen_version=seen.version if seen else self.credential.version
             )
         except RotationUnsupportedError as exc:
@@ -283,7 +279,7 @@ class _Rotation:
         }
         try:
             action = writer.write(where, self.host, current.credential)
-        except (ExecutorUnavailableError, KubernetesApiError) as exc:
+        except (KubernetesUnavailableError, KubernetesApiError) as exc:
             error = _said(exc, current.credential)
             self._event(CredentialEventKind.PULL_SECRET_FAILED, {**detail, "error": error})
             self.summary["pull_secret_error"] = error

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters.registry_errors import PushErrorKind
 from kernel.errors import DrydockError, field_problems, list_problems
 from kernel.logs import get_logger
 from models.db import session_scope
 from models.tables import RegistryEvent, RegistryEventKind
-from tasks.pushes.errors import PushErrorKind
 
 SCHEMA_VERSION = 1
 

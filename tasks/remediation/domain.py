@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from dispatch.enqueue import enqueue
 from kernel.context import JobContext
 from kernel.errors import BrokerUnavailableError, DrydockError, TransientError
 from kernel.logs import get_logger
@@ -419,8 +420,6 @@ def send_run(run_id: uuid.UUID) -> uuid.UUID | None:
     note it on the run. Every send of a run uses one idempotency key, so a run is enqueued once
     however often this is called. None when the broker is down: the run stays queued without a
     job, and the sweep sends it later."""
-    from dispatch import enqueue as client
-
     with session_scope() as session:
         run = store.get_run(session, run_id, None)
         payload: dict[str, Any] = {"run_id": str(run.id), "tenant": run.tenant}
@@ -435,7 +434,7 @@ def send_run(run_id: uuid.UUID) -> uuid.UUID | None:
             )
             payload["approval_token"] = approvals.mint(grant, approvals.signing_key())
     try:
-        job = client.enqueue(
+        job = enqueue(
             RUN_TASK, payload, f"remediation-run:{run_id}", enqueued_by=f"remediation:{run_id}"
         )
     except BrokerUnavailableError as exc:

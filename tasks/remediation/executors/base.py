@@ -18,6 +18,7 @@ Errors:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -42,6 +43,7 @@ __all__ = [
     "StepResult",
     "Target",
     "parse_outputs",
+    "unavailable_as_executor_error",
     "utcnow",
 ]
 
@@ -53,6 +55,17 @@ OUTPUT_PREFIX = "drydock-output "
 class ExecutorUnavailableError(TransientError):
     """The Docker engine, libvirt, the Kubernetes API or ansible could not be reached or
     started: retried with backoff, never counted as the playbook failing."""
+
+
+@contextlib.contextmanager
+def unavailable_as_executor_error(*unavailable: type[Exception]) -> Iterator[None]:
+    """An adapter's own "cannot be reached" errors (``adapters.docker_engine``,
+    ``adapters.kubernetes``) raised as ExecutorUnavailableError, with the same message: the
+    remediation task retries that one error, whichever tool it was."""
+    try:
+        yield
+    except unavailable as exc:
+        raise ExecutorUnavailableError(str(exc)) from exc
 
 
 class ExecutorSpec(BaseModel):

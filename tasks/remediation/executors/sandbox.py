@@ -20,7 +20,9 @@ Every step runs in a fresh container, locked down the same way whatever the imag
 A step waits at most for what is left of the run's time budget, then is killed. Its container
 is removed however the step ends (exit, timeout, error, the task being cancelled), before its
 result is yielded. Images are never pulled: a missing image is a failed step saying how to get
-it. An engine that cannot be reached raises ExecutorUnavailableError (the task retries).
+it. An engine that cannot be reached raises ExecutorUnavailableError (the task retries); the
+engine client, its errors and running a container to a deadline are
+``adapters.docker_engine``'s, shared with evaluation's suites.
 
 The docker SDK is imported inside functions: the spec models here are imported by every
 producer that validates a playbook, which must not need the SDK loaded.
@@ -28,13 +30,10 @@ producer that validates a playbook, which must not need the SDK loaded.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
 import struct
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +41,19 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from adapters import docker_engine
+from adapters.docker_engine import DockerEngineUnavailableError
 from kernel.errors import DrydockError
 from kernel.settings import get_settings
 from tasks.remediation.executors.base import (
     ExecutorKind,
     ExecutorSpec,
-    ExecutorUnavailableError,
     RunContext,
     SecretEnvSpec,
     StepResult,
     Target,
     parse_outputs,
+    unavailable_as_executor_error,
     utcnow,
 )
 
@@ -75,9 +76,6 @@ STEP_LABEL = LABEL_PREFIX + "step"
 STEP_INDEX_LABEL = LABEL_PREFIX + "step-index"
 ASSET_ID_LABEL = LABEL_PREFIX + "asset-id"
 EXECUTOR_LABEL = LABEL_PREFIX + "executor"
-
-# Seconds a killed container gets to be reported dead before its logs are read anyway.
-_KILL_WAIT_SECONDS = 10.0
 
 _STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -285,43 +283,7 @@ class ContainerSpec(_SandboxSpec):
         return user
 
 
-# --- the engine -------------------------------------------------------------------------------
-
-
-def _engine_address(base_url: str | None) -> str | None:
-    return base_url or get_settings().docker_host or os.environ.get("DOCKER_HOST") or None
-
-
-@contextlib.contextmanager
-def _engine_errors(address: str | None) -> Iterator[None]:
-    """The engine unreachable (or gone mid-call) -> ExecutorUnavailableError. The engine's own
-    answers (APIError: no such image, a refused container; BuildError) pass through for the
-    caller."""
-    import docker.errors
-    import requests.exceptions
-
-    try:
-        yield
-    except (
-        requests.exceptions.ConnectionError,
-        requests.exceptions.ChunkedEncodingError,
-        requests.exceptions.Timeout,
-        docker.errors.DockerException,
-    ) as exc:
-        if isinstance(exc, docker.errors.APIError | docker.errors.BuildError):
-            raise
-        raise ExecutorUnavailableError(
-            f"the Docker engine at {address or 'the default socket'} cannot be reached: {exc}"
-        ) from None
-
-
-def _connect(address: str | None) -> Any:
-    """A docker.DockerClient for ``address``; the engine is asked its API version, so an
-    unreachable one fails here."""
-    import docker
-
-    with _engine_errors(address):
-        return docker.DockerClient(base_url=address) if address else docker.from_env()
+# --- the executors ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -350,7 +312,7 @@ class _DockerSandboxExecutor:
     def __init__(self, base_url: str | None = None) -> None:
         """``base_url`` (e.g. ``unix:///run/docker.sock``) unset: DRYDOCK_DOCKER_HOST, else
         DOCKER_HOST, else the engine's default socket."""
-        self._address = _engine_address(base_url)
+        self._address = docker_engine.engine_address(base_url)
 
     @property
     def engine_address(self) -> str:
@@ -359,10 +321,14 @@ class _DockerSandboxExecutor:
     def _run_steps(
         self, sandbox: _Sandbox, steps: list[_Step], run: RunContext
     ) -> Iterator[StepResult]:
-        client = _connect(self._address)
+        with unavailable_as_executor_error(DockerEngineUnavailableError):
+            client = docker_engine.connect(self._address)
         try:
             for step in steps:
-                with _engine_errors(self._address):
+                with (
+                    unavailable_as_executor_error(DockerEngineUnavailableError),
+                    docker_engine.engine_errors(self._address),
+                ):
                     result = self._run_step(client, sandbox, step, run)
                 yield result
                 if not result.ok:
@@ -421,18 +387,20 @@ class _DockerSandboxExecutor:
         except docker.errors.ImageNotFound:
             return failed(sandbox.missing_image_hint)
         except docker.errors.APIError as exc:
-            return failed(f"the Docker engine refused the step's container: {_explain(exc)}")
+            return failed(
+                f"the Docker engine refused the step's container: {docker_engine.explain(exc)}"
+            )
         try:
             try:
                 container.start()
             except docker.errors.APIError as exc:
                 # E.g. the program is not in the image ("executable file not found").
-                return failed(f"the step's container did not start: {_explain(exc)}")
-            exit_code = wait_for_exit(container, run.deadline)
+                return failed(f"the step's container did not start: {docker_engine.explain(exc)}")
+            exit_code = docker_engine.wait_for_exit(container, run.deadline)
             if exit_code is None:
-                kill_container(container)
-            stdout = _decode(container.logs(stdout=True, stderr=False))
-            stderr = _decode(container.logs(stdout=False, stderr=True))
+                docker_engine.kill_container(container)
+            stdout = docker_engine.decode(container.logs(stdout=True, stderr=False))
+            stderr = docker_engine.decode(container.logs(stdout=False, stderr=True))
             if exit_code is None:
                 return failed(run.timeout_message(), timed_out=True, stdout=stdout, stderr=stderr)
             error = None
@@ -451,7 +419,7 @@ class _DockerSandboxExecutor:
                 error=error,
             )
         finally:
-            remove_container(
+            docker_engine.remove_container(
                 container,
                 log_action="remediation.sandbox.remove_failed",
                 message="a remediation sandbox container could not be removed",
@@ -546,14 +514,6 @@ def _missing_image_hint(image: str, engine: str) -> str:
         f"image {image!r} is not on the Docker engine at {engine}: load or build it there "
         "first (steps never pull images)"
     )
-
-
-def _decode(data: bytes | str) -> str:
-    return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
-
-
-def _explain(exc: Any) -> str:
-    return str(getattr(exc, "explanation", None) or exc)
 
 
 def _exit_error(exit_code: int, attrs: Mapping[str, Any], limits: SandboxLimits) -> str:
@@ -652,7 +612,7 @@ def build_sandbox_image(
             f"{tag!r} is not an image tag (lowercase repository, optional :tag), e.g. "
             "drydock/remediation-sandbox:latest"
         )
-    address = _engine_address(base_url)
+    address = docker_engine.engine_address(base_url)
     with tempfile.TemporaryDirectory(prefix="drydock-sandbox-image-") as directory:
         context = Path(directory)
         shutil.copyfile(busybox, context / "busybox")
@@ -660,9 +620,13 @@ def build_sandbox_image(
         (context / "Dockerfile").write_text(SANDBOX_DOCKERFILE)
         (context / "passwd").write_text(_SANDBOX_PASSWD)
         (context / "group").write_text(_SANDBOX_GROUP)
-        client = _connect(address)
+        with unavailable_as_executor_error(DockerEngineUnavailableError):
+            client = docker_engine.connect(address)
         try:
-            with _engine_errors(address):
+            with (
+                unavailable_as_executor_error(DockerEngineUnavailableError),
+                docker_engine.engine_errors(address),
+            ):
                 image, _ = client.images.build(
                     path=str(context),
                     tag=tag,
@@ -681,57 +645,9 @@ def build_sandbox_image(
             tail = "\n".join(line for line in lines if line)[-2000:]
             raise SandboxImageError(f"building {tag} failed: {exc.msg}\n{tail}") from None
         except docker.errors.APIError as exc:
-            raise SandboxImageError(f"building {tag} failed: {_explain(exc)}") from None
+            raise SandboxImageError(
+                f"building {tag} failed: {docker_engine.explain(exc)}"
+            ) from None
         finally:
             client.close()
     return str(image.id)
-
-
-# ---- containers run to a deadline (here and by tasks.evaluation.suite) -------------------------
-
-
-def wait_for_exit(container: Any, deadline: float) -> int | None:
-    """The container's exit code, or None when ``deadline`` (time.monotonic()) passed first."""
-    import requests.exceptions
-
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            status = container.wait(timeout=remaining)
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-            # Over a unix socket a read timeout arrives as a ConnectionError: ask the engine
-            # again (an engine that went away fails that as unreachable).
-            container.reload()
-            continue
-        return int(status["StatusCode"])
-
-
-def kill_container(container: Any) -> None:
-    import docker.errors
-    import requests.exceptions
-
-    # 409: it ended on its own between the deadline and the kill.
-    with contextlib.suppress(docker.errors.APIError):
-        container.kill()
-    with contextlib.suppress(requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-        container.wait(timeout=_KILL_WAIT_SECONDS)
-
-
-def remove_container(container: Any, *, log_action: str, message: str, **context: Any) -> None:
-    """Remove the container (and its anonymous volumes), never raising: this runs while another
-    error (the engine gone, the task cancelled) may be on its way up, which must not be masked.
-    A failure is logged as ``message`` under ``log_action``, with ``context``."""
-    import docker.errors
-
-    try:
-        container.remove(force=True, v=True)
-    except docker.errors.NotFound:
-        pass
-    except Exception as exc:
-        from kernel.logs import get_logger
-
-        get_logger(action=log_action).warning(
-            message, container=container.id, error=str(exc), **context
-        )

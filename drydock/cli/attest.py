@@ -1,0 +1,290 @@
+"""``drydock attest verify``: verify evidence offline with the verifiers the attestation queue
+runs (TPM 2.0 quotes, SEV-SNP reports, TDX quotes)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from kernel.errors import DrydockError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from evidence.verdict import Verdict
+
+attest_app = typer.Typer(
+    help="Verify attestation evidence offline (TPM 2.0 quotes, SEV-SNP reports, TDX quotes).",
+    no_args_is_help=True,
+)
+verify_app = typer.Typer(
+    help=(
+        "Verify one piece of evidence and print the verdict check by check. "
+        "Exit 0: verified; 1: not verified; 2: unusable input."
+    ),
+    no_args_is_help=True,
+)
+attest_app.add_typer(verify_app, name="verify")
+
+out = Console()
+err = Console(stderr=True)
+
+# Exit codes of `drydock attest verify`.
+VERIFIED, NOT_VERIFIED, UNUSABLE = 0, 1, 2
+
+
+class UnusableInputError(DrydockError):
+    pass
+
+
+# ---- attest verify ----------------------------------------------------------------------------
+
+NONCE_HELP = "The challenge the evidence must carry, hex. Omitted: freshness is not checked."
+AT_HELP = (
+    "Judge certificates and collateral at this ISO time (e.g. 2023-07-01T01:00:00Z) instead of "
+    "now: they expire, archived evidence needs its own time."
+)
+JSON_HELP = "Print the verdict as JSON."
+ROOT_HELP = (
+    "Pinned root certificate file (PEM or DER; self-signed certificates in it count), "
+    "repeatable. Default: those in DRYDOCK_ATTESTATION_ROOTS_DIR."
+)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UnusableInputError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _nonce(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise UnusableInputError(f"--nonce: {text!r} is not hex") from None
+
+
+def _at(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UnusableInputError(f"--at: {text!r} is not an ISO time") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _hex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise UnusableInputError(f"{what}: {text!r} is not hex") from None
+
+
+def _roots(files: list[Path]) -> list[x509.Certificate]:
+    from evidence.certs import is_self_signed, load_certificates
+    from tasks.attestation.domain import trust_roots
+
+    if not files:
+        return trust_roots()
+    roots = []
+    for path in files:
+        found = [
+            c for c in load_certificates(str(path), _read(path, "--root")) if is_self_signed(c)
+        ]
+        if not found:
+            raise UnusableInputError(f"--root {path}: holds no self-signed (root) certificate")
+        roots += found
+    return roots
+
+
+def _run_verifier(judge: Callable[[], Verdict], as_json: bool) -> NoReturn:
+    from evidence.verdict import EvidenceFormatError
+
+    try:
+        verdict = judge()
+    except (EvidenceFormatError, UnusableInputError) as exc:
+        if as_json:
+            sys.stdout.write(json.dumps({"usable": False, "error": str(exc)}) + "\n")
+        err.print(f"unusable input: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(UNUSABLE) from None
+    if as_json:
+        sys.stdout.write(json.dumps(verdict.as_dict(), indent=2) + "\n")
+    else:
+        print_verdict(verdict)
+    raise typer.Exit(VERIFIED if verdict.verified else NOT_VERIFIED)
+
+
+def print_verdict(verdict: Verdict) -> None:
+    marks = {"pass": "[green]PASS[/]", "fail": "[red]FAIL[/]", "skip": "[dim]skip[/]"}
+    width = max((len(check.name) for check in verdict.checks), default=10)
+    for check in verdict.checks:
+        out.print(f"{marks[check.outcome.value]}  {check.name:<{width}}  ", end="", highlight=False)
+        out.print(check.reason, markup=False, highlight=False, soft_wrap=True)
+    colour = "green" if verdict.verified else "red"
+    out.print(f"[bold {colour}]{verdict.summary()}[/]", highlight=False)
+
+
+def parse_pcr_reference(values: list[str]) -> dict[str, dict[int, bytes]]:
+    reference: dict[str, dict[int, bytes]] = {}
+    for text in values:
+        match = re.fullmatch(r"(sha1|sha256|sha384|sha512):(\d+)=([0-9a-fA-F]+)", text)
+        if not match:
+            raise UnusableInputError(f"--expect-pcr {text!r}: expected BANK:INDEX=HEX")
+        bank, index, value = match.groups()
+        reference.setdefault(bank, {})[int(index)] = bytes.fromhex(value)
+    return reference
+
+
+@verify_app.command("tpm")
+def verify_tpm(
+    quote: Path = typer.Option(..., "--quote", help="TPMS_ATTEST as signed (tpm2_quote -m)."),
+    signature: Path = typer.Option(..., "--signature", help="TPMT_SIGNATURE (tpm2_quote -s)."),
+    ak: Path = typer.Option(..., "--ak", help="Attestation key: PEM, TPMT_PUBLIC or JWK."),
+    pcrs: Path = typer.Option(
+        ..., "--pcrs", help="Quoted PCR values: JSON, or tpm2_quote -o values output."
+    ),
+    expect_pcr: list[str] = typer.Option(
+        [], "--expect-pcr", help="Reference value BANK:INDEX=HEX, repeatable."
+    ),
+    nonce: str | None = typer.Option(None, "--nonce", help=NONCE_HELP),
+    at: str | None = typer.Option(None, "--at", help=AT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Verify a TPM 2.0 quote: signature with the AK, nonce, PCR digest, reference PCRs."""
+    from evidence import tpm
+
+    def judge() -> Verdict:
+        return tpm.verify_tpm_quote(
+            tpm.TpmEvidence(
+                quote=_read(quote, "--quote"),
+                signature=_read(signature, "--signature"),
+                pcrs=_read(pcrs, "--pcrs"),
+                ak=_read(ak, "--ak"),
+            ),
+            nonce=_nonce(nonce),
+            reference=tpm.TpmReference(pcrs=parse_pcr_reference(expect_pcr)),
+            last_counters=None,
+            at=_at(at),
+        )
+
+    _run_verifier(judge, as_json)
+
+
+def parse_min_tcb(text: str | None) -> Any:
+    from evidence.sev_snp import SnpTcb
+
+    if text is None:
+        return None
+    values: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, number = part.partition("=")
+        if (
+            name.strip() not in {"bootloader", "tee", "snp", "microcode", "fmc"}
+            or not number.strip().isdigit()
+        ):
+            raise UnusableInputError(
+                f"--min-tcb {text!r}: expected bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]"
+            )
+        values[name.strip()] = int(number)
+    missing = {"bootloader", "tee", "snp", "microcode"} - set(values)
+    if missing:
+        raise UnusableInputError(f"--min-tcb: missing {', '.join(sorted(missing))}")
+    return SnpTcb(**values)
+
+
+@verify_app.command("sev-snp")
+def verify_sev_snp(
+    report: Path = typer.Option(..., "--report", help="The raw SNP report (or its hex text)."),
+    vcek: Path = typer.Option(..., "--vcek", help="The VCEK or VLEK certificate, PEM or DER."),
+    chain: Path = typer.Option(..., "--chain", help="ASK (or ASVK) then ARK, PEM."),
+    root: list[Path] = typer.Option([], "--root", help=ROOT_HELP),
+    measurement: list[str] = typer.Option(
+        [], "--measurement", help="An allowed launch measurement, hex, repeatable."
+    ),
+    min_tcb: str | None = typer.Option(
+        None, "--min-tcb", help="Lowest TCB accepted: bootloader=N,tee=N,snp=N,microcode=N."
+    ),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a debug-enabled guest."),
+    nonce: str | None = typer.Option(None, "--nonce", help=NONCE_HELP),
+    at: str | None = typer.Option(None, "--at", help=AT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Verify an AMD SEV-SNP report: VCEK/VLEK signature and chain, TCB, nonce, policy."""
+    from evidence import sev_snp
+
+    def judge() -> Verdict:
+        return sev_snp.verify_sev_snp_report(
+            sev_snp.SnpEvidence(
+                report=_read(report, "--report"),
+                vcek=_read(vcek, "--vcek"),
+                chain=_read(chain, "--chain"),
+            ),
+            roots=_roots(root),
+            nonce=_nonce(nonce),
+            policy=sev_snp.SnpPolicy(
+                measurements=frozenset(_hex(m, "--measurement") for m in measurement) or None,
+                allow_debug=allow_debug,
+                min_tcb=parse_min_tcb(min_tcb),
+            ),
+            at=_at(at),
+        )
+
+    _run_verifier(judge, as_json)
+
+
+@verify_app.command("tdx")
+def verify_tdx(
+    quote: Path = typer.Option(..., "--quote", help="The TDX quote (v4 or v5)."),
+    collateral: Path | None = typer.Option(
+        None,
+        "--collateral",
+        help=(
+            "Signed Intel collateral: PCCS JSON, or a directory of PCS files (tcbinfo*.json, "
+            "qe_identity.json, CRLs, signing chain). With it the TCB status is judged."
+        ),
+    ),
+    root: list[Path] = typer.Option([], "--root", help=ROOT_HELP),
+    mr_td: list[str] = typer.Option([], "--mr-td", help="An allowed MRTD, hex, repeatable."),
+    tcb_status: list[str] = typer.Option(
+        [], "--accept-tcb-status", help="A TCB status accepted (default UpToDate), repeatable."
+    ),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a debug TD."),
+    nonce: str | None = typer.Option(None, "--nonce", help=NONCE_HELP),
+    at: str | None = typer.Option(None, "--at", help=AT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Verify an Intel TDX quote: signatures, QE binding, PCK chain, TCB status, policy."""
+    from evidence import tdx
+
+    def judge() -> Verdict:
+        collateral_bytes = None
+        if collateral is not None:
+            if collateral.is_dir():
+                collateral_bytes = tdx.collateral_from_directory(collateral)
+            else:
+                collateral_bytes = _read(collateral, "--collateral")
+        return tdx.verify_tdx_quote(
+            tdx.TdxEvidence(quote=_read(quote, "--quote"), collateral=collateral_bytes),
+            roots=_roots(root),
+            nonce=_nonce(nonce),
+            policy=tdx.TdxPolicy(
+                allow_debug=allow_debug,
+                mr_td=frozenset(_hex(m, "--mr-td") for m in mr_td) or None,
+                accepted_tcb_statuses=frozenset(tcb_status or ["UpToDate"]),
+            ),
+            at=_at(at),
+        )
+
+    _run_verifier(judge, as_json)
