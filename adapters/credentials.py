@@ -42,9 +42,13 @@ from sqlalchemy.orm import Session
 
 from kernel.errors import DrydockError, NotFoundError, TransientError
 from models import credentials as credential_store
-from models.credentials import CredentialConfigError, credential_version
+from models.credentials import (
+    CredentialConfigError,
+    CredentialProviderKind,
+    RegistryCredentialRow,
+    credential_version,
+)
 from models.db import session_scope
-from models.tables import CredentialProviderKind, RegistryCredentialRow
 
 # A helper that takes longer than this is treated as unavailable (and retried later).
 COMMAND_TIMEOUT_SECONDS = 30

@@ -342,7 +342,7 @@ def bench_anomaly(engine: Engine, args: argparse.Namespace, now: datetime) -> bo
 
 def bench_cadence(engine: Engine, args: argparse.Namespace, now: datetime) -> bool:
     """True when a target or a check was missed."""
-    from models.evaluation import (
+    from models.evaluation_cadence import (
         DUE_REFRESHES_SQL,
         STALE_SQL,
         claim_due_refreshes,

@@ -244,7 +244,7 @@ def drydock_start_times(job_ids: list[str]) -> dict[str, float]:
     from sqlalchemy import select
 
     from models.db import session_scope
-    from models.tables import JobEvent
+    from models.jobs import JobEvent
 
     with session_scope() as session:
         rows = session.execute(
@@ -260,7 +260,7 @@ def verify_drydock_records(expected: int) -> None:
     from sqlalchemy import func, select
 
     from models.db import session_scope
-    from models.tables import Job, JobEvent
+    from models.jobs import Job, JobEvent
 
     with session_scope() as session:
         succeeded = session.scalar(

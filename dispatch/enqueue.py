@@ -37,9 +37,10 @@ from kernel.redaction import REDACTED, restore_secrets, seal, split_secrets, uns
 from kernel.settings import get_settings
 from kernel.storable import NUL_PROBLEM, check_storable
 from kernel.topology import ENQUEUED_AT_HEADER
+from models import job_reads
 from models import jobs as job_store
 from models.db import session_scope
-from models.tables import Job
+from models.jobs import Job
 from policy.admission import admit, unbound
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
@@ -169,7 +170,7 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
     if not by.strip():
         raise ReplayRefusedError("say who is replaying (--by NAME)")
     with session_scope() as session:
-        letter = job_store.get_dead_letter(session, job_id, lock=True)
+        letter = job_reads.get_dead_letter(session, job_id, lock=True)
         if letter is None:
             raise NotFoundError(f"no dead letter for job {job_id}")
         if letter.replayed_at is not None:
@@ -177,7 +178,7 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
                 f"job {job_id} was already replayed by {letter.replayed_by} at "
                 f"{letter.replayed_at:%Y-%m-%d %H:%M:%S} as job {letter.replay_job_id}"
             )
-        original = job_store.get_job(session, job_id)
+        original = job_reads.get_job(session, job_id)
         assert original is not None  # dead_letters.job_id is a foreign key
         payload = _original_payload(original)
         prepared = prepare(original.task_name, payload)
@@ -194,12 +195,12 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
                 replay_of=original.id,
             ),
         )
-        job_store.mark_replayed(session, letter, by=by, replay_job_id=new_id, at=datetime.now(UTC))
+        job_reads.mark_replayed(session, letter, by=by, replay_job_id=new_id, at=datetime.now(UTC))
     try:
         _send(prepared, new_id)
     except BrokerUnavailableError:
         with session_scope() as session:
-            letter = job_store.get_dead_letter(session, job_id, lock=True)
+            letter = job_reads.get_dead_letter(session, job_id, lock=True)
             if letter is not None:
                 letter.replayed_at = letter.replayed_by = letter.replay_job_id = None
             job_store.forget_unsent_job(session, new_id)
@@ -214,7 +215,7 @@ def purge_dead_letters(
     """Delete dead letters (all, the given jobs', or those older than a time) and their parked
     messages. The jobs and their events stay as the record of what happened."""
     with session_scope() as session:
-        letters = job_store.dead_letters_to_purge(session, job_ids=job_ids, older_than=older_than)
+        letters = job_reads.dead_letters_to_purge(session, job_ids=job_ids, older_than=older_than)
         if job_ids is not None:
             missing = set(job_ids) - {letter.job_id for letter in letters}
             if missing:
@@ -222,7 +223,7 @@ def purge_dead_letters(
                     "no dead letter for job " + ", ".join(sorted(str(m) for m in missing))
                 )
         purged = [letter.job_id for letter in letters]
-        job_store.delete_dead_letters(session, letters)
+        job_reads.delete_dead_letters(session, letters)
     _remove_parked(purged)
     return len(purged)
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.settings import Settings, get_settings
 from kernel.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
-from models import jobs as job_store
+from models import job_reads
 from models.db import session_scope
 from workers.heartbeat import WorkerBeat, last_beat_tick, read_workers, redis_client
 
@@ -92,7 +92,7 @@ class FleetFacts:
     queue_depths: dict[str, int] | None
     workers: list[WorkerBeat] | None
     beat_tick: float | None
-    running_jobs: list[job_store.RunningJob] | None
+    running_jobs: list[job_reads.RunningJob] | None
     broker_error: str | None = None
     database_error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -124,7 +124,7 @@ def gather(settings: Settings | None = None, *, now: float | None = None) -> Fle
     since = datetime.fromtimestamp(facts.now, UTC) - timedelta(hours=settings.stuck_scan_hours)
     try:
         with session_scope() as session:
-            facts.running_jobs = job_store.running_jobs(session, enqueued_since=since)
+            facts.running_jobs = job_reads.running_jobs(session, enqueued_since=since)
     except SQLAlchemyError as exc:
         original = getattr(exc, "orig", None) or exc
         facts.database_error = " ".join(str(original).split())[:300]

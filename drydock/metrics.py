@@ -24,10 +24,10 @@ from prometheus_client.registry import Collector
 
 from drydock.health import FleetHealth, check_fleet
 from kernel.settings import Settings, get_settings
-from models import jobs as job_store
+from models import job_reads
 from models.builds import registry_telemetry_counts
 from models.db import session_scope
-from models.tables import EventKind
+from models.jobs import EventKind
 
 CACHE_SECONDS = 5.0
 # Seconds; from a canary's milliseconds to an hour-long build.
@@ -59,11 +59,11 @@ class DrydockCollector(Collector):
                 "Jobs in the outcome store by task, queue and current status.",
                 labels=["task", "queue", "status"],
             )
-            for task, queue, status, count in job_store.job_counts(session):
+            for task, queue, status, count in job_reads.job_counts(session):
                 jobs.add_metric([task, queue, status], count)
             yield jobs
 
-            counts = job_store.event_counts(session, [EventKind.RETRY, EventKind.DEAD_LETTERED])
+            counts = job_reads.event_counts(session, [EventKind.RETRY, EventKind.DEAD_LETTERED])
             retries = CounterMetricFamily(
                 "drydock_job_retries", "Retries scheduled after transient errors.", labels=["task"]
             )
@@ -80,7 +80,7 @@ class DrydockCollector(Collector):
                 "Dead letters not yet replayed, by task and reason.",
                 labels=["task", "reason"],
             )
-            for task, reason, count in job_store.waiting_dead_letters(session):
+            for task, reason, count in job_reads.waiting_dead_letters(session):
                 waiting.add_metric([task, reason], count)
             yield waiting
 
@@ -89,7 +89,7 @@ class DrydockCollector(Collector):
                 "How long attempts ran, by task and how they ended.",
                 labels=["task", "outcome"],
             )
-            for row in job_store.attempt_durations(session, DURATION_BUCKETS):
+            for row in job_reads.attempt_durations(session, DURATION_BUCKETS):
                 buckets = [
                     (_bound(bound), float(n))
                     for bound, n in zip(DURATION_BUCKETS, row.cumulative, strict=True)

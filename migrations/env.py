@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-import models.tables  # noqa: F401  (registers every table on Base.metadata)
+import models  # noqa: F401  (registers every table on Base.metadata)
 from kernel.settings import get_settings
 from models.base import Base
 

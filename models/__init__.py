@@ -1,1 +1,18 @@
-"""SQLAlchemy models of the outcome store and the queries that read and write them."""
+"""The outcome store: per domain, its tables beside the queries that read and write them.
+
+Importing any part imports them all: tables refer to each other's by foreign key, which
+SQLAlchemy resolves only among the tables registered on ``models.base.Base.metadata``, and
+Alembic compares the whole schema.
+"""
+
+from models import (  # noqa: F401
+    anomaly,
+    builds,
+    credentials,
+    evaluation,
+    jobs,
+    policy,
+    remediation,
+    tokens,
+    trust,
+)

@@ -38,20 +38,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
-
-from models.tables import (
-    BuildStatus,
-    CapabilityMetric,
-    CapabilityScore,
-    CredentialEventKind,
-    PlatformStatus,
-    RegistryEventKind,
-    sql_in_list,
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    select,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, sql_in_list
+from models.builds import BuildStatus, PlatformStatus, RegistryEventKind
+from models.credentials import CredentialEventKind
+
+
+class CapabilityMetric(StrEnum):
+    # Robust z-score of the newest build's latency against the rolling median/MAD.
+    BUILD_LATENCY = "build_latency"
+    # Credential rotations and registry auth failures within the window.
+    CREDENTIAL_CHURN = "credential_churn"
+    # Expected platforms not built within the window.
+    MISSING_ARCHITECTURES = "missing_architectures"
+
+
+class CapabilityScore(Base):
+    """Anomaly scores per repository, recomputed by Beat from the build ledger and read by the
+    policy engine's anomaly gate."""
+
+    __tablename__ = "capability_scores"
+
+    # The build's repository URL, as long as build_runs allows.
+    repository: Mapped[str] = mapped_column(Text)
+    metric: Mapped[str] = mapped_column(String(40))
+    value: Mapped[float]
+    # Over the metric's threshold at recomputation: the anomaly gate fails on it.
+    flagged: Mapped[bool]
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        PrimaryKeyConstraint("repository", "metric"),
+        CheckConstraint(sql_in_list("metric", tuple(CapabilityMetric)), name="metric"),
+    )
+
 
 # |z| never exceeds this: the score of a build that differs from a baseline with no spread at
 # all, and the clamp that keeps every value finite.

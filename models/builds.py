@@ -11,24 +11,233 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, cast, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    cast,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import NotFoundError
+from models.base import Base, sql_in_list
 from models.db import session_scope
-from models.tables import (
-    Artifact,
-    BuildPlatform,
-    BuildRun,
-    BuildStatus,
-    ImageCertification,
-    PlatformStatus,
-    RegistryEvent,
-    RetentionPolicyRow,
-)
+from models.evaluation import ImageCertification
+
+
+class BuildStatus(StrEnum):
+    FETCHING = "fetching"
+    BUILDING = "building"
+    # Every platform built; with a push target the pushes and the index follow.
+    BUILT = "built"
+    PUSHING = "pushing"
+    # Pushed, and the multi-platform index published: the request's one tag exists.
+    PUBLISHED = "published"
+    FAILED = "failed"
+
+
+class PlatformStatus(StrEnum):
+    BUILDING = "building"
+    BUILT = "built"
+    PUSHING = "pushing"
+    PUSHED = "pushed"
+    FAILED = "failed"
+
+
+class CredentialOutcome(StrEnum):
+    """What the credential provider gave a build's push, recorded on the run."""
+
+    NOT_NEEDED = "not_needed"  # no push target
+    ANONYMOUS = "anonymous"  # the registry has no credentials configured in Drydock
+    ISSUED = "issued"  # the provider gave credentials
+    REFRESHED = "refreshed"  # the registry refused them; the provider's fresh ones worked
+    REJECTED = "rejected"  # refused even after a refresh
+    UNAVAILABLE = "unavailable"  # the provider could not give any
+
+
+class BuildRun(Base):
+    """One ``builds.build_image`` job: what was asked, what it resolved to, how it ended."""
+
+    __tablename__ = "build_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # One run per job: a redelivered or retried job continues its run instead of adding one.
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    # Never with credentials: a URL carrying them is refused (catalog.builds).
+    repository_url: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(String(255))
+    # The commit the revision resolved to when it was fetched.
+    commit: Mapped[str | None] = mapped_column(String(64))
+    ref_kind: Mapped[str | None] = mapped_column(String(10))
+    image: Mapped[str] = mapped_column(String(255))
+    backend: Mapped[str] = mapped_column(String(20))
+    platforms: Mapped[list[str]] = mapped_column(JSONB)
+    # {"registry", "repository", "tag"}: where the multi-platform tag goes; None: build only.
+    push_target: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    credential_outcome: Mapped[str | None] = mapped_column(String(20))
+    index_digest: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    fetch_ms: Mapped[float | None]
+    build_ms: Mapped[float | None]
+    built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set once the push chord is sent, so a redelivered build never sends it twice.
+    pushes_dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("status", tuple(BuildStatus)), name="status"),
+        CheckConstraint(
+            "credential_outcome IS NULL OR "
+            + sql_in_list("credential_outcome", tuple(CredentialOutcome)),
+            name="credential_outcome",
+        ),
+        Index(None, "created_at"),
+        # The policy engine finds a digest's repository by its index digest (or a platform's).
+        Index(
+            "ix_build_runs_index_digest",
+            "index_digest",
+            postgresql_where=text("index_digest IS NOT NULL"),
+        ),
+    )
+
+
+class BuildPlatform(Base):
+    """One platform's image of a build run: built, then (with a push target) pushed."""
+
+    __tablename__ = "build_platforms"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("build_runs.id", ondelete="CASCADE"))
+    platform: Mapped[str] = mapped_column(String(50))
+    # The local per-platform tag, <image>:<revision>-<os>-<arch>.
+    tag: Mapped[str] = mapped_column(String(400))
+    status: Mapped[str] = mapped_column(String(20))
+    image_id: Mapped[str | None] = mapped_column(String(100))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    steps_total: Mapped[int | None] = mapped_column(Integer)
+    steps_cached: Mapped[int | None] = mapped_column(Integer)
+    build_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    build_ms: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    log_artifact_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("artifacts.id", ondelete="SET NULL")
+    )
+    # Once pushed: the registry reference and manifest digest.
+    pushed_ref: Mapped[str | None] = mapped_column(String(500))
+    digest: Mapped[str | None] = mapped_column(String(100))
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger)
+    layers_pushed: Mapped[int | None] = mapped_column(Integer)
+    layers_reused: Mapped[int | None] = mapped_column(Integer)
+    push_ms: Mapped[float | None]
+    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("run_id", "platform"),
+        CheckConstraint(sql_in_list("status", tuple(PlatformStatus)), name="status"),
+        Index(None, "digest"),
+    )
+
+
+class Artifact(Base):
+    """A file a job produced and keeps (a build log, later remediation output), in the database
+    so every worker and the API can read it without shared disks."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(50))
+    name: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(String(100))
+    # Bytes kept (the tail when the whole was over the cap), and whether anything was cut.
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    truncated: Mapped[bool] = mapped_column(default=False)
+    sha256: Mapped[str] = mapped_column(String(64))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    # A retried job replaces its artifact of the same kind and name instead of adding one.
+    __table_args__ = (UniqueConstraint("job_id", "kind", "name"),)
+
+
+class RegistryEventKind(StrEnum):
+    TAG_STARTED = "tag_started"
+    TAG_SUCCEEDED = "tag_succeeded"
+    TAG_FAILED = "tag_failed"
+    PUSH_STARTED = "push_started"
+    PUSH_RETRY = "push_retry"
+    PUSH_FAILED = "push_failed"
+    PUSH_SUCCEEDED = "push_succeeded"
+    AUTH_REFRESH = "auth_refresh"
+    INDEX_PUBLISHED = "index_published"
+    TAG_DELETED = "tag_deleted"
+
+
+class RegistryEvent(Base):
+    """Registry telemetry: one row per tag, push, retry, refresh. ``detail`` follows the schema
+    of its kind and version in tasks.pushes.telemetry, checked before the row is written."""
+
+    __tablename__ = "registry_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("build_runs.id", ondelete="SET NULL")
+    )
+    kind: Mapped[str] = mapped_column(String(30))
+    schema_version: Mapped[int] = mapped_column(Integer)
+    platform: Mapped[str | None] = mapped_column(String(50))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("kind", tuple(RegistryEventKind)), name="kind"),
+        Index(None, "job_id"),
+        Index(None, "run_id"),
+        Index(None, "at"),
+    )
+
+
+class RetentionPolicyRow(Base):
+    """Which tags of a registry repository ``pushes.prune_tags`` keeps."""
+
+    __tablename__ = "retention_policies"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    repository: Mapped[str] = mapped_column(String(255))
+    keep_newest: Mapped[int] = mapped_column(Integer)
+    keep_patterns: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default="[]")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        UniqueConstraint("host", "repository"),
+        CheckConstraint("keep_newest >= 0", name="keep_newest"),
+    )
+
 
 # The most of a build log kept per platform; a longer log keeps its tail (where errors are).
 MAX_LOG_BYTES = 1024 * 1024

@@ -12,23 +12,111 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Literal
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import DrydockError, NotFoundError
 from kernel.kubernetes_names import NamespaceName, ObjectName
 from kernel.redaction import seal, unseal
 from kernel.settings import get_settings
+from models.base import Base, sql_in_list
 from models.db import session_scope
-from models.tables import (
-    CredentialEvent,
-    CredentialEventKind,
-    CredentialProviderKind,
-    RegistryCredentialRow,
-)
+
+
+class CredentialProviderKind(StrEnum):
+    STATIC = "static"
+    HTPASSWD = "htpasswd"
+    COMMAND = "command"
+
+
+class RegistryCredentialRow(Base):
+    """How Drydock gets credentials for one registry. Passwords are sealed with the fleet key
+    (DRYDOCK_SECRET_KEY, Fernet) and never leave this table unsealed except into a push."""
+
+    __tablename__ = "registry_credentials"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # The registry's host[:port], as image references name it ("registry.example.com:5000").
+    host: Mapped[str] = mapped_column(String(255), unique=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    username: Mapped[str | None] = mapped_column(String(255))
+    # The last password issued (static: the one given; htpasswd: the one set; command: cached).
+    sealed_password: Mapped[str | None] = mapped_column(Text)
+    # Provider settings: {"htpasswd_path": ...} or {"command": [argv...]}. Never secrets.
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refresh_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Rotation (Beat's credential-rotation): rotate once the password is this old (None: only
+    # when it is refused or its provider says it expires), and when the provider's credential
+    # expires (a helper may say so).
+    rotate_after_seconds: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Kubernetes image-pull secret (a dockerconfigjson Secret) kept in step with it.
+    pull_secret_namespace: Mapped[str | None] = mapped_column(String(253))
+    pull_secret_name: Mapped[str | None] = mapped_column(String(253))
+    probed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    probe_accepted: Mapped[bool | None]
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("provider", tuple(CredentialProviderKind)), name="provider"),
+    )
+
+
+class CredentialEventKind(StrEnum):
+    # The registry accepted the stored credential.
+    PROBE_ACCEPTED = "probe_accepted"
+    # The registry refused it, or could not be asked.
+    PROBE_REFUSED = "probe_refused"
+    PROBE_FAILED = "probe_failed"
+    ROTATED = "rotated"
+    ROTATION_FAILED = "rotation_failed"
+    # Its provider cannot rotate it (static): an operator must.
+    ROTATION_UNSUPPORTED = "rotation_unsupported"
+    # The Kubernetes image-pull secret now holds the new credential.
+    PULL_SECRET_WRITTEN = "pull_secret_written"
+    PULL_SECRET_FAILED = "pull_secret_failed"
+
+
+class CredentialEvent(Base):
+    """Every probe and rotation of a registry credential. ``detail`` never holds a secret."""
+
+    __tablename__ = "credential_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("kind", tuple(CredentialEventKind)), name="kind"),
+        Index(None, "host", "at"),
+        Index(None, "kind", "at"),
+    )
 
 
 class SecretKeyRequiredError(DrydockError):

@@ -1,14 +1,9 @@
-"""Evaluation tiers and certifications: queries, the lineage of a (digest, tier), and the
-cadence sweep Beat runs.
+"""Evaluation tiers and certifications: their tables, queries and the lineage of a (digest,
+tier). The cadence sweep Beat runs is ``models.evaluation_cadence``.
 
 A certification row is one evaluation. A pass makes it ``active`` (the previous active row of the
 same digest and tier becomes ``superseded``); a fail makes it ``failed`` and revokes the active
 one. ``replaces_id`` links each row to the one it followed, so ``lineage`` walks the history.
-
-The sweep's two statements touch only due rows, through partial indexes (see ``bench/beat.py``
-for their plans): ``DUE_REFRESHES_SQL`` claims certifications inside their refresh window that
-have no refresh yet (``refresh_job_id`` set in the same statement, so a second sweep, even a
-concurrent one, skips them), and ``STALE_SQL`` moves expired ones to ``stale``.
 """
 
 from __future__ import annotations
@@ -17,18 +12,167 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import DrydockError, NotFoundError
-from models.tables import (
-    CertificationStatus,
-    EvaluationCertification,
-    EvaluationTier,
-    ImageCertification,
-)
+from models.base import Base, sql_in_list
+
+
+class ImageCertification(Base):
+    """An evaluation certification bound to an image digest. Retention never deletes a digest
+    with a live one (not revoked, not expired); the evaluation queue issues and refreshes them."""
+
+    __tablename__ = "image_certifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    repository: Mapped[str] = mapped_column(String(255))
+    digest: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "host", "repository", "digest"),)
+
+
+class CertificationStatus(StrEnum):
+    # The newest passing evaluation of a (digest, tier), within its validity.
+    ACTIVE = "active"
+    # Replaced by a newer passing evaluation (``replaces_id`` on the newer row points here).
+    SUPERSEDED = "superseded"
+    # Nobody refreshed it before it expired: the policy engine denies it.
+    STALE = "stale"
+    # A later evaluation failed, or an operator revoked it.
+    REVOKED = "revoked"
+    # This evaluation failed; its evidence says which checks.
+    FAILED = "failed"
+
+
+class EvaluationTier(Base):
+    """A tier of certification: the suite an image must pass for it and how long a pass lasts."""
+
+    __tablename__ = "evaluation_tiers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # tasks.evaluation.suite.SuiteSpec: the command run in the image, its files, result format.
+    suite: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # How long a passing evaluation certifies the digest.
+    validity_seconds: Mapped[int] = mapped_column(Integer)
+    # How long before expiry Beat enqueues the refresh.
+    refresh_window_seconds: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        CheckConstraint("validity_seconds > 0", name="validity_positive"),
+        CheckConstraint(
+            "refresh_window_seconds >= 0 AND refresh_window_seconds < validity_seconds",
+            name="window_inside_validity",
+        ),
+    )
+
+
+class EvaluationCertification(Base):
+    """One evaluation of an image digest at a tier: its per-check evidence and what it
+    certifies, until when. Rows of one (digest, tier) form a lineage through ``replaces_id``."""
+
+    __tablename__ = "evaluation_certifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    digest: Mapped[str] = mapped_column(String(100))
+    tier: Mapped[str] = mapped_column(
+        String(100), ForeignKey("evaluation_tiers.name", ondelete="RESTRICT")
+    )
+    # Where the image is pulled from for its evaluations.
+    host: Mapped[str] = mapped_column(String(255))
+    repository: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(20))
+    # Per-check results: [{"name", "status", "message", "duration_ms"}].
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set on a pass: the certification holds from issued_at to expires_at, and Beat enqueues
+    # its refresh from refresh_at (expires_at less the tier's window).
+    issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cadence_seconds: Mapped[int] = mapped_column(Integer)
+    replaces_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("evaluation_certifications.id", ondelete="RESTRICT")
+    )
+    # The job whose evaluation this is.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    # The refresh Beat enqueued for this certification: set once, so a second sweep skips it.
+    refresh_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    refresh_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("status", tuple(CertificationStatus)), name="status"),
+        CheckConstraint(
+            "status <> 'active' OR (issued_at IS NOT NULL AND expires_at IS NOT NULL "
+            "AND refresh_at IS NOT NULL)",
+            name="active_has_validity",
+        ),
+        # One live certification per digest and tier.
+        Index(
+            "uq_evaluation_certifications_active",
+            "digest",
+            "tier",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+        ),
+        # One evaluation per job: a redelivered refresh finds its row instead of adding one.
+        Index("uq_evaluation_certifications_job", "job_id", unique=True),
+        Index(None, "digest", "tier", "evaluated_at"),
+        # The cadence sweep reads only due rows, through these.
+        Index(
+            "ix_evaluation_certifications_refresh_due",
+            "refresh_at",
+            postgresql_where=text("status = 'active' AND refresh_job_id IS NULL"),
+        ),
+        Index(
+            "ix_evaluation_certifications_expiry",
+            "expires_at",
+            postgresql_where=text("status = 'active'"),
+        ),
+        # Claimed refreshes, for finding claims whose job was never sent.
+        Index(
+            "ix_evaluation_certifications_refresh_claimed",
+            "refresh_requested_at",
+            postgresql_where=text("status = 'active' AND refresh_job_id IS NOT NULL"),
+        ),
+    )
+
 
 # The name image_certifications rows carry for a tier, so retention keeps certified digests.
 IMAGE_CERTIFICATION_PREFIX = "evaluation:"
@@ -321,87 +465,3 @@ def _revoke_image_certifications(session: Session, digest: str, name: str, at: d
         )
         .values(revoked_at=at)
     )
-
-
-# ---- the cadence sweep ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DueRefresh:
-    certification_id: uuid.UUID
-    digest: str
-    tier: str
-    host: str
-    repository: str
-    # The id the refresh job is enqueued under: claimed with the row, so sending it twice
-    # (a retried sweep) finds the same job.
-    job_id: uuid.UUID
-
-
-# The due rows, oldest refresh time first, claimed in the statement that finds them. SKIP LOCKED:
-# two sweeps at once split the due rows instead of waiting on each other; the re-checked
-# ``refresh_job_id IS NULL`` keeps any row from being claimed twice.
-DUE_REFRESHES_SQL = """
-    UPDATE evaluation_certifications AS c
-       SET refresh_job_id = gen_random_uuid(), refresh_requested_at = :now
-      FROM (
-            SELECT id FROM evaluation_certifications
-             WHERE status = 'active' AND refresh_job_id IS NULL AND refresh_at <= :now
-             ORDER BY refresh_at
-             LIMIT :limit
-               FOR UPDATE SKIP LOCKED
-           ) AS due
-     WHERE c.id = due.id AND c.refresh_job_id IS NULL
- RETURNING c.id, c.digest, c.tier, c.host, c.repository, c.refresh_job_id
-"""
-
-STALE_SQL = """
-    UPDATE evaluation_certifications
-       SET status = 'stale', reason = 'expired before a refresh passed', updated_at = :now
-     WHERE status = 'active' AND expires_at <= :now
- RETURNING id
-"""
-
-# Claimed refreshes that will not produce an evaluation, released for the next sweep: the job
-# ended preempted or dead-lettered, or never came to exist (the sweep died between claiming and
-# sending; given this long, since a claim commits a moment before its job). Claimed rows are few
-# (refreshes in flight), found through their own partial index.
-UNSENT_CLAIM_GRACE = timedelta(minutes=10)
-
-FAILED_CLAIMS_SQL = """
-    UPDATE evaluation_certifications AS c
-       SET refresh_job_id = NULL, refresh_requested_at = NULL
-     WHERE c.status = 'active' AND c.refresh_job_id IS NOT NULL
-       AND c.refresh_requested_at IS NOT NULL
-       AND NOT EXISTS (
-            SELECT 1 FROM jobs j
-             WHERE j.id = c.refresh_job_id AND j.status NOT IN ('preempted', 'dead_lettered')
-           )
-       AND (c.refresh_requested_at <= :before
-            OR EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.refresh_job_id))
- RETURNING c.id
-"""
-
-
-def claim_due_refreshes(session: Session, *, now: datetime, limit: int) -> list[DueRefresh]:
-    rows = session.execute(text(DUE_REFRESHES_SQL), {"now": now, "limit": limit}).all()
-    return [
-        DueRefresh(
-            certification_id=row.id,
-            digest=row.digest,
-            tier=row.tier,
-            host=row.host,
-            repository=row.repository,
-            job_id=row.refresh_job_id,
-        )
-        for row in rows
-    ]
-
-
-def mark_stale(session: Session, *, now: datetime) -> int:
-    """Active certifications past expiry become stale; how many did."""
-    return len(session.execute(text(STALE_SQL), {"now": now}).all())
-
-
-def release_failed_claims(session: Session, *, now: datetime) -> int:
-    return len(session.execute(text(FAILED_CLAIMS_SQL), {"before": now - UNSENT_CLAIM_GRACE}).all())

@@ -1,5 +1,9 @@
-"""Every query on jobs, their events and dead letters. Tasks and the CLI call these; no SQL
-lives anywhere else.
+"""The job lifecycle's tables and writes: a job recorded at enqueue, each attempt started, its
+progress, and one outcome (success, retry, dead letter, a message refused at intake or dropped
+unrun). Reads are ``models.job_reads``. Tasks and the CLI call these; no SQL lives anywhere else.
+
+Over 500 lines on purpose: the outcome writes share one status guard (``_UNFINISHED``), the
+hot-path statement runner and the outcome event's audit detail, and must change together.
 
 Writes that record an outcome are guarded by the job's status, and the database allows one
 outcome event of each kind per job, so a redelivered message can never duplicate an outcome.
@@ -8,26 +12,184 @@ outcome event of each kind per job, so a redelivered message can never duplicate
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    Uuid,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.context import WorkerIdentity
+from models.base import Base, sql_in_list
 from models.db import hot_connection, session_scope
-from models.tables import (
-    TERMINAL_STATUSES,
-    DeadLetter,
-    EventKind,
-    Job,
-    JobEvent,
-    JobStatus,
-    sql_in_list,
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead_lettered"
+    # Cancelled before it ran: its target asset was quarantined while it waited in the queue.
+    PREEMPTED = "preempted"
+
+
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD_LETTERED, JobStatus.PREEMPTED)
+
+
+class EventKind(StrEnum):
+    ENQUEUED = "enqueued"
+    STARTED = "started"
+    PROGRESS = "progress"
+    RETRY = "retry"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+    PREEMPTED = "preempted"
+
+
+# A job has at most one of each of these: the database itself refuses a duplicated outcome.
+OUTCOME_EVENT_KINDS = (
+    EventKind.SUCCEEDED,
+    EventKind.FAILED,
+    EventKind.DEAD_LETTERED,
+    EventKind.PREEMPTED,
 )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    task_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(50))
+    # Secret-looking fields are replaced by "[REDACTED]"; see kernel.redaction.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # Fernet token of the redacted values, present only when a fleet key is configured.
+    sealed_secrets: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    enqueued_by: Mapped[str | None] = mapped_column(String(200))
+    replay_of: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    enqueued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(200))
+    # Admission: the tenant the job acts for (the token's, or the payload's), the asset it is
+    # bound to (a quarantine of that asset preempts it while it waits), and the admission
+    # decision it passed (its id and gates), carried into the job's outcome event.
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    target_asset_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="SET NULL")
+    )
+    policy_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+    # No index may cover a column that changes while a job runs (status, attempts, times):
+    # then PostgreSQL updates the row in place (HOT, helped by the fillfactor) without touching
+    # any index, twice for every job. Listings walk enqueued_at newest first and filter.
+    __table_args__ = (
+        CheckConstraint(sql_in_list("status", tuple(JobStatus)), name="status"),
+        Index(None, "enqueued_at"),
+        # Never changes once written, so it keeps updates HOT: a quarantine finds the asset's
+        # waiting jobs through it.
+        Index(None, "target_asset_id"),
+        {"postgresql_with": {"fillfactor": 80}},
+    )
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    # The key is (job_id, id): one index serves "this job's events in order" and the key both,
+    # since every job writes at least two events and each index costs on every insert.
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # For started: none; for outcomes: how long the attempt ran.
+    latency_ms: Mapped[float | None]
+    # For started: how long the message waited in its queue (or past its retry ETA).
+    queue_wait_ms: Mapped[float | None]
+    queue: Mapped[str | None] = mapped_column(String(50))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+
+    __table_args__ = (
+        PrimaryKeyConstraint("job_id", "id"),
+        CheckConstraint(sql_in_list("kind", tuple(EventKind)), name="kind"),
+        Index(
+            "uq_job_events_one_outcome",
+            "job_id",
+            "kind",
+            unique=True,
+            postgresql_where=text(sql_in_list("kind", OUTCOME_EVENT_KINDS)),
+        ),
+    )
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), unique=True
+    )
+    task_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(50))
+    error_class: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    attempts: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(30))
+    # A message refused before it could run (not readable, an unknown task, a payload that
+    # cannot be stored): its body as it came, capped and redacted, and the id it carried.
+    raw_body: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    dead_lettered_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replayed_by: Mapped[str | None] = mapped_column(String(200))
+    replay_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+
+    __table_args__ = (Index(None, "dead_lettered_at"),)
 
 
 @dataclass(frozen=True)
@@ -402,6 +564,10 @@ def record_refused_message(
     return letter
 
 
+def _str(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def _event(
     session: Session,
     job_id: uuid.UUID,
@@ -429,213 +595,4 @@ def _event(
 # ---- reads -------------------------------------------------------------------------------------
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
-    return session.get(Job, job_id)
-
-
-def list_jobs(
-    session: Session,
-    *,
-    status: str | None = None,
-    queue: str | None = None,
-    task_name: str | None = None,
-    task_names: Sequence[str] | None = None,
-    tenant: str | None = None,
-    after: tuple[datetime, uuid.UUID] | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> Sequence[Job]:
-    """Jobs newest first. ``task_names`` limits to those tasks (an API token's scope); ``after``
-    continues a listing after the (enqueued_at, id) of its last row, which, unlike an offset,
-    neither skips nor repeats rows while new jobs arrive."""
-    query = select(Job).order_by(Job.enqueued_at.desc(), Job.id).limit(limit).offset(offset)
-    if status:
-        query = query.where(Job.status == status)
-    if queue:
-        query = query.where(Job.queue == queue)
-    if task_name:
-        query = query.where(Job.task_name == task_name)
-    if task_names is not None:
-        query = query.where(Job.task_name.in_(task_names))
-    if tenant is not None:
-        query = query.where(Job.tenant == tenant)
-    if after is not None:
-        at, last_id = after
-        query = query.where((Job.enqueued_at < at) | ((Job.enqueued_at == at) & (Job.id > last_id)))
-    return session.execute(query).scalars().all()
-
-
-def job_events(session: Session, job_id: uuid.UUID) -> Sequence[JobEvent]:
-    return (
-        session.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
-        .scalars()
-        .all()
-    )
-
-
-def job_events_after(
-    session: Session, job_id: uuid.UUID, after_id: int, *, limit: int = 1000
-) -> Sequence[JobEvent]:
-    """The job's events with an id above ``after_id``, oldest first: what a follower has not
-    seen yet (``drydock job ID --follow``). Served by the (job_id, id) key."""
-    return (
-        session.execute(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-            .order_by(JobEvent.id)
-            .limit(limit)
-        )
-        .scalars()
-        .all()
-    )
-
-
-def list_dead_letters(
-    session: Session,
-    *,
-    include_replayed: bool = False,
-    task_names: Sequence[str] | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> Sequence[DeadLetter]:
-    query = (
-        select(DeadLetter)
-        .order_by(DeadLetter.dead_lettered_at.desc(), DeadLetter.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    if not include_replayed:
-        query = query.where(DeadLetter.replayed_at.is_(None))
-    if task_names is not None:
-        query = query.where(DeadLetter.task_name.in_(task_names))
-    return session.execute(query).scalars().all()
-
-
-def get_dead_letter(
-    session: Session, job_id: uuid.UUID, *, lock: bool = False
-) -> DeadLetter | None:
-    query = select(DeadLetter).where(DeadLetter.job_id == job_id)
-    if lock:
-        query = query.with_for_update()
-    return session.execute(query).scalar_one_or_none()
-
-
-def mark_replayed(
-    session: Session, letter: DeadLetter, *, by: str, replay_job_id: uuid.UUID, at: datetime
-) -> None:
-    letter.replayed_at = at
-    letter.replayed_by = by
-    letter.replay_job_id = replay_job_id
-
-
-def dead_letters_to_purge(
-    session: Session, *, job_ids: Sequence[uuid.UUID] | None, older_than: datetime | None
-) -> Sequence[DeadLetter]:
-    query = select(DeadLetter).with_for_update()
-    if job_ids is not None:
-        query = query.where(DeadLetter.job_id.in_(job_ids))
-    if older_than is not None:
-        query = query.where(DeadLetter.dead_lettered_at < older_than)
-    return session.execute(query).scalars().all()
-
-
-def delete_dead_letters(session: Session, letters: Sequence[DeadLetter]) -> None:
-    session.execute(delete(DeadLetter).where(DeadLetter.id.in_([d.id for d in letters])))
-
-
-def _str(value: uuid.UUID | None) -> str | None:
-    return None if value is None else str(value)
-
-
-@dataclass(frozen=True)
-class RunningJob:
-    id: uuid.UUID
-    task_name: str
-    queue: str
-    worker: str | None
-    started_at: datetime | None
-    attempts: int
-
-
-def running_jobs(session: Session, *, enqueued_since: datetime) -> list[RunningJob]:
-    """Jobs marked running among those enqueued since then. The window keeps the scan on the
-    enqueued_at index: there is deliberately no index on status (see tables.Job)."""
-    rows = session.execute(
-        select(Job.id, Job.task_name, Job.queue, Job.worker, Job.started_at, Job.attempts).where(
-            Job.enqueued_at >= enqueued_since, Job.status == JobStatus.RUNNING.value
-        )
-    ).all()
-    return [RunningJob(*row) for row in rows]
-
-
 # ---- aggregates for /metrics -------------------------------------------------------------------
-
-
-def job_counts(session: Session) -> list[tuple[str, str, str, int]]:
-    """(task, queue, status, jobs) over the whole table."""
-    rows = session.execute(
-        select(Job.task_name, Job.queue, Job.status, func.count()).group_by(
-            Job.task_name, Job.queue, Job.status
-        )
-    ).all()
-    return [(t, q, s, int(n)) for t, q, s, n in rows]
-
-
-def event_counts(session: Session, kinds: Sequence[EventKind]) -> list[tuple[str, str, int]]:
-    """(task, event kind, events) for the given kinds."""
-    rows = session.execute(
-        select(Job.task_name, JobEvent.kind, func.count())
-        .join(Job, Job.id == JobEvent.job_id)
-        .where(JobEvent.kind.in_([k.value for k in kinds]))
-        .group_by(Job.task_name, JobEvent.kind)
-    ).all()
-    return [(t, k, int(n)) for t, k, n in rows]
-
-
-@dataclass(frozen=True)
-class DurationBuckets:
-    task_name: str
-    outcome: str
-    # Cumulative counts of attempts that took at most each bound, in seconds, in bound order.
-    cumulative: list[int]
-    count: int
-    sum_seconds: float
-
-
-def attempt_durations(session: Session, bounds: Sequence[float]) -> list[DurationBuckets]:
-    """How long attempts ran, by task and how they ended (succeeded, retry, failed)."""
-    kinds = [EventKind.SUCCEEDED.value, EventKind.RETRY.value, EventKind.FAILED.value]
-    seconds = JobEvent.latency_ms / 1000.0
-    columns = [func.count().filter(seconds <= bound) for bound in bounds]
-    rows = session.execute(
-        select(
-            Job.task_name,
-            JobEvent.kind,
-            func.count(),
-            func.coalesce(func.sum(seconds), 0.0),
-            *columns,
-        )
-        .join(Job, Job.id == JobEvent.job_id)
-        .where(JobEvent.kind.in_(kinds), JobEvent.latency_ms.is_not(None))
-        .group_by(Job.task_name, JobEvent.kind)
-    ).all()
-    return [
-        DurationBuckets(
-            task_name=row[0],
-            outcome=row[1],
-            count=int(row[2]),
-            sum_seconds=float(row[3] or 0.0),
-            cumulative=[int(n) for n in row[4:]],
-        )
-        for row in rows
-    ]
-
-
-def waiting_dead_letters(session: Session) -> list[tuple[str, str, int]]:
-    """(task, reason, dead letters not yet replayed)."""
-    rows = session.execute(
-        select(DeadLetter.task_name, DeadLetter.reason, func.count())
-        .where(DeadLetter.replayed_at.is_(None))
-        .group_by(DeadLetter.task_name, DeadLetter.reason)
-    ).all()
-    return [(t, r, int(n)) for t, r, n in rows]

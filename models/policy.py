@@ -15,10 +15,24 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Index,
+    String,
+    Text,
+    Uuid,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.decisions import (
     AssetFacts,
@@ -31,15 +45,69 @@ from kernel.decisions import (
     TenantRules,
 )
 from kernel.errors import NotFoundError
-from models import anomaly, evaluation, trust
-from models.tables import (
-    ACTIVE_RUN_STATES,
-    PolicyDecision,
-    PolicyDecisionKind,
-    RemediationRun,
-    TenantPolicy,
-    TrustAsset,
-)
+from models import anomaly, evaluation, notices, trust
+from models.base import Base, sql_in_list
+from models.remediation import ACTIVE_RUN_STATES, RemediationRun
+from models.trust import TrustAsset
+
+
+class TenantPolicy(Base):
+    """What a tenant requires of work on its assets."""
+
+    __tablename__ = "tenant_policies"
+
+    tenant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # Every remediation of the tenant's assets needs an approval.
+    remediation_requires_approval: Mapped[bool] = mapped_column(default=False)
+    # Task-name patterns (``builds.*``) the tenant may enqueue; None: every task its tokens allow.
+    allowed_tasks: Mapped[list[str] | None] = mapped_column(JSONB)
+    # Evaluation tiers the tenant may place digests at; None: any tier.
+    allowed_tiers: Mapped[list[str] | None] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class PolicyDecisionKind(StrEnum):
+    # May this digest at this tier be placed on this asset for this tenant?
+    PLACEMENT = "placement"
+    # May this job be enqueued?
+    ADMISSION = "admission"
+    # May this evaluation worker run a suite on its host?
+    EVALUATION_HOST = "evaluation_host"
+    # A waiting job cancelled because its target asset was quarantined.
+    PREEMPTION = "preemption"
+
+
+class PolicyDecision(Base):
+    """Every decision the policy engine made: the request, each gate with its reason, and the
+    outcome. Append-only by use."""
+
+    __tablename__ = "policy_decisions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    allowed: Mapped[bool]
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    # The request as decided (digest, tier, asset, task name...).
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # [{"gate", "passed", "reason"}], in the order the engine checked them.
+    gates: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    # The failing gates' reasons joined, or "allowed".
+    summary: Mapped[str] = mapped_column(Text)
+    # The job decided about (admitted, refused before it existed: None, or preempted).
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    actor: Mapped[str] = mapped_column(String(200))
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("kind", tuple(PolicyDecisionKind)), name="kind"),
+        Index(None, "decided_at"),
+        Index(None, "tenant", "decided_at"),
+        Index(None, "job_id"),
+    )
+
 
 PG_CHANNEL = "drydock_policy"
 
@@ -186,7 +254,7 @@ def record_decision(
     session.add(row)
     session.flush()
     session.refresh(row, ["decided_at"])
-    trust.pg_notify(session, PG_CHANNEL, decision_message(row))
+    notices.pg_notify(session, PG_CHANNEL, decision_message(row))
     return row
 
 
@@ -284,9 +352,32 @@ def watch(
     *, tenant: str | None = None, on_ready: Callable[[], None] | None = None
 ) -> Iterator[Announcement]:
     """Decisions and trust transitions as they commit, forever (the caller stops)."""
-    for notice in trust.pg_listen([PG_CHANNEL, trust.PG_CHANNEL], on_ready=on_ready):
+    for notice in notices.pg_listen([PG_CHANNEL, trust.PG_CHANNEL], on_ready=on_ready):
         data = json.loads(notice.payload)
         if tenant is not None and data.get("tenant") != tenant:
             continue
         kind = "decision" if notice.channel == PG_CHANNEL else "transition"
         yield Announcement(kind, data)
+
+
+# ---- remediation's tenant policy --------------------------------------------------------------
+
+
+def tenant_requires_approval(session: Session, tenant: str) -> bool:
+    policy = session.get(TenantPolicy, tenant)
+    return bool(policy and policy.remediation_requires_approval)
+
+
+def set_tenant_policy(session: Session, tenant: str, *, requires_approval: bool, by: str) -> None:
+    session.execute(
+        insert(TenantPolicy)
+        .values(tenant=tenant, remediation_requires_approval=requires_approval, updated_by=by)
+        .on_conflict_do_update(
+            index_elements=["tenant"],
+            set_={
+                "remediation_requires_approval": requires_approval,
+                "updated_by": by,
+                "updated_at": func.now(),
+            },
+        )
+    )

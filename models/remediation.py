@@ -7,24 +7,250 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import distinct_on, insert
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import DrydockError, NotFoundError
-from models.tables import (
-    ACTIVE_RUN_STATES,
-    RemediationArtifact,
-    RemediationAudit,
-    RemediationAuditAction,
-    RemediationPlaybook,
-    RemediationRun,
-    RunState,
-    TenantPolicy,
-    sql_in_list,
+from models.base import Base, sql_in_list
+
+
+class ExecutorKind(StrEnum):
+    """How a playbook acts: commands in a sandbox container (shell, container), an ansible
+    playbook, libvirt domain actions, or Kubernetes node and deployment actions."""
+
+    SHELL = "shell"
+    CONTAINER = "container"
+    ANSIBLE = "ansible"
+    LIBVIRT = "libvirt"
+    KUBERNETES = "kubernetes"
+
+
+class RunState(StrEnum):
+    PENDING_APPROVAL = "pending_approval"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+# A run in one of these holds its (tenant, asset, playbook): a second request joins it.
+ACTIVE_RUN_STATES: tuple[RunState, ...] = (
+    RunState.PENDING_APPROVAL,
+    RunState.QUEUED,
+    RunState.RUNNING,
 )
+
+
+class RemediationPlaybook(Base):
+    """One version of a tenant's playbook. Versions are never changed: a new definition under
+    the same name is the next version, and runs keep the version they ran."""
+
+    __tablename__ = "remediation_playbooks"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(20))
+    # Validated by the executor's spec model (tasks.remediation.playbooks) before it is stored.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    requires_approval: Mapped[bool] = mapped_column(default=False)
+    # Asset kinds (vm, host, accelerator) it may run against.
+    asset_kinds: Mapped[list[str]] = mapped_column(JSONB)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        UniqueConstraint("tenant", "name", "version"),
+        CheckConstraint(sql_in_list("executor", tuple(ExecutorKind)), name="executor"),
+        CheckConstraint("timeout_seconds > 0", name="timeout_seconds"),
+        CheckConstraint("version > 0", name="version"),
+    )
+
+
+class RemediationRun(Base):
+    """One request to run a playbook against an asset, from request to outcome.
+
+    At most one run per (tenant, asset, playbook name) is active (pending approval, queued or
+    running): the partial unique index ``uq_remediation_runs_active`` makes concurrent requests
+    collapse into one run, whoever asks."""
+
+    __tablename__ = "remediation_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="RESTRICT")
+    )
+    playbook_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("remediation_playbooks.id", ondelete="RESTRICT")
+    )
+    playbook_name: Mapped[str] = mapped_column(String(100))
+    playbook_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(30))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    # Why an approval is needed (the playbook, the asset, the tenant); [] when none is.
+    approval_reasons: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    # A run still pending approval at this time expires.
+    approval_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    approved_by: Mapped[str | None] = mapped_column(String(200))
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The approval token's expiry and id: a run not started by then expires.
+    approval_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    approval_token_id: Mapped[str | None] = mapped_column(String(64))
+    # The asset's trust state, newest transition and verdict when the run was requested.
+    trust_context: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # Executions started (a worker lost mid-run, or an engine outage, means another).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why it failed, was cancelled or expired; the last transient error while queued.
+    error: Mapped[str | None] = mapped_column(Text)
+    # The steps' structured outputs, merged, once it finished.
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # The challenge the asset's fresh evidence must carry after a successful run (hex).
+    evidence_nonce: Mapped[str | None] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        Index(
+            "uq_remediation_runs_active",
+            "tenant",
+            "asset_id",
+            "playbook_name",
+            unique=True,
+            postgresql_where=text(sql_in_list("state", ACTIVE_RUN_STATES)),
+        ),
+        # One playbook at a time acts on an asset, whichever playbooks were requested.
+        Index(
+            "uq_remediation_runs_running_asset",
+            "asset_id",
+            unique=True,
+            postgresql_where=text("state = 'running'"),
+        ),
+        CheckConstraint(sql_in_list("state", tuple(RunState)), name="state"),
+        Index(None, "tenant", "requested_at"),
+        Index(None, "asset_id", "requested_at"),
+        # The expiry sweep reads only runs that wait, through these.
+        Index(
+            "ix_remediation_runs_approval_deadline",
+            "approval_deadline",
+            postgresql_where=text("state = 'pending_approval'"),
+        ),
+        Index(
+            "ix_remediation_runs_approval_expiry",
+            "approval_expires_at",
+            postgresql_where=text("state = 'queued' AND approval_expires_at IS NOT NULL"),
+        ),
+        # Queued runs whose job could not be sent (the broker was down): the sweep sends them.
+        Index(
+            "ix_remediation_runs_unsent",
+            "updated_at",
+            postgresql_where=text("state = 'queued' AND job_id IS NULL"),
+        ),
+    )
+
+
+class RemediationAuditAction(StrEnum):
+    REQUESTED = "requested"
+    # Another request for an asset and playbook that already had an active run.
+    JOINED = "joined"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    # An approval token presented to run it was forged, for another run, or expired.
+    TOKEN_REFUSED = "token_refused"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RemediationAudit(Base):
+    """Every decision about a run: who, when, why. Append-only (a trigger refuses UPDATE and
+    DELETE, see migration 0005)."""
+
+    __tablename__ = "remediation_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("remediation_runs.id", ondelete="RESTRICT")
+    )
+    tenant: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(30))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(sql_in_list("action", tuple(RemediationAuditAction)), name="action"),
+        Index(None, "run_id", "id"),
+    )
+
+
+class RemediationArtifact(Base):
+    """What one step of one attempt left: its output (capped, secrets redacted), exit code,
+    structured outputs and timings. One row per (run, attempt, step)."""
+
+    __tablename__ = "remediation_artifacts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("remediation_runs.id", ondelete="RESTRICT")
+    )
+    tenant: Mapped[str] = mapped_column(String(100))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step_index: Mapped[int] = mapped_column(Integer)
+    step_name: Mapped[str] = mapped_column(String(200))
+    ok: Mapped[bool]
+    timed_out: Mapped[bool] = mapped_column(default=False)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    stderr: Mapped[str] = mapped_column(Text, default="")
+    # Sizes as produced, before the cap: more than kept means the middle was cut.
+    stdout_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    stderr_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    truncated: Mapped[bool] = mapped_column(default=False)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float]
+
+    __table_args__ = (UniqueConstraint("run_id", "attempt", "step_index"),)
+
 
 TERMINAL_RUN_STATES: frozenset[str] = frozenset(
     {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.EXPIRED}
@@ -269,26 +495,3 @@ def artifacts(session: Session, run_id: uuid.UUID) -> Sequence[RemediationArtifa
         .where(RemediationArtifact.run_id == run_id)
         .order_by(RemediationArtifact.attempt, RemediationArtifact.step_index)
     ).all()
-
-
-# -- tenant policy -----------------------------------------------------------------------------
-
-
-def tenant_requires_approval(session: Session, tenant: str) -> bool:
-    policy = session.get(TenantPolicy, tenant)
-    return bool(policy and policy.remediation_requires_approval)
-
-
-def set_tenant_policy(session: Session, tenant: str, *, requires_approval: bool, by: str) -> None:
-    session.execute(
-        insert(TenantPolicy)
-        .values(tenant=tenant, remediation_requires_approval=requires_approval, updated_by=by)
-        .on_conflict_do_update(
-            index_elements=["tenant"],
-            set_={
-                "remediation_requires_approval": requires_approval,
-                "updated_by": by,
-                "updated_at": func.now(),
-            },
-        )
-    )

@@ -18,11 +18,52 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    String,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import DrydockError
-from models.tables import ApiToken
+from models.base import Base
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API. Only its SHA-256 is stored: the token itself is shown
+    once, when it is created."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Task-name patterns (fnmatch, e.g. "builds.*"): what the token may enqueue and read.
+    scopes: Mapped[list[str]] = mapped_column(JSONB)
+    # The tenant the token acts for: it sees and changes only that tenant's remediation
+    # playbooks, runs and artifacts. None: an operator token, across tenants.
+    tenant: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    # A name is reused only once its previous token is revoked; revoked ones stay for audit.
+    __table_args__ = (
+        Index(
+            "uq_api_tokens_active_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
 
 TOKEN_PREFIX = "ddk_"
 # Writing last_used_at on every request would make each authenticated read a write.

@@ -9,6 +9,10 @@ it read (SQLAlchemy's ``version_id_col``); when another writer got there first t
 rolled back and the plan runs again on a fresh read, so a lost race is re-decided, never
 overwritten. A plan asking for an edge the lifecycle does not have raises
 :class:`IllegalTransitionError`.
+
+Over 500 lines on purpose: the registry's tables, its lifecycle (the allowed edges) and the one
+writer of transitions are a single invariant (version-checked state, its append-only rows and
+their announcement in one transaction); split, each part would be correct only with the others.
 """
 
 from __future__ import annotations
@@ -18,12 +22,28 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-import psycopg
 import redis
-from sqlalchemy import func, make_url, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.orm.exc import StaleDataError
 from tenacity import (
     Retrying,
@@ -33,17 +53,179 @@ from tenacity import (
 )
 
 from kernel.errors import DrydockError, NotFoundError, TransientError
-from kernel.logs import get_logger
 from kernel.settings import get_settings
+from models.base import Base, sql_in_list
 from models.db import session_scope
-from models.tables import (
-    AssetKind,
-    AttestationVerdict,
-    TrustAsset,
-    TrustAssetClass,
-    TrustState,
-    TrustTransition,
-)
+from models.notices import pg_listen, pg_notify, publish
+
+
+class TrustState(StrEnum):
+    """Where an asset stands. Moves only along ``models.trust.ALLOWED_TRANSITIONS``."""
+
+    UNKNOWN = "unknown"
+    PENDING_ATTESTATION = "pending_attestation"
+    TRUSTED = "trusted"
+    # Its evidence expired: it was trusted, nothing says it still is.
+    STALE = "stale"
+    # Verification failed or policy was breached; only remediation releases it.
+    QUARANTINED = "quarantined"
+    REMEDIATING = "remediating"
+
+
+class AssetKind(StrEnum):
+    VM = "vm"
+    HOST = "host"
+    ACCELERATOR = "accelerator"
+
+
+class TrustAssetClass(Base):
+    """Reference values and policy shared by a class of assets (a VM image, a host model, an
+    accelerator tier): what their evidence must show, and how long it keeps them trusted."""
+
+    __tablename__ = "trust_asset_classes"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    evidence_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    # {"sha256": {"0": "<hex>", ...}, ...}: PCR values a TPM quote must report.
+    tpm_pcrs: Mapped[dict[str, dict[str, str]]] = mapped_column(JSONB, default=dict)
+    # Allowed SEV-SNP launch measurements and TDX MRTDs (hex); empty: none is allowed.
+    snp_measurements: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    # {"bootloader": n, "tee": n, "snp": n, "microcode": n}: the lowest SNP TCB accepted.
+    snp_min_tcb: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    tdx_mr_td: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    # {"0": "<hex>", ...}: RTMR values a TDX quote must carry.
+    tdx_rtmrs: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    tdx_accepted_tcb_statuses: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    allow_debug: Mapped[bool] = mapped_column(default=False)
+    # Accelerator tier gates: the lowest driver version, and whether CC mode must be on.
+    accelerator_min_driver: Mapped[str | None] = mapped_column(String(50))
+    accelerator_require_cc: Mapped[bool] = mapped_column(default=False)
+    accelerator_require_ecc: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (CheckConstraint("evidence_ttl_seconds > 0", name="evidence_ttl_seconds"),)
+
+
+class TrustAsset(Base):
+    """A VM, host or accelerator of a tenant, and where it stands.
+
+    ``version`` is the optimistic lock: SQLAlchemy adds ``AND version = <read>`` to every
+    UPDATE and raises StaleDataError when another writer got there first (models.trust retries
+    from a fresh read, so a lost race never overwrites)."""
+
+    __tablename__ = "trust_assets"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    asset_class: Mapped[str | None] = mapped_column(
+        String(100), ForeignKey("trust_asset_classes.name", ondelete="RESTRICT")
+    )
+    state: Mapped[str] = mapped_column(String(30), default=TrustState.UNKNOWN.value)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The registered TPM attestation key, as given (PEM, TPMT_PUBLIC or JWK); public, not secret.
+    attestation_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The newest accepted TPM quote's clock info: an older or equal one is a replay.
+    tpm_reset_count: Mapped[int | None] = mapped_column(BigInteger)
+    tpm_restart_count: Mapped[int | None] = mapped_column(BigInteger)
+    tpm_clock: Mapped[int | None] = mapped_column(BigInteger)
+    last_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    evidence_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The newest accelerator posture report, as validated.
+    posture: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Linked libvirt domain (attestation.sync_vm_inventory).
+    libvirt_uuid: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True)
+    libvirt_state: Mapped[str | None] = mapped_column(String(30))
+    inventory_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    inventory_missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Remediation on a protected asset always needs an approval.
+    protected: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # How playbooks reach it: ansible host vars (ansible_host, ansible_user, ...),
+    # kubernetes_node, libvirt_domain. Not secret: credentials live with the workers.
+    connection: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy reads a dict)
+    __table_args__ = (
+        UniqueConstraint("tenant", "name"),
+        CheckConstraint(sql_in_list("state", tuple(TrustState)), name="state"),
+        CheckConstraint(sql_in_list("kind", tuple(AssetKind)), name="kind"),
+        # The staleness sweep reads only trusted rows that are due, through this index.
+        Index(
+            "ix_trust_assets_trusted_expiry",
+            "evidence_expires_at",
+            postgresql_where=text("state = 'trusted'"),
+        ),
+    )
+
+
+class TrustTransition(Base):
+    """One change of an asset's state. Append-only: the database refuses UPDATE and DELETE
+    (a trigger, see migration 0004), and (asset, seq) is unique, so history cannot fork."""
+
+    __tablename__ = "trust_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="RESTRICT")
+    )
+    # The asset's version once this transition was written: orders the history.
+    seq: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str] = mapped_column(String(100))
+    # None only for the row that registers the asset.
+    from_state: Mapped[str | None] = mapped_column(String(30))
+    to_state: Mapped[str] = mapped_column(String(30))
+    cause: Mapped[str] = mapped_column(String(50))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # What moved it: a verdict id and its failed checks, a posture gate, a job.
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    actor: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("asset_id", "seq"),
+        CheckConstraint(sql_in_list("to_state", tuple(TrustState)), name="to_state"),
+        Index(None, "tenant", "created_at"),
+    )
+
+
+class AttestationVerdict(Base):
+    """One verification of an asset's evidence (or accelerator posture): every check and the
+    claims read. One per job: a redelivered job finds its verdict instead of judging again."""
+
+    __tablename__ = "attestation_verdicts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("trust_assets.id", ondelete="RESTRICT")
+    )
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(30))
+    verified: Mapped[bool]
+    summary: Mapped[str] = mapped_column(Text)
+    checks: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    claims: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    nonce: Mapped[str | None] = mapped_column(String(200))
+    # The time certificates and collateral were judged at (now, or the pinned time).
+    judged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index(None, "asset_id", "created_at"),)
+
 
 # PostgreSQL NOTIFY channel and Redis pub/sub channel every transition is published on.
 PG_CHANNEL = "drydock_trust"
@@ -240,14 +422,6 @@ def _notify(
     return records
 
 
-def pg_notify(session: Session, channel: str, payload: str) -> None:
-    """Announce ``payload`` on a PostgreSQL channel from inside the transaction: listeners hear
-    it only if the transaction commits, in commit order. Payloads must stay under 8000 bytes."""
-    session.execute(
-        text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
-    )
-
-
 def apply_move(
     session: Session,
     asset: TrustAsset,
@@ -298,24 +472,6 @@ def publish_to_redis(records: Sequence[TransitionRecord]) -> None:
     """Publish committed transitions on Redis. Best effort: the rows and the PostgreSQL
     notification are the record."""
     publish(REDIS_CHANNEL, [record.as_message() for record in records])
-
-
-def publish(channel: str, messages: Sequence[str | bytes]) -> None:
-    """Publish messages on a Redis channel, best effort: a Redis outage is logged, not raised
-    (what is published is always recorded elsewhere first)."""
-    if not messages:
-        return
-    try:
-        client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
-        try:
-            for message in messages:
-                client.publish(channel, message)
-        finally:
-            client.close()
-    except redis.RedisError as exc:
-        get_logger().warning(
-            "trust.publish_failed", channel=channel, error=f"{type(exc).__name__}: {exc}"
-        )
 
 
 def register_asset(
@@ -459,24 +615,6 @@ def listen(
         record = TransitionRecord.from_message(notice.payload)
         if tenant is None or record.tenant == tenant:
             yield record
-
-
-def pg_listen(
-    channels: Sequence[str], *, on_ready: Callable[[], None] | None = None
-) -> Iterator[psycopg.Notify]:
-    """Notifications on PostgreSQL ``channels`` as they commit, forever (the caller stops).
-    ``on_ready`` is called once every LISTEN is in place: nothing committed after is missed."""
-    conninfo = (
-        make_url(get_settings().database_url)
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False)
-    )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        for channel in channels:
-            conn.execute(f"LISTEN {channel}")
-        if on_ready is not None:
-            on_ready()
-        yield from conn.notifies()
 
 
 def subscribe(

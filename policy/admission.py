@@ -26,7 +26,7 @@ from kernel.decisions import AdmissionFacts, Decision, TokenCheck
 from kernel.errors import DrydockError, NotFoundError
 from models import policy as policy_store
 from models import trust
-from models.tables import PolicyDecisionKind
+from models.policy import PolicyDecisionKind
 from policy.approvals import ALGORITHM, signing_key
 from policy.engine import decide_admission
 

@@ -6,8 +6,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from models.policy import PlacementRequest, placement_facts, record_decision
-from models.tables import PolicyDecision, PolicyDecisionKind
+from models.policy import (
+    PlacementRequest,
+    PolicyDecision,
+    PolicyDecisionKind,
+    placement_facts,
+    record_decision,
+)
 from policy import engine
 
 

@@ -365,7 +365,7 @@ def wait_for_job(
 ) -> Any:
     """Poll the outcome store until the job reaches one of ``statuses``; return the row."""
     from models.db import session_scope
-    from models.tables import Job
+    from models.jobs import Job
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,7 +18,9 @@ from sqlalchemy import select
 from dispatch.enqueue import enqueue
 from models import policy as policy_store
 from models.db import session_scope
-from models.tables import Job, JobEvent, PolicyDecision, TrustState
+from models.jobs import Job, JobEvent
+from models.policy import PolicyDecision
+from models.trust import TrustState
 from policy import placement
 from policy.admission import AdmissionRefusedError, issue_token
 from tasks.remediation import domain as remediation

@@ -17,20 +17,16 @@ from sqlalchemy.orm import Session
 
 from models.anomaly import (
     Z_CAP,
+    CapabilityScore,
     RecomputeSummary,
     recompute_capability_scores,
     repository_for_digest,
     scores_for,
 )
+from models.builds import BuildPlatform, BuildRun, RegistryEvent
+from models.credentials import CredentialEvent
 from models.db import session_scope
-from models.tables import (
-    BuildPlatform,
-    BuildRun,
-    CapabilityScore,
-    CredentialEvent,
-    Job,
-    RegistryEvent,
-)
+from models.jobs import Job
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(days=7)

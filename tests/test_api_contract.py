@@ -80,7 +80,7 @@ def drained_worker(session_worker: WorkerProcess, redis_server: str) -> Iterator
 def operator_token(fleet: WorkerProcess) -> None:
     from models import tokens
     from models.db import session_scope
-    from models.tables import ApiToken
+    from models.tokens import ApiToken
 
     with session_scope() as session:
         session.add(

@@ -20,7 +20,8 @@ from evidence.tdx import collateral_from_directory
 from kernel.errors import PayloadInvalidError
 from models import trust
 from models.db import session_scope
-from models.tables import AssetKind, AttestationVerdict, Job, TrustAsset, TrustAssetClass
+from models.jobs import Job
+from models.trust import AssetKind, AttestationVerdict, TrustAsset, TrustAssetClass
 from testkit.tpm import SoftwareTpm, TpmQuote
 from tests.conftest import SAMPLES, WorkerProcess, wait_for_job
 

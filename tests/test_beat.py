@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from kernel.settings import Settings, get_settings
 from models.db import session_scope
-from models.tables import Job
+from models.jobs import Job
 from tests.conftest import PRIVATE_QUEUE, ChildProcess
 from workers.heartbeat import (
     BEAT_KEY,

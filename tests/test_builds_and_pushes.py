@@ -26,17 +26,11 @@ from dispatch.enqueue import enqueue
 from kernel.platforms import Platform
 from models import builds as ledger
 from models import credentials as credential_store
+from models.builds import BuildPlatform, BuildRun, RegistryEvent
+from models.credentials import RegistryCredentialRow
 from models.db import session_scope
-from models.tables import (
-    BuildPlatform,
-    BuildRun,
-    DeadLetter,
-    ImageCertification,
-    Job,
-    JobEvent,
-    RegistryCredentialRow,
-    RegistryEvent,
-)
+from models.evaluation import ImageCertification
+from models.jobs import DeadLetter, Job, JobEvent
 from tasks.pushes import telemetry
 from tests.conftest import TEST_BUILD_TIME_LIMIT, WorkerProcess, wait_for_job
 

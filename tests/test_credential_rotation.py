@@ -32,15 +32,15 @@ from kernel.errors import NotFoundError
 from kernel.settings import Settings
 from models import builds as ledger
 from models import credentials as store
-from models.credentials import CredentialConfigError, PullSecretRef
-from models.db import session_scope
-from models.tables import (
+from models.builds import RegistryEvent
+from models.credentials import (
+    CredentialConfigError,
     CredentialEvent,
-    Job,
-    JobEvent,
+    PullSecretRef,
     RegistryCredentialRow,
-    RegistryEvent,
 )
+from models.db import session_scope
+from models.jobs import Job, JobEvent
 from tasks.pushes.rotation import Probe, RotationReason, rotate_credentials, rotation_reason
 from tests.conftest import TEST_BUILD_TIME_LIMIT, WorkerProcess, wait_for_job
 from tests.kube_standin import KubeStandIn

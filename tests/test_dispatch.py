@@ -15,7 +15,7 @@ from dispatch.chord import JobRequest, send_chord
 from dispatch.enqueue import enqueue
 from kernel.errors import PayloadInvalidError
 from models.db import session_scope
-from models.tables import Job, JobEvent
+from models.jobs import Job, JobEvent
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 
 pytestmark = pytest.mark.fleet

@@ -14,18 +14,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from dispatch.enqueue import enqueue
-from models import evaluation, trust
+from models import evaluation, evaluation_cadence, trust
 from models import policy as policy_store
 from models.db import session_scope
-from models.tables import (
-    AssetKind,
-    DeadLetter,
-    EvaluationCertification,
-    ImageCertification,
-    Job,
-    PolicyDecision,
-    TrustState,
-)
+from models.evaluation import EvaluationCertification, ImageCertification
+from models.jobs import DeadLetter, Job
+from models.policy import PolicyDecision
+from models.trust import AssetKind, TrustState
 from policy import placement
 from testkit.registry import RegistryServer
 from tests.conftest import WorkerProcess, wait_for_job
@@ -247,19 +242,27 @@ def test_a_certification_aging_into_its_window_is_claimed_once_and_goes_stale_af
 
     with session_scope() as session:
         assert (
-            evaluation.claim_due_refreshes(session, now=t0 + timedelta(seconds=79), limit=10) == []
+            evaluation_cadence.claim_due_refreshes(
+                session, now=t0 + timedelta(seconds=79), limit=10
+            )
+            == []
         )
     with session_scope() as session:
-        due = evaluation.claim_due_refreshes(session, now=t0 + timedelta(seconds=80), limit=10)
+        due = evaluation_cadence.claim_due_refreshes(
+            session, now=t0 + timedelta(seconds=80), limit=10
+        )
     assert [d.certification_id for d in due] == [cert_id]
     with session_scope() as session:
         # Claimed: a second sweep, at the same time or later, finds nothing to do.
         assert (
-            evaluation.claim_due_refreshes(session, now=t0 + timedelta(seconds=90), limit=10) == []
+            evaluation_cadence.claim_due_refreshes(
+                session, now=t0 + timedelta(seconds=90), limit=10
+            )
+            == []
         )
-        assert evaluation.mark_stale(session, now=t0 + timedelta(seconds=99)) == 0
+        assert evaluation_cadence.mark_stale(session, now=t0 + timedelta(seconds=99)) == 0
     with session_scope() as session:
-        assert evaluation.mark_stale(session, now=t0 + timedelta(seconds=100)) == 1
+        assert evaluation_cadence.mark_stale(session, now=t0 + timedelta(seconds=100)) == 1
     with session_scope() as session:
         cert = session.get(EvaluationCertification, cert_id)
         assert cert is not None and cert.status == "stale"

@@ -22,7 +22,7 @@ from kernel.errors import PayloadInvalidError, ReplayRefusedError, UnknownTaskEr
 from kernel.redaction import REDACTED, unseal
 from kernel.settings import get_settings
 from models.db import session_scope
-from models.tables import DeadLetter, Job, JobEvent
+from models.jobs import DeadLetter, Job, JobEvent
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from workers.app import app
 

@@ -18,7 +18,7 @@ from dispatch.enqueue import enqueue
 from drydock.health import FleetFacts, FleetHealth, assess, check_fleet
 from kernel.settings import Settings
 from kernel.topology import WORK_QUEUES
-from models.jobs import RunningJob
+from models.job_reads import RunningJob
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from workers.heartbeat import WorkerBeat
 

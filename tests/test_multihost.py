@@ -33,8 +33,8 @@ from sqlalchemy.orm import Session
 
 from drydock import localservers
 from kernel.topology import WORK_QUEUES
+from models.jobs import Job, JobEvent
 from models.migrate import upgrade
-from models.tables import Job, JobEvent
 from tests import netns
 from tests.conftest import WorkerProcess, _missing
 from workers.heartbeat_file import read_local_heartbeat

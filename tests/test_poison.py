@@ -174,7 +174,7 @@ def push_raw(redis_url: str, *items: bytes) -> None:
 
 def dead_letters() -> dict[str, Any]:
     from models.db import session_scope
-    from models.tables import DeadLetter
+    from models.jobs import DeadLetter
 
     with session_scope() as session:
         rows = session.execute(select(DeadLetter)).scalars().all()
@@ -239,7 +239,7 @@ def test_a_refused_message_keeps_its_raw_body_redacted_and_capped(
     worker_factory: Callable[..., WorkerProcess], redis_server: str
 ) -> None:
     from models.db import session_scope
-    from models.tables import Job
+    from models.jobs import Job
 
     worker_factory("poison-raw", env={"DRYDOCK_MAX_PAYLOAD_BYTES": str(SMALL_LIMIT)})
     secret = "pw-hunter2-very-secret"
@@ -401,7 +401,7 @@ def test_enqueue_raises_only_its_documented_errors(
     import drydock
     from dispatch.enqueue import enqueue
     from models.db import session_scope
-    from models.tables import Job
+    from models.jobs import Job
 
     with pytest.raises(getattr(drydock, error)) as raised:
         call(enqueue)

@@ -24,7 +24,7 @@ from kernel.redaction import REDACTED
 from kernel.settings import get_settings
 from models import jobs as job_store
 from models.db import session_scope
-from models.tables import JobEvent
+from models.jobs import JobEvent
 from tests.conftest import WorkerProcess, wait_for_job
 from workers.app import app
 from workers.base_task import PROGRESS_STATE, DrydockTask

@@ -21,8 +21,8 @@ from adapters.credentials import (
 )
 from kernel.settings import Settings
 from models import credentials as store
+from models.credentials import RegistryCredentialRow
 from models.db import session_scope
-from models.tables import RegistryCredentialRow
 
 HOST = "registry.test:5000"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.tables import RegistryEventKind
+from models.builds import RegistryEventKind
 from tasks.pushes import telemetry
 
 DIGEST = "sha256:" + "ab" * 32

@@ -27,16 +27,9 @@ from kernel.settings import get_settings
 from models import remediation as store
 from models import trust
 from models.db import session_scope
-from models.tables import (
-    AssetKind,
-    Job,
-    RemediationArtifact,
-    RemediationAudit,
-    RemediationRun,
-    TrustAsset,
-    TrustState,
-)
-from models.trust import Move
+from models.jobs import Job
+from models.remediation import RemediationArtifact, RemediationAudit, RemediationRun
+from models.trust import AssetKind, Move, TrustAsset, TrustState
 from policy import approvals
 from tasks.remediation import domain
 from tasks.remediation.playbooks import PlaybookDefinition

@@ -25,16 +25,17 @@ from dispatch.enqueue import enqueue
 from kernel.errors import PayloadInvalidError
 from models import trust
 from models.db import get_engine, session_scope
-from models.tables import (
+from models.jobs import Job
+from models.trust import (
     AssetKind,
     AttestationVerdict,
-    Job,
+    IllegalTransitionError,
+    Move,
     TrustAsset,
     TrustAssetClass,
     TrustState,
     TrustTransition,
 )
-from models.trust import IllegalTransitionError, Move
 from tests.conftest import WorkerProcess, wait_for_job
 
 S = TrustState

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from dispatch.enqueue import enqueue
 from kernel.topology import WORK_QUEUES
 from models.db import session_scope
-from models.tables import Job, JobEvent
+from models.jobs import Job, JobEvent
 from tests.conftest import (
     PRIVATE_QUEUE as PRIVATE,
 )

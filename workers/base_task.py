@@ -42,6 +42,7 @@ from kernel.payload import Payload
 from kernel.redaction import redact, scrub_text, secret_strings, split_secrets
 from kernel.settings import get_settings
 from kernel.topology import ENQUEUED_AT_HEADER
+from models import job_reads
 from models import jobs as job_store
 from models.db import session_scope
 from workers import dead_letter
@@ -324,7 +325,7 @@ class DrydockTask(Task[..., Any]):
             return
         job_id = job_uuid(task_id)
         with session_scope() as session:
-            job = job_store.get_job(session, job_id)
+            job = job_reads.get_job(session, job_id)
             if job is None:
                 return
             who = WorkerIdentity(job.worker or "unknown", job.worker_pid or 0, job.queue)

@@ -17,10 +17,9 @@ from drydock.api.bodies import EnqueuedJobBody, RowBody, enqueued_body
 from drydock.api.errors import ErrorBody
 from drydock.api.inputs import MAX_OFFSET, MAX_PAGE
 from kernel.errors import NotFoundError
-from models import jobs as job_store
-from models import tokens
+from models import job_reads, tokens
 from models.db import session_scope
-from models.tables import DeadLetter
+from models.jobs import DeadLetter
 
 
 class DeadLetterBody(RowBody):
@@ -85,7 +84,7 @@ def list_dead_letters(
 ) -> list[DeadLetterBody]:
     """Dead letters newest first (those not yet replayed, unless include_replayed)."""
     with session_scope() as session:
-        letters = job_store.list_dead_letters(
+        letters = job_reads.list_dead_letters(
             session,
             include_replayed=include_replayed,
             task_names=visible_tasks(caller),
@@ -110,7 +109,7 @@ def replay_dead_letter(job_id: uuid.UUID, caller: Caller, response: Response) ->
 
 
 def _visible_letter(session: Session, job_id: uuid.UUID, caller: tokens.Caller) -> DeadLetter:
-    letter = job_store.get_dead_letter(session, job_id)
+    letter = job_reads.get_dead_letter(session, job_id)
     allowed = visible_tasks(caller)
     if letter is None or (allowed is not None and letter.task_name not in allowed):
         raise NotFoundError(f"no dead letter for job {job_id}")

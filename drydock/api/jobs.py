@@ -20,9 +20,9 @@ from drydock.api.errors import ErrorBody, InputProblem
 from drydock.api.inputs import MAX_FILTER_LENGTH, MAX_PAGE, FilterText
 from kernel.errors import NotFoundError
 from kernel.topology import WORK_QUEUES
-from models import jobs as job_store
+from models import job_reads
 from models.db import session_scope
-from models.tables import EventKind, Job, JobEvent, JobStatus
+from models.jobs import EventKind, Job, JobEvent, JobStatus
 
 # ---- bodies ------------------------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def get_job(job_id: uuid.UUID, caller: Caller) -> JobBody:
     """One job: status, attempts, result or error, its latest progress and every event."""
     allowed = visible_tasks(caller)
     with session_scope() as session:
-        job = job_store.get_job(session, job_id)
+        job = job_reads.get_job(session, job_id)
         if (
             job is None
             or (allowed is not None and job.task_name not in allowed)
@@ -154,7 +154,7 @@ def get_job(job_id: uuid.UUID, caller: Caller) -> JobBody:
             or (caller.tenant is not None and job.tenant != caller.tenant)
         ):
             raise NotFoundError(f"no job {job_id}")
-        events = job_store.job_events(session, job_id)
+        events = job_reads.job_events(session, job_id)
         return job_body(job, events)
 
 
@@ -176,7 +176,7 @@ def list_jobs(
     """Jobs newest first, filtered, a page at a time."""
     allowed = visible_tasks(caller)
     with session_scope() as session:
-        rows = job_store.list_jobs(
+        rows = job_reads.list_jobs(
             session,
             status=status.value if status else None,
             queue=queue,

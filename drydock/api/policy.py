@@ -25,7 +25,8 @@ from drydock.api.inputs import AssetRef, FilterText, JSONBody, TenantName, Tenan
 from models import evaluation, trust
 from models import policy as policy_store
 from models.db import session_scope
-from models.tables import CertificationStatus, EvaluationCertification, PolicyDecisionKind
+from models.evaluation import CertificationStatus, EvaluationCertification
+from models.policy import PolicyDecisionKind
 from policy import placement
 from policy.admission import AdmissionRefusedError, issue_token
 

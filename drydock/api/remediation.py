@@ -37,8 +37,7 @@ from drydock.api.inputs import (
 )
 from models import remediation as store
 from models.db import session_scope
-from models.remediation import RemediationRefusedError
-from models.tables import RunState
+from models.remediation import RemediationRefusedError, RunState
 from policy.approvals import ApprovalsUnavailableError
 from tasks.remediation import domain
 from tasks.remediation.executors import spec_model_for

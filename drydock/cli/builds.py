@@ -354,8 +354,8 @@ def builds_show(
 ) -> None:
     """One build run: what was asked, what it resolved to, every platform's image and digest."""
     from models import builds
+    from models.builds import BuildRun
     from models.db import session_scope
-    from models.tables import BuildRun
 
     try:
         ident = uuid.UUID(run)

@@ -22,13 +22,13 @@ def dlq_list(
     limit: int = typer.Option(50, min=1, max=1000),
 ) -> None:
     """Dead letters, newest first."""
-    from models import jobs as job_store
+    from models import job_reads
     from models.db import session_scope
 
     with session_scope() as session:
         table = Table("task", "reason", "error", "attempts", "when", "replayed")
         table.add_column("job", no_wrap=True, min_width=36)
-        for letter in job_store.list_dead_letters(session, include_replayed=all_, limit=limit):
+        for letter in job_reads.list_dead_letters(session, include_replayed=all_, limit=limit):
             table.add_row(
                 letter.task_name,
                 letter.reason,
@@ -45,12 +45,12 @@ def dlq_list(
 def dlq_show(job_id: str = typer.Argument(..., help="The dead job's id.")) -> None:
     """One dead letter in full: error, traceback, payload (redacted), and for a message refused
     before it could run, the raw body and the id it carried."""
-    from models import jobs as job_store
+    from models import job_reads
     from models.db import session_scope
 
     ident = parse_job_id(job_id)
     with session_scope() as session:
-        letter = job_store.get_dead_letter(session, ident)
+        letter = job_reads.get_dead_letter(session, ident)
         if letter is None:
             raise CliError(f"no dead letter for job {ident}")
         out.print(f"[bold]{letter.task_name}[/bold] job {letter.job_id} on {letter.queue}")

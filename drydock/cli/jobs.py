@@ -67,16 +67,16 @@ def jobs(
 ) -> None:
     """List jobs, newest first."""
     from kernel.topology import WORK_QUEUES
-    from models import jobs as job_store
+    from models import job_reads
     from models.db import session_scope
-    from models.tables import JobStatus
+    from models.jobs import JobStatus
 
     if status and status not in {s.value for s in JobStatus}:
         raise CliError(f"unknown status {status!r}; one of {', '.join(s.value for s in JobStatus)}")
     if queue and queue not in WORK_QUEUES:
         raise CliError(f"unknown queue {queue!r}; one of {', '.join(WORK_QUEUES)}")
     with session_scope() as session:
-        rows = job_store.list_jobs(
+        rows = job_reads.list_jobs(
             session, status=status, queue=queue, task_name=task, limit=limit, offset=offset
         )
         table = Table("task", "status", "attempts", "enqueued", "finished", "error")
@@ -127,7 +127,7 @@ def job_detail(
 
     Exit codes with --follow: 0 succeeded, 1 dead-lettered or error, 124 timed out, 130 Ctrl-C.
     """
-    from models import jobs as job_store
+    from models import job_reads
     from models.db import session_scope
 
     ident = parse_job_id(job_id)
@@ -136,12 +136,12 @@ def job_detail(
     if follow:
         raise typer.Exit(_follow_job(ident, timeout))
     with session_scope() as session:
-        job = job_store.get_job(session, ident)
+        job = job_reads.get_job(session, ident)
         if job is None:
             raise CliError(f"no job {ident}")
         _print_job_header(job)
         table = Table("at", "event", "attempt", "wait ms", "took ms", "worker", "detail")
-        for event in job_store.job_events(session, ident):
+        for event in job_reads.job_events(session, ident):
             table.add_row(
                 when(event.at),
                 event.kind,
@@ -219,14 +219,14 @@ def _follow_until_done(ident: uuid.UUID, timeout: float | None) -> int:
         TimeElapsedColumn,
     )
 
-    from models import jobs as job_store
+    from models import job_reads
     from models.db import session_scope
-    from models.tables import TERMINAL_STATUSES, JobStatus
+    from models.jobs import TERMINAL_STATUSES, JobStatus
 
     terminal = {status.value for status in TERMINAL_STATUSES}
     deadline = None if timeout is None else time.monotonic() + timeout
     with session_scope() as session:
-        job = job_store.get_job(session, ident)
+        job = job_reads.get_job(session, ident)
         if job is None:
             raise CliError(f"no job {ident}")
         _print_job_header(job, outcome=False)
@@ -248,10 +248,10 @@ def _follow_until_done(ident: uuid.UUID, timeout: float | None) -> int:
             with session_scope() as session:
                 # The job before its events: an outcome committed by then has its events
                 # committed too (same transaction), so the last poll misses none of them.
-                job = job_store.get_job(session, ident)
+                job = job_reads.get_job(session, ident)
                 if job is None:
                     raise CliError(f"job {ident} was deleted while being followed")
-                events = job_store.job_events_after(session, ident, seen, limit=FOLLOW_BATCH)
+                events = job_reads.job_events_after(session, ident, seen, limit=FOLLOW_BATCH)
             for event in events:
                 progress.console.print(
                     _event_line(event), markup=False, highlight=False, soft_wrap=True

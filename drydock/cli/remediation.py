@@ -233,7 +233,7 @@ def list_runs(
     limit: int = typer.Option(50, "--limit", min=1, max=500),
 ) -> None:
     """Runs, newest first."""
-    from models.tables import RunState
+    from models.remediation import RunState
     from tasks.remediation import domain
 
     if state is not None and state not in {s.value for s in RunState}:

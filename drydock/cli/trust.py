@@ -69,7 +69,7 @@ def class_set(
     """Create or replace an asset class's reference values and policy."""
     from evidence.posture import parse_version
     from models.db import session_scope
-    from models.tables import TrustAssetClass
+    from models.trust import TrustAssetClass
 
     try:
         pcrs = {
@@ -114,7 +114,7 @@ def class_list() -> None:
     from sqlalchemy import select
 
     from models.db import session_scope
-    from models.tables import TrustAssetClass
+    from models.trust import TrustAssetClass
 
     table = Table("class", "ttl", "tpm pcrs", "snp", "tdx", "accelerators", "debug")
     with session_scope() as session:
@@ -155,7 +155,7 @@ def register(
     from evidence import tpm
     from evidence.verdict import EvidenceFormatError
     from models import trust
-    from models.tables import AssetKind
+    from models.trust import AssetKind
 
     try:
         asset_kind = AssetKind(kind)
@@ -190,7 +190,7 @@ def list_assets(
     from sqlalchemy import select
 
     from models.db import session_scope
-    from models.tables import TrustAsset
+    from models.trust import TrustAsset
 
     query = select(TrustAsset).order_by(TrustAsset.tenant, TrustAsset.name)
     if tenant:

@@ -33,14 +33,14 @@ from kernel.errors import DrydockError
 from kernel.settings import get_settings
 from models import trust
 from models.db import session_scope
-from models.tables import (
+from models.trust import (
     AssetKind,
     AttestationVerdict,
+    Move,
     TrustAsset,
     TrustAssetClass,
     TrustState,
 )
-from models.trust import Move
 from tasks.attestation import inventory
 
 S = TrustState

@@ -29,7 +29,7 @@ from kernel.platforms import Platform
 from kernel.redaction import scrub_text, secret_strings, split_secrets
 from kernel.settings import Settings, get_settings
 from models import builds as ledger
-from models.tables import BuildStatus, CredentialOutcome, PlatformStatus
+from models.builds import BuildStatus, CredentialOutcome, PlatformStatus
 from tasks.builds.backends import (
     BuilderBackend,
     BuildSpec,

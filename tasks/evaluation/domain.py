@@ -26,10 +26,11 @@ from kernel.decisions import Decision
 from kernel.errors import BrokerUnavailableError, DrydockError, NotFoundError
 from kernel.logs import get_logger
 from kernel.settings import get_settings
-from models import anomaly, evaluation, trust
+from models import anomaly, evaluation, evaluation_cadence, trust
 from models import policy as policy_store
 from models.db import session_scope
-from models.tables import CertificationStatus, EvaluationCertification, PolicyDecisionKind
+from models.evaluation import CertificationStatus, EvaluationCertification
+from models.policy import PolicyDecisionKind
 from policy.admission import AdmissionRefusedError
 from policy.engine import decide_evaluation_host
 from tasks.evaluation.suite import parse_suite_spec, run_suite
@@ -140,9 +141,9 @@ def sweep_certifications(payload: SweepCertificationsPayload, ctx: JobContext) -
     settings = get_settings()
     now = datetime.now(UTC)
     with session_scope() as session:
-        stale = evaluation.mark_stale(session, now=now)
-        released = evaluation.release_failed_claims(session, now=now)
-        due = evaluation.claim_due_refreshes(
+        stale = evaluation_cadence.mark_stale(session, now=now)
+        released = evaluation_cadence.release_failed_claims(session, now=now)
+        due = evaluation_cadence.claim_due_refreshes(
             session, now=now, limit=payload.limit or settings.evaluation_refresh_batch
         )
     log = get_logger(job_id=str(ctx.job_id))
@@ -189,7 +190,7 @@ def sweep_certifications(payload: SweepCertificationsPayload, ctx: JobContext) -
     }
 
 
-def _release(item: evaluation.DueRefresh) -> None:
+def _release(item: evaluation_cadence.DueRefresh) -> None:
     with session_scope() as session:
         evaluation.release_refresh(session, item.certification_id, item.job_id)
 

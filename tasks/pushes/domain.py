@@ -38,13 +38,8 @@ from kernel.redaction import scrub_text
 from kernel.settings import Settings, get_settings
 from models import builds as ledger
 from models import credentials as credential_store
+from models.builds import BuildStatus, CredentialOutcome, PlatformStatus, RegistryEventKind
 from models.db import session_scope
-from models.tables import (
-    BuildStatus,
-    CredentialOutcome,
-    PlatformStatus,
-    RegistryEventKind,
-)
 from tasks.pushes import telemetry
 from tasks.pushes.retention import RetentionPolicy, TagState, plan_prune
 

@@ -46,9 +46,13 @@ from kernel.logs import get_logger
 from kernel.redaction import scrub_text
 from kernel.settings import Settings, get_settings
 from models import credentials as credential_store
-from models.credentials import CredentialConfigError, CredentialSummary, PullSecretRef
+from models.credentials import (
+    CredentialConfigError,
+    CredentialEventKind,
+    CredentialSummary,
+    PullSecretRef,
+)
 from models.db import session_scope
-from models.tables import CredentialEventKind
 from tasks.pushes.domain import registry_client
 
 # Errors kept in events and results are cut to this length.

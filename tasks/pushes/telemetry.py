@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.registry_errors import PushErrorKind
 from kernel.errors import DrydockError, field_problems, list_problems
 from kernel.logs import get_logger
+from models.builds import RegistryEvent, RegistryEventKind
 from models.db import session_scope
-from models.tables import RegistryEvent, RegistryEventKind
 
 SCHEMA_VERSION = 1
 

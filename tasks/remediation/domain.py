@@ -44,21 +44,19 @@ from kernel.errors import BrokerUnavailableError, DrydockError, TransientError
 from kernel.logs import get_logger
 from kernel.redaction import is_secret_name, scrub_text, secret_strings
 from kernel.settings import get_settings
+from models import notices, trust
+from models import policy as policy_store
 from models import remediation as store
-from models import trust
 from models.db import get_engine, session_scope
-from models.remediation import RemediationRefusedError
-from models.tables import (
-    Job,
-    JobStatus,
+from models.jobs import Job, JobStatus
+from models.remediation import (
     RemediationAuditAction,
     RemediationPlaybook,
+    RemediationRefusedError,
     RemediationRun,
     RunState,
-    TrustAsset,
-    TrustState,
 )
-from models.trust import Move
+from models.trust import Move, TrustAsset, TrustState
 from policy import approvals
 from policy.approvals import ApprovalTokenError, TokenProblem
 from tasks.remediation import artifacts
@@ -266,7 +264,7 @@ def _approval_reasons(
         reasons.append(f"playbook {playbook.name} requires approval")
     if asset.protected:
         reasons.append(f"asset {asset.tenant}/{asset.name} is protected")
-    if store.tenant_requires_approval(session, asset.tenant):
+    if policy_store.tenant_requires_approval(session, asset.tenant):
         reasons.append(f"tenant {asset.tenant} requires approval for remediation")
     return reasons
 
@@ -804,7 +802,7 @@ def _request_evidence(started: _Started, nonce: str | None) -> None:
         "nonce": nonce,
         "requested_at": datetime.now(UTC).isoformat(),
     }
-    trust.publish(EVIDENCE_REQUEST_CHANNEL, [orjson.dumps(message)])
+    notices.publish(EVIDENCE_REQUEST_CHANNEL, [orjson.dumps(message)])
 
 
 def gave_up(exc: BaseException, ctx: JobContext, reason: str) -> None:
@@ -1011,7 +1009,7 @@ def set_protection(*, tenant: str, asset: str | None, protected: bool, actor: st
     check_tenant(tenant)
     with session_scope() as session:
         if asset is None:
-            store.set_tenant_policy(session, tenant, requires_approval=protected, by=actor)
+            policy_store.set_tenant_policy(session, tenant, requires_approval=protected, by=actor)
             return f"tenant {tenant}"
         target = trust.find_asset(session, asset, tenant)
         name = f"{target.tenant}/{target.name}"

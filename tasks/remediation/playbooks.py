@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kernel.errors import field_problems, list_problems
 from kernel.settings import get_settings
-from models.tables import AssetKind
+from models.trust import AssetKind
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind, ExecutorSpec
 

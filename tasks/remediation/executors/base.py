@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from kernel.errors import TransientError
-from models.tables import ExecutorKind
+from models.remediation import ExecutorKind
 
 __all__ = [
     "OUTPUT_PREFIX",
