@@ -23,7 +23,7 @@ from models.policy import PolicyDecision
 from models.trust import TrustState
 from policy import placement
 from policy.admission import AdmissionRefusedError, issue_token
-from tasks.remediation import domain as remediation
+from tasks.remediation import requests
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from tests.test_api import bearer
 from tests.test_evaluation import asset_in
@@ -76,7 +76,7 @@ def test_a_tenant_may_enqueue_only_the_task_kinds_its_rules_allow(fleet: WorkerP
 
 def test_a_protected_target_needs_an_approval_token_for_that_task(fleet: WorkerProcess) -> None:
     asset_id = asset_in(S.TRUSTED, "acme", "node-1")
-    remediation.set_protection(tenant="acme", asset="node-1", protected=True, actor="test")
+    requests.set_protection(tenant="acme", asset="node-1", protected=True, actor="test")
 
     with pytest.raises(AdmissionRefusedError) as refused:
         enqueue("evaluation.canary", {}, tenant="acme", target_asset="node-1")

@@ -31,7 +31,7 @@ from models.jobs import Job
 from models.remediation import RemediationArtifact, RemediationAudit, RemediationRun
 from models.trust import AssetKind, Move, TrustAsset, TrustState
 from policy import approvals
-from tasks.remediation import domain
+from tasks.remediation import domain, playbook_store, requests, sweep, views
 from tasks.remediation.playbooks import PlaybookDefinition
 from testkit.tpm import SoftwareTpm
 from tests.conftest import WorkerProcess, wait_for_job
@@ -65,7 +65,7 @@ def quarantined_asset(
     )
     move_to(asset_id, S.PENDING_ATTESTATION, S.QUARANTINED)
     if protected:
-        domain.set_protection(tenant=tenant, asset=name, protected=True, actor="test")
+        requests.set_protection(tenant=tenant, asset=name, protected=True, actor="test")
     return asset_id
 
 
@@ -93,7 +93,7 @@ def shell_playbook(
         timeout_seconds=timeout,
         requires_approval=requires_approval,
     )
-    return domain.create_playbook(definition, tenant=tenant, actor="test")
+    return playbook_store.create_playbook(definition, tenant=tenant, actor="test")
 
 
 def asset_state(asset_id: uuid.UUID) -> str:
@@ -152,14 +152,14 @@ def test_fifty_concurrent_requests_collapse_into_exactly_one_run(clean_state: No
     asset_id = quarantined_asset()
     shell_playbook("restart-agent", "echo restarting")
     barrier = threading.Barrier(50)
-    outcomes: list[domain.RequestOutcome] = []
+    outcomes: list[requests.RequestOutcome] = []
     errors: list[BaseException] = []
 
     def request(i: int) -> None:
         try:
             barrier.wait()
             outcomes.append(
-                domain.request_run(
+                requests.request_run(
                     tenant="acme",
                     asset="vm-1",
                     playbook="restart-agent",
@@ -201,12 +201,12 @@ def test_a_request_for_an_asset_that_is_not_distrusted_is_refused_with_the_reaso
     asset_id, _ = trust.register_asset(tenant="acme", name="vm-ok", kind=AssetKind.VM, actor="t")
     shell_playbook("restart-agent", "echo restarting")
     with pytest.raises(store.RemediationRefusedError, match="vm-ok is unknown, not distrusted"):
-        domain.request_run(
+        requests.request_run(
             tenant="acme", asset="vm-ok", playbook="restart-agent", requested_by="svc"
         )
     move_to(asset_id, S.PENDING_ATTESTATION, S.TRUSTED)
     with pytest.raises(store.RemediationRefusedError, match="trusted, not distrusted"):
-        domain.request_run(
+        requests.request_run(
             tenant="acme", asset="vm-ok", playbook="restart-agent", requested_by="svc"
         )
     # A playbook for hosts only is refused for a VM, naming both.
@@ -217,10 +217,10 @@ def test_a_request_for_an_asset_that_is_not_distrusted_is_refused_with_the_reaso
         timeout_seconds=5,
         asset_kinds=["host"],
     )
-    domain.create_playbook(definition, tenant="acme", actor="t")
+    playbook_store.create_playbook(definition, tenant="acme", actor="t")
     quarantined_asset(name="vm-bad")
     with pytest.raises(store.RemediationRefusedError, match=r"applies to host assets; .* is a vm"):
-        domain.request_run(tenant="acme", asset="vm-bad", playbook="host-only", requested_by="s")
+        requests.request_run(tenant="acme", asset="vm-bad", playbook="host-only", requested_by="s")
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(RemediationRun)) == 0
 
@@ -237,7 +237,7 @@ def test_a_protected_asset_waits_for_approval_and_runs_once_approved(
         'echo "rotating with $API_KEY"; echo \'drydock-output {"rotated": 3}\'',
         secret_env={"API_KEY": "DRYDOCK_REMEDIATION_SECRET_API_KEY"},
     )
-    outcome = domain.request_run(
+    outcome = requests.request_run(
         tenant="acme", asset="vm-1", playbook="rotate-keys", requested_by="alice", reason="leak"
     )
     assert outcome.state == "pending_approval" and outcome.job_id is None
@@ -253,8 +253,8 @@ def test_a_protected_asset_waits_for_approval_and_runs_once_approved(
 
     # The requester cannot approve their own request.
     with pytest.raises(store.RemediationRefusedError, match="someone else must approve"):
-        domain.approve_run(outcome.run_id, tenant="acme", approver="alice")
-    approved = domain.approve_run(outcome.run_id, tenant="acme", approver="bob", reason="ok")
+        requests.approve_run(outcome.run_id, tenant="acme", approver="alice")
+    approved = requests.approve_run(outcome.run_id, tenant="acme", approver="bob", reason="ok")
     grant = approvals.verify(
         approved.token, run_id=outcome.run_id, tenant="acme", key=approvals.signing_key()
     )
@@ -289,11 +289,11 @@ def test_tokens_for_another_run_tampered_or_forged_are_refused_and_audited(
     quarantined_asset(name="vm-a")
     quarantined_asset(name="vm-b")
     shell_playbook("fix", "true", requires_approval=True)
-    run_a = domain.request_run(tenant="acme", asset="vm-a", playbook="fix", requested_by="al")
-    run_b = domain.request_run(tenant="acme", asset="vm-b", playbook="fix", requested_by="al")
+    run_a = requests.request_run(tenant="acme", asset="vm-a", playbook="fix", requested_by="al")
+    run_b = requests.request_run(tenant="acme", asset="vm-b", playbook="fix", requested_by="al")
     assert run_a.state == run_b.state == "pending_approval"
-    token_a = domain.approve_run(run_a.run_id, tenant="acme", approver="bo").token
-    domain.approve_run(run_b.run_id, tenant="acme", approver="bo")
+    token_a = requests.approve_run(run_a.run_id, tenant="acme", approver="bo").token
+    requests.approve_run(run_b.run_id, tenant="acme", approver="bo")
 
     def execute(run_id: uuid.UUID, token: str) -> None:
         payload = RunPlaybookPayload(run_id=run_id, tenant="acme", approval_token=token)
@@ -342,9 +342,9 @@ def test_an_expired_approval_expires_the_run_and_an_unapproved_run_expires_too(
     settings = get_settings()
     monkeypatch.setattr(settings, "remediation_approval_ttl_seconds", 1)
     monkeypatch.setattr(settings, "remediation_request_ttl_seconds", 1)
-    run_a = domain.request_run(tenant="acme", asset="vm-a", playbook="fix", requested_by="al")
-    run_b = domain.request_run(tenant="acme", asset="vm-b", playbook="fix", requested_by="al")
-    token = domain.approve_run(run_a.run_id, tenant="acme", approver="bo").token
+    run_a = requests.request_run(tenant="acme", asset="vm-a", playbook="fix", requested_by="al")
+    run_b = requests.request_run(tenant="acme", asset="vm-b", playbook="fix", requested_by="al")
+    token = requests.approve_run(run_a.run_id, tenant="acme", approver="bo").token
     time.sleep(2.1)
 
     payload = RunPlaybookPayload(run_id=run_a.run_id, tenant="acme", approval_token=token)
@@ -355,7 +355,7 @@ def test_an_expired_approval_expires_the_run_and_an_unapproved_run_expires_too(
     assert "approval token" in (run.error or "")
     # Run B was never approved: approving it now is refused, and it expires.
     with pytest.raises(store.RemediationRefusedError, match="expired"):
-        domain.approve_run(run_b.run_id, tenant="acme", approver="bo")
+        requests.approve_run(run_b.run_id, tenant="acme", approver="bo")
     assert run_row(run_b.run_id).state == "expired"
     assert audit_actions(run_b.run_id) == ["requested", "expired"]
 
@@ -367,16 +367,16 @@ def test_the_sweep_expires_only_runs_whose_wait_ran_out(
     quarantined_asset(name="vm-b")
     shell_playbook("fix", "true", requires_approval=True)
     monkeypatch.setattr(get_settings(), "remediation_request_ttl_seconds", 1)
-    due = domain.request_run(tenant="acme", asset="vm-a", playbook="fix", requested_by="al")
+    due = requests.request_run(tenant="acme", asset="vm-a", playbook="fix", requested_by="al")
     monkeypatch.setattr(get_settings(), "remediation_request_ttl_seconds", 3600)
-    waiting = domain.request_run(tenant="acme", asset="vm-b", playbook="fix", requested_by="al")
+    waiting = requests.request_run(tenant="acme", asset="vm-b", playbook="fix", requested_by="al")
     time.sleep(1.2)
-    swept = domain.sweep_runs(SweepRunsPayload(), job_context())
+    swept = sweep.sweep_runs(SweepRunsPayload(), job_context())
     assert swept["expired"] == [str(due.run_id)]
     assert run_row(due.run_id).state == "expired"
     assert run_row(waiting.run_id).state == "pending_approval"
     # Swept again, nothing is left to do.
-    assert domain.sweep_runs(SweepRunsPayload(), job_context())["expired"] == []
+    assert sweep.sweep_runs(SweepRunsPayload(), job_context())["expired"] == []
     # The sweep reads waiting runs through the partial index, not the whole table.
     with session_scope() as session:
         session.execute(text("SET LOCAL enable_seqscan = off"))
@@ -410,13 +410,13 @@ def test_a_playbook_reaching_for_the_network_fails_inside_its_sandbox(
         "nc -w 2 192.0.2.10 80 </dev/null",
         "echo never reached",
     )
-    outcome = domain.request_run(
+    outcome = requests.request_run(
         tenant="acme", asset="vm-1", playbook="phone-home", requested_by="svc"
     )
     run = wait_for_run(outcome.run_id, "succeeded", "failed")
     assert run.state == "failed"
     assert "step 2 'step-1' failed" in (run.error or "")
-    view = domain.describe_run(outcome.run_id, tenant="acme")
+    view = views.describe_run(outcome.run_id, tenant="acme")
     steps = view["artifacts"]
     assert [step["ok"] for step in steps] == [True, False]  # the third never ran
     assert steps[0]["stdout"].strip() == "ok"
@@ -434,10 +434,10 @@ def test_a_playbook_writing_outside_its_scratch_dir_fails_and_the_host_is_untouc
     quarantined_asset()
     escape = Path("/etc/drydock-remediation-escape")
     shell_playbook("escape", f"echo pwned > {escape}")
-    outcome = domain.request_run(tenant="acme", asset="vm-1", playbook="escape", requested_by="s")
+    outcome = requests.request_run(tenant="acme", asset="vm-1", playbook="escape", requested_by="s")
     run = wait_for_run(outcome.run_id, "succeeded", "failed")
     assert run.state == "failed"
-    (step,) = domain.describe_run(outcome.run_id, tenant="acme")["artifacts"]
+    (step,) = views.describe_run(outcome.run_id, tenant="acme")["artifacts"]
     assert "Read-only file system" in step["stderr"] and step["exit_code"] != 0
     assert not escape.exists()
 
@@ -447,10 +447,10 @@ def test_a_playbook_that_runs_past_its_timeout_is_stopped_and_failed(
 ) -> None:
     asset_id = quarantined_asset()
     shell_playbook("hang", "echo started; sleep 60", timeout=2)
-    outcome = domain.request_run(tenant="acme", asset="vm-1", playbook="hang", requested_by="s")
+    outcome = requests.request_run(tenant="acme", asset="vm-1", playbook="hang", requested_by="s")
     run = wait_for_run(outcome.run_id, "succeeded", "failed")
     assert run.state == "failed" and "timed out" in (run.error or "")
-    (step,) = domain.describe_run(outcome.run_id, tenant="acme")["artifacts"]
+    (step,) = views.describe_run(outcome.run_id, tenant="acme")["artifacts"]
     assert step["timed_out"] and "started" in step["stdout"]
     assert step["duration_ms"] < 30_000
     assert asset_state(asset_id) == "quarantined"
@@ -465,7 +465,7 @@ def test_an_unreachable_engine_is_retried_then_dead_lettered_and_the_run_fails(
         env={"DRYDOCK_DOCKER_HOST": f"unix://{tmp_path}/no-such-docker.sock"},
     )
     shell_playbook("fix", "true")
-    outcome = domain.request_run(tenant="acme", asset="vm-1", playbook="fix", requested_by="s")
+    outcome = requests.request_run(tenant="acme", asset="vm-1", playbook="fix", requested_by="s")
     assert outcome.job_id is not None
     job = wait_for_job(outcome.job_id)
     assert job.status == "dead_lettered" and job.attempts == get_settings().retry_max_attempts
@@ -483,7 +483,7 @@ def test_an_unreachable_engine_is_retried_then_dead_lettered_and_the_run_fails(
 def test_a_second_job_for_a_finished_run_runs_nothing(remediation_worker: WorkerProcess) -> None:
     quarantined_asset()
     shell_playbook("fix", "echo fixed")
-    outcome = domain.request_run(tenant="acme", asset="vm-1", playbook="fix", requested_by="s")
+    outcome = requests.request_run(tenant="acme", asset="vm-1", playbook="fix", requested_by="s")
     wait_for_run(outcome.run_id, "succeeded")
     again = enqueue("remediation.run_playbook", {"run_id": str(outcome.run_id), "tenant": "acme"})
     job = wait_for_job(again.id)
@@ -496,7 +496,7 @@ def test_a_second_job_for_a_finished_run_runs_nothing(remediation_worker: Worker
 def test_a_run_held_by_a_live_execution_is_not_run_beside_it(clean_state: None) -> None:
     quarantined_asset()
     shell_playbook("fix", "echo fixed")
-    outcome = domain.request_run(tenant="acme", asset="vm-1", playbook="fix", requested_by="s")
+    outcome = requests.request_run(tenant="acme", asset="vm-1", playbook="fix", requested_by="s")
     key = int.from_bytes(outcome.run_id.bytes[:8], "big", signed=True)
     # Another execution (this test's connection) holds the run.
     with session_scope() as session:
@@ -556,7 +556,7 @@ def test_a_replayed_quote_is_remediated_and_fresh_evidence_trusts_the_asset_agai
     assert verify(first, first.nonce) == "quarantined"  # a replay
 
     shell_playbook("reprovision", "echo reprovisioned")
-    outcome = domain.request_run(
+    outcome = requests.request_run(
         tenant="acme", asset="vm-tpm", playbook="reprovision", requested_by="policy"
     )
     run = wait_for_run(outcome.run_id, "succeeded", "failed")
@@ -760,13 +760,13 @@ def playbook(name: str, executor: str, spec: dict[str, Any], timeout: int = 5) -
     definition = PlaybookDefinition.model_validate(
         {"name": name, "executor": executor, "spec": spec, "timeout_seconds": timeout}
     )
-    domain.create_playbook(definition, tenant="acme", actor="test")
+    playbook_store.create_playbook(definition, tenant="acme", actor="test")
 
 
 def remediate(asset: str, name: str) -> dict[str, Any]:
-    outcome = domain.request_run(tenant="acme", asset=asset, playbook=name, requested_by="svc")
+    outcome = requests.request_run(tenant="acme", asset=asset, playbook=name, requested_by="svc")
     run = wait_for_run(outcome.run_id, "succeeded", "failed")
-    view = domain.describe_run(outcome.run_id, tenant="acme")
+    view = views.describe_run(outcome.run_id, tenant="acme")
     assert run.state == "succeeded", (run.error, view["artifacts"])
     return view
 
@@ -790,7 +790,7 @@ def test_an_ansible_playbook_runs_against_the_assets_own_connection(
     )
     marker = tmp_path / "remediated"
     quarantined_asset(name="db-1", kind=AssetKind.HOST)
-    domain.set_connection(
+    requests.set_connection(
         tenant="acme",
         asset="db-1",
         connection={"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
@@ -833,7 +833,7 @@ def test_a_kubernetes_cordon_reaches_the_api(
     worker_factory("remediation-kube", env={"DRYDOCK_KUBECONFIG": str(kubeconfig_file)})
     kube_standin.add_node("worker-7")
     quarantined_asset(name="node-a", kind=AssetKind.HOST)
-    domain.set_connection(
+    requests.set_connection(
         tenant="acme", asset="node-a", connection={"kubernetes_node": "worker-7"}, actor="test"
     )
     playbook("cordon", "kubernetes", {"actions": [{"action": "cordon"}]})

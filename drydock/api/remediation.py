@@ -39,7 +39,7 @@ from models import remediation as store
 from models.db import session_scope
 from models.remediation import RemediationRefusedError, RunState
 from policy.approvals import ApprovalsUnavailableError
-from tasks.remediation import domain
+from tasks.remediation import playbook_store, requests, views
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind
 from tasks.remediation.playbooks import PlaybookDefinition
@@ -204,7 +204,7 @@ def create_playbook(
     its executor's schema (422 names each problem). The body is a PlaybookDefinition."""
     require_scope(caller, "remediation.playbooks")
     tenant = tenant_to_write(caller, tenant)
-    return domain.create_playbook(_definition(body), tenant=tenant, actor=actor_of(caller))
+    return playbook_store.create_playbook(_definition(body), tenant=tenant, actor=actor_of(caller))
 
 
 def _definition(body: bytes) -> PlaybookDefinition:
@@ -237,7 +237,7 @@ def list_playbooks(caller: Caller, tenant: TenantQuery = None) -> list[dict[str,
     require_scope(caller, "remediation.run_playbook")
     with session_scope() as session:
         return [
-            domain.playbook_summary(book, with_spec=False)
+            playbook_store.playbook_summary(book, with_spec=False)
             for book in store.list_playbooks(session, tenant_to_read(caller, tenant))
         ]
 
@@ -255,7 +255,7 @@ def show_playbook(
 ) -> dict[str, Any]:
     """One playbook version (the newest unless ?version=) with its spec."""
     require_scope(caller, "remediation.run_playbook")
-    return domain.describe_playbook(tenant_to_write(caller, tenant), name, version)
+    return playbook_store.describe_playbook(tenant_to_write(caller, tenant), name, version)
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def request_run(body: RunRequestBody, caller: Caller, response: Response) -> Run
     asset and playbook collapse into one run: 201 for the one that created it, 200 for the
     others, all with its id."""
     require_scope(caller, "remediation.run_playbook")
-    outcome = domain.request_run(
+    outcome = requests.request_run(
         tenant=tenant_to_write(caller, body.tenant),
         asset=body.asset,
         playbook=body.playbook,
@@ -309,7 +309,7 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     """Runs newest first."""
     require_scope(caller, "remediation.run_playbook")
-    return domain.list_run_views(
+    return views.list_run_views(
         tenant=tenant_to_read(caller, tenant),
         state=state.value if state else None,
         asset=asset,
@@ -325,7 +325,7 @@ def list_runs(
 def show_run(run_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
     """A run with its audit trail and each step's artifacts (output capped, secrets redacted)."""
     require_scope(caller, "remediation.run_playbook")
-    return domain.describe_run(run_id, tenant=caller.tenant)
+    return views.describe_run(run_id, tenant=caller.tenant)
 
 
 @router.post(
@@ -344,7 +344,7 @@ def approve_run(
     """Approve a pending run: it is queued with a signed approval token bound to it, valid for
     DRYDOCK_REMEDIATION_APPROVAL_TTL_SECONDS."""
     require_scope(caller, "remediation.approve")
-    approved = domain.approve_run(
+    approved = requests.approve_run(
         run_id,
         tenant=caller.tenant,
         approver=actor_of(caller),
@@ -367,10 +367,10 @@ def reject_run(
 ) -> dict[str, Any]:
     """Refuse a pending run; it becomes cancelled."""
     require_scope(caller, "remediation.approve")
-    domain.reject_run(
+    requests.reject_run(
         run_id, tenant=caller.tenant, actor=actor_of(caller), reason=body.reason if body else ""
     )
-    return domain.describe_run(run_id, tenant=caller.tenant)
+    return views.describe_run(run_id, tenant=caller.tenant)
 
 
 @router.post(
@@ -387,7 +387,7 @@ def cancel_run(
 ) -> dict[str, Any]:
     """Cancel a run that has not started."""
     require_scope(caller, "remediation.run_playbook")
-    domain.cancel_run(
+    requests.cancel_run(
         run_id, tenant=caller.tenant, actor=actor_of(caller), reason=body.reason if body else ""
     )
-    return domain.describe_run(run_id, tenant=caller.tenant)
+    return views.describe_run(run_id, tenant=caller.tenant)

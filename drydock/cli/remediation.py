@@ -75,7 +75,7 @@ def create_playbook(
     import yaml
     from pydantic import ValidationError
 
-    from tasks.remediation import domain
+    from tasks.remediation import playbook_store
     from tasks.remediation.playbooks import PlaybookDefinition
 
     try:
@@ -93,7 +93,7 @@ def create_playbook(
     except ValidationError as exc:
         problems = list_problems(field_problems(exc, whole="(definition)"))
         raise DrydockError(f"{file}: invalid playbook: {problems}") from None
-    summary = domain.create_playbook(definition, tenant=tenant, actor=_by(by))
+    summary = playbook_store.create_playbook(definition, tenant=tenant, actor=_by(by))
     out.print(
         f"playbook {summary['tenant']}/{summary['name']} version {summary['version']} "
         f"({summary['executor']}) {summary['id']}",
@@ -129,9 +129,9 @@ def show_playbook(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """A playbook version with its spec."""
-    from tasks.remediation import domain
+    from tasks.remediation import playbook_store
 
-    summary = domain.describe_playbook(tenant, name, version)
+    summary = playbook_store.describe_playbook(tenant, name, version)
     if as_json:
         _print_json(summary)
         return
@@ -161,9 +161,9 @@ def request(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Ask for a playbook to run against a quarantined asset (joins its active run if any)."""
-    from tasks.remediation import domain
+    from tasks.remediation import requests
 
-    outcome = domain.request_run(
+    outcome = requests.request_run(
         tenant=tenant, asset=asset, playbook=playbook, requested_by=_by(by), reason=reason
     )
     verb = "requested" if outcome.created else "joined active"
@@ -182,9 +182,9 @@ def approve(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Approve a pending run: it is queued with a signed, expiring approval token."""
-    from tasks.remediation import domain
+    from tasks.remediation import requests
 
-    approved = domain.approve_run(_run_id(run), tenant=tenant, approver=_by(by), reason=reason)
+    approved = requests.approve_run(_run_id(run), tenant=tenant, approver=_by(by), reason=reason)
     out.print(
         f"approved run {approved.run_id}; the approval expires {when(approved.expires_at)} UTC",
         highlight=False,
@@ -205,9 +205,9 @@ def reject(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Refuse a pending run (it becomes cancelled)."""
-    from tasks.remediation import domain
+    from tasks.remediation import requests
 
-    state = domain.reject_run(_run_id(run), tenant=tenant, actor=_by(by), reason=reason)
+    state = requests.reject_run(_run_id(run), tenant=tenant, actor=_by(by), reason=reason)
     out.print(f"rejected run {run}: {state}", highlight=False)
 
 
@@ -219,9 +219,9 @@ def cancel(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Cancel a run that has not started."""
-    from tasks.remediation import domain
+    from tasks.remediation import requests
 
-    state = domain.cancel_run(_run_id(run), tenant=tenant, actor=_by(by), reason=reason)
+    state = requests.cancel_run(_run_id(run), tenant=tenant, actor=_by(by), reason=reason)
     out.print(f"cancelled run {run}: {state}", highlight=False)
 
 
@@ -234,7 +234,7 @@ def list_runs(
 ) -> None:
     """Runs, newest first."""
     from models.remediation import RunState
-    from tasks.remediation import domain
+    from tasks.remediation import views
 
     if state is not None and state not in {s.value for s in RunState}:
         raise DrydockError(f"--state {state!r}: one of {', '.join(s.value for s in RunState)}")
@@ -242,7 +242,7 @@ def list_runs(
     table = Table(
         Column("run", no_wrap=True), "tenant", "playbook", "state", "attempts", "requested", "by"
     )
-    for view in domain.list_run_views(tenant=tenant, state=state, asset=asset, limit=limit):
+    for view in views.list_run_views(tenant=tenant, state=state, asset=asset, limit=limit):
         table.add_row(
             view["id"],
             view["tenant"],
@@ -262,9 +262,9 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """A run: its state, trust context, every decision, and each step's artifacts."""
-    from tasks.remediation import domain
+    from tasks.remediation import views
 
-    view = domain.describe_run(_run_id(run), tenant=tenant)
+    view = views.describe_run(_run_id(run), tenant=tenant)
     if as_json:
         _print_json(view)
         return
@@ -325,9 +325,9 @@ def protect(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Require an approval for every remediation of an asset, or of a tenant's assets."""
-    from tasks.remediation import domain
+    from tasks.remediation import requests
 
-    what = domain.set_protection(tenant=tenant, asset=asset, protected=not off, actor=_by(by))
+    what = requests.set_protection(tenant=tenant, asset=asset, protected=not off, actor=_by(by))
     out.print(f"{what}: remediation {'no longer requires' if off else 'requires'} approval")
 
 
@@ -344,7 +344,7 @@ def connect(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Set how playbooks reach an asset. Secrets are refused: they stay with the workers."""
-    from tasks.remediation import domain
+    from tasks.remediation import requests
 
     connection: dict[str, Any] = {}
     for item in var:
@@ -352,7 +352,7 @@ def connect(
         if not sep or not name.strip():
             raise DrydockError(f"--var {item!r}: expected NAME=VALUE")
         connection[name.strip()] = value
-    domain.set_connection(tenant=tenant, asset=asset, connection=connection, actor=_by(by))
+    requests.set_connection(tenant=tenant, asset=asset, connection=connection, actor=_by(by))
     out.print(f"{tenant}/{asset}: {len(connection)} connection variable(s) set")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
 from kernel.context import JobContext
 from models.trust import TransitionConflictError
-from tasks.remediation import domain
+from tasks.remediation import domain, sweep
 from tasks.remediation.executors.base import ExecutorUnavailableError
 from workers.base_task import DrydockTask, drydock_task
 
@@ -21,7 +21,7 @@ def run_playbook(payload: RunPlaybookPayload, ctx: JobContext) -> dict[str, Any]
 
 
 def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
-    return domain.sweep_runs(payload, ctx)
+    return sweep.sweep_runs(payload, ctx)
 
 
 RUN_PLAYBOOK: DrydockTask = drydock_task(

@@ -1,4 +1,6 @@
-"""The remediation queue's work, and the requests and decisions that lead to it.
+"""The remediation queue's work: running a run's playbook against its asset, and closing the
+loop on the asset. Requests and decisions that lead to a run are ``requests``; Beat's sweep
+``sweep``; what operators read ``views``.
 
 A run's life: requested (by a person, a service or policy) for a quarantined asset ->
 ``pending_approval`` when the playbook, the asset or the tenant needs an approval, else
@@ -23,13 +25,12 @@ with a new nonce; failure sends it back to ``quarantined`` with the reason.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -37,22 +38,17 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
-from dispatch.enqueue import enqueue
+from catalog.remediation import RunPlaybookPayload
 from kernel.context import JobContext
-from kernel.errors import BrokerUnavailableError, DrydockError, TransientError
+from kernel.errors import DrydockError, TransientError
 from kernel.logs import get_logger
-from kernel.redaction import is_secret_name, scrub_text, secret_strings
+from kernel.redaction import scrub_text, secret_strings
 from kernel.settings import get_settings
 from models import notices, trust
-from models import policy as policy_store
 from models import remediation as store
 from models.db import get_engine, session_scope
-from models.jobs import Job, JobStatus
 from models.remediation import (
-    RemediationAuditAction,
     RemediationPlaybook,
-    RemediationRefusedError,
     RemediationRun,
     RunState,
 )
@@ -67,19 +63,15 @@ from tasks.remediation.executors.base import (
     SecretEnvSpec,
     Target,
 )
-from tasks.remediation.playbooks import PlaybookDefinition, parse_spec
+from tasks.remediation.playbooks import parse_spec
+from tasks.remediation.run_records import A, actor_of, expire_run, finish_run, run_result
 
-A = RemediationAuditAction
-RUN_TASK = "remediation.run_playbook"
 # Published (Redis) when a run succeeded: the asset's agent should send fresh evidence
 # carrying ``nonce``. The asset's move to pending_attestation is also on the trust channels.
 EVIDENCE_REQUEST_CHANNEL = "drydock:attestation:evidence-requests"
 # Worker variables a playbook's secret_env may name: nothing else of the worker's environment
 # (its database URL, say) can be pulled into a step.
 SECRET_ENV_PREFIX = "DRYDOCK_REMEDIATION_SECRET_"
-# A queued run whose job was not sent is sent by the sweep once it is this old (the request
-# that recorded it may still be sending).
-UNSENT_GRACE = timedelta(seconds=60)
 
 
 class AssetBusyError(TransientError):
@@ -90,359 +82,16 @@ class SecretUnavailableError(DrydockError):
     pass
 
 
-def actor_of(ctx: JobContext) -> str:
-    return f"worker:{ctx.who.hostname}"
-
-
 # -- playbooks ---------------------------------------------------------------------------------
-
-
-def create_playbook(definition: PlaybookDefinition, *, tenant: str, actor: str) -> dict[str, Any]:
-    """Store the definition as the next version of the tenant's playbook of that name."""
-    check_tenant(tenant)
-    for _ in range(5):
-        try:
-            with session_scope() as session:
-                playbook = store.add_playbook_version(
-                    session,
-                    tenant=tenant,
-                    name=definition.name,
-                    executor=definition.executor.value,
-                    spec=definition.parsed_spec().model_dump(mode="json"),
-                    timeout_seconds=definition.timeout_seconds,
-                    requires_approval=definition.requires_approval,
-                    asset_kinds=[kind.value for kind in definition.asset_kinds],
-                    description=definition.description,
-                    created_by=actor,
-                )
-                return playbook_summary(playbook)
-        except IntegrityError:
-            continue  # another writer took that version number: take the next
-    raise TransientError(f"playbook {definition.name}: versions kept changing; try again")
-
-
-def playbook_summary(playbook: RemediationPlaybook, *, with_spec: bool = True) -> dict[str, Any]:
-    summary = {
-        "id": str(playbook.id),
-        "tenant": playbook.tenant,
-        "name": playbook.name,
-        "version": playbook.version,
-        "executor": playbook.executor,
-        "timeout_seconds": playbook.timeout_seconds,
-        "requires_approval": playbook.requires_approval,
-        "asset_kinds": playbook.asset_kinds,
-        "description": playbook.description,
-        "created_at": _iso(playbook.created_at),
-        "created_by": playbook.created_by,
-    }
-    if with_spec:
-        summary["spec"] = playbook.spec
-    return summary
-
-
-def describe_playbook(tenant: str, name: str, version: int | None = None) -> dict[str, Any]:
-    """One version of a playbook (the newest unless given) with its spec and every version."""
-    with session_scope() as session:
-        book = store.get_playbook(session, tenant, name, version)
-        versions = [row.version for row in store.playbook_versions(session, tenant, name)]
-        return {**playbook_summary(book), "versions": versions}
-
-
-def check_tenant(tenant: str) -> str:
-    if not tenant or len(tenant) > 100 or tenant != tenant.strip():
-        raise RemediationRefusedError(f"tenant {tenant!r}: 1 to 100 characters, no padding")
-    return tenant
 
 
 # -- requests ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RequestOutcome:
-    run_id: uuid.UUID
-    # False: the asset and playbook already had an active run, and this request joined it.
-    created: bool
-    state: str
-    job_id: uuid.UUID | None
-    approval_reasons: list[str]
-
-
-def request_run(
-    *, tenant: str, asset: str, playbook: str, requested_by: str, reason: str = ""
-) -> RequestOutcome:
-    """Ask for ``playbook`` to run against ``asset`` (an id or a name of the tenant's).
-
-    Refused (RemediationRefusedError, with the reason) when the asset is not distrusted or the
-    playbook does not apply to its kind. When the asset and playbook already have an active
-    run, that run is returned (``created`` False) and the request is audited as joining it.
-    A run that needs no approval is enqueued at once."""
-    check_tenant(tenant)
-    for _ in range(5):
-        with session_scope() as session:
-            target = trust.find_asset(session, asset, tenant)
-            book = store.get_playbook(session, tenant, playbook)
-            existing = store.active_run(session, tenant, target.id, book.name)
-            if existing is None:
-                _check_requestable(target, book)
-                reasons = _approval_reasons(session, target, book)
-                now = datetime.now(UTC)
-                state = RunState.PENDING_APPROVAL if reasons else RunState.QUEUED
-                ttl = get_settings().remediation_request_ttl_seconds
-                run_id = store.insert_run_unless_active(
-                    session,
-                    {
-                        "id": uuid.uuid4(),
-                        "tenant": tenant,
-                        "asset_id": target.id,
-                        "playbook_id": book.id,
-                        "playbook_name": book.name,
-                        "playbook_version": book.version,
-                        "state": state.value,
-                        "reason": reason,
-                        "requested_by": requested_by,
-                        "requested_at": now,
-                        "approval_reasons": reasons,
-                        "approval_deadline": now + timedelta(seconds=ttl) if reasons else None,
-                        "trust_context": trust_context(session, target),
-                        "attempts": 0,
-                        "outputs": {},
-                    },
-                )
-                if run_id is not None:
-                    run = store.get_run(session, run_id, tenant)
-                    store.audit(session, run, A.REQUESTED, requested_by, reason, state=state.value)
-                    outcome = _outcome(run, created=True)
-                    break
-                # Another request inserted first: join it (read on the next pass).
-                continue
-            store.audit(session, existing, A.JOINED, requested_by, reason)
-            outcome = _outcome(existing, created=False)
-            break
-    else:
-        raise TransientError("the asset's runs kept changing under the request; try again")
-    if outcome.state == RunState.QUEUED and outcome.job_id is None:
-        outcome = dataclasses.replace(outcome, job_id=send_run(outcome.run_id))
-    return outcome
-
-
-def _outcome(run: RemediationRun, *, created: bool) -> RequestOutcome:
-    return RequestOutcome(
-        run_id=run.id,
-        created=created,
-        state=run.state,
-        job_id=run.job_id,
-        approval_reasons=list(run.approval_reasons),
-    )
-
-
-def _check_requestable(asset: TrustAsset, playbook: RemediationPlaybook) -> None:
-    name = f"{asset.tenant}/{asset.name}"
-    if asset.kind not in playbook.asset_kinds:
-        raise RemediationRefusedError(
-            f"playbook {playbook.name} applies to {', '.join(playbook.asset_kinds)} assets; "
-            f"{name} is a {asset.kind}"
-        )
-    if asset.state != TrustState.QUARANTINED.value:
-        hint = {
-            TrustState.REMEDIATING.value: "another playbook is remediating it now",
-            TrustState.TRUSTED.value: "it is trusted",
-            TrustState.PENDING_ATTESTATION.value: "it is waiting for fresh evidence",
-            TrustState.STALE.value: "its evidence expired: it needs fresh evidence, not repair",
-            TrustState.UNKNOWN.value: "it has never been attested",
-        }.get(asset.state, asset.state)
-        raise RemediationRefusedError(
-            f"asset {name} is {asset.state}, not distrusted ({hint}): remediation runs only "
-            "against quarantined assets"
-        )
-
-
-def _approval_reasons(
-    session: Session, asset: TrustAsset, playbook: RemediationPlaybook
-) -> list[str]:
-    reasons = []
-    if playbook.requires_approval:
-        reasons.append(f"playbook {playbook.name} requires approval")
-    if asset.protected:
-        reasons.append(f"asset {asset.tenant}/{asset.name} is protected")
-    if policy_store.tenant_requires_approval(session, asset.tenant):
-        reasons.append(f"tenant {asset.tenant} requires approval for remediation")
-    return reasons
-
-
-def trust_context(session: Session, asset: TrustAsset) -> dict[str, Any]:
-    """Where the asset stood when the run was asked for: its state, the transition that put it
-    there and its newest verdict."""
-    history = trust.history(session, asset.id)
-    last = history[-1] if history else None
-    verdict = trust.latest_verdict(session, asset.id)
-    return {
-        "state": asset.state,
-        "version": asset.version,
-        "last_transition": None
-        if last is None
-        else {
-            "from": last.from_state,
-            "to": last.to_state,
-            "cause": last.cause,
-            "detail": last.detail[:1000],
-            "actor": last.actor,
-            "at": _iso(last.created_at),
-        },
-        "last_verdict": None
-        if verdict is None
-        else {
-            "id": verdict.id,
-            "kind": verdict.kind,
-            "verified": verdict.verified,
-            "summary": verdict.summary[:1000],
-            "at": _iso(verdict.created_at),
-        },
-    }
-
-
 # -- approvals ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ApprovalOutcome:
-    run_id: uuid.UUID
-    token: str
-    expires_at: datetime
-    job_id: uuid.UUID | None
-
-
-def approve_run(
-    run_id: uuid.UUID, *, tenant: str | None, approver: str, reason: str = ""
-) -> ApprovalOutcome:
-    """Approve a pending run: issue its token, queue it, send its job. The requester cannot
-    approve their own request; a run whose approval wait ran out expires instead."""
-    key = approvals.signing_key()
-    now = datetime.now(UTC)
-    expired = False
-    with session_scope() as session:
-        run = store.get_run(session, run_id, tenant, lock=True)
-        if run.state != RunState.PENDING_APPROVAL.value:
-            raise RemediationRefusedError(_not_pending(run))
-        if run.approval_deadline is not None and run.approval_deadline <= now:
-            _expire(session, run, approver, "nobody approved it before its deadline")
-            expired = True
-        else:
-            if approver == run.requested_by:
-                raise RemediationRefusedError(
-                    f"run {run.id} was requested by {approver}: someone else must approve it"
-                )
-            grant = approvals.new_grant(
-                run.id,
-                run.tenant,
-                approver,
-                ttl_seconds=get_settings().remediation_approval_ttl_seconds,
-                now=now,
-            )
-            run.state = RunState.QUEUED.value
-            run.approved_by = approver
-            run.approved_at = grant.issued_at
-            run.approval_expires_at = grant.expires_at
-            run.approval_token_id = grant.token_id
-            store.audit(
-                session,
-                run,
-                A.APPROVED,
-                approver,
-                reason,
-                token_id=grant.token_id,
-                expires_at=_iso(grant.expires_at),
-            )
-            token = approvals.mint(grant, key)
-    if expired:
-        raise RemediationRefusedError(
-            f"run {run_id} expired: its approval deadline passed before it was approved"
-        )
-    job_id = send_run(run_id)
-    return ApprovalOutcome(run_id, token, grant.expires_at, job_id)
-
-
-def reject_run(run_id: uuid.UUID, *, tenant: str | None, actor: str, reason: str) -> str:
-    """Refuse a pending run (it becomes cancelled). Returns the new state."""
-    with session_scope() as session:
-        run = store.get_run(session, run_id, tenant, lock=True)
-        if run.state != RunState.PENDING_APPROVAL.value:
-            raise RemediationRefusedError(_not_pending(run))
-        _finish(session, run, RunState.CANCELLED, A.REJECTED, actor, reason or "rejected")
-        return run.state
-
-
-def cancel_run(run_id: uuid.UUID, *, tenant: str | None, actor: str, reason: str) -> str:
-    """Cancel a run that has not started. A running playbook is not stopped halfway: that
-    would leave the asset in a state nobody chose."""
-    with session_scope() as session:
-        run = store.get_run(session, run_id, tenant, lock=True)
-        if run.state not in (RunState.PENDING_APPROVAL.value, RunState.QUEUED.value):
-            raise RemediationRefusedError(
-                f"run {run.id} is {run.state}: only pending or queued runs can be cancelled"
-            )
-        _finish(session, run, RunState.CANCELLED, A.CANCELLED, actor, reason or "cancelled")
-        return run.state
-
-
-def _not_pending(run: RemediationRun) -> str:
-    if run.state == RunState.QUEUED.value and run.approved_by:
-        return f"run {run.id} was already approved by {run.approved_by}"
-    return f"run {run.id} is {run.state}, not pending approval"
-
-
-def _expire(session: Session, run: RemediationRun, actor: str, reason: str) -> None:
-    _finish(session, run, RunState.EXPIRED, A.EXPIRED, actor, reason)
-
-
-def _finish(
-    session: Session,
-    run: RemediationRun,
-    state: RunState,
-    action: RemediationAuditAction,
-    actor: str,
-    reason: str,
-    **detail: Any,
-) -> None:
-    run.state = state.value
-    run.finished_at = datetime.now(UTC)
-    if state is not RunState.SUCCEEDED:
-        run.error = reason
-    store.audit(session, run, action, actor, reason, **detail)
-
-
 # -- sending -----------------------------------------------------------------------------------
-
-
-def send_run(run_id: uuid.UUID) -> uuid.UUID | None:
-    """Enqueue the run's job (with its approval token, minted again from the stored grant) and
-    note it on the run. Every send of a run uses one idempotency key, so a run is enqueued once
-    however often this is called. None when the broker is down: the run stays queued without a
-    job, and the sweep sends it later."""
-    with session_scope() as session:
-        run = store.get_run(session, run_id, None)
-        payload: dict[str, Any] = {"run_id": str(run.id), "tenant": run.tenant}
-        if run.approved_by and run.approval_token_id and run.approval_expires_at:
-            grant = approvals.ApprovalGrant(
-                run_id=run.id,
-                tenant=run.tenant,
-                approver=run.approved_by,
-                token_id=run.approval_token_id,
-                issued_at=run.approved_at or datetime.now(UTC),
-                expires_at=run.approval_expires_at,
-            )
-            payload["approval_token"] = approvals.mint(grant, approvals.signing_key())
-    try:
-        job = enqueue(
-            RUN_TASK, payload, f"remediation-run:{run_id}", enqueued_by=f"remediation:{run_id}"
-        )
-    except BrokerUnavailableError as exc:
-        get_logger(run_id=str(run_id)).warning("remediation.send_failed", error=str(exc)[:300])
-        return None
-    with session_scope() as session:
-        run = store.get_run(session, run_id, None, lock=True)
-        if run.job_id is None:
-            run.job_id = job.id
-    return job.id
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -517,7 +166,7 @@ def _check_token(
     except ApprovalTokenError as exc:
         if exc.problem is TokenProblem.EXPIRED and run.attempts == 0:
             # The approval ran out before the run ever started: the run is over.
-            _expire(session, run, actor, f"{exc}; approve a new request to run it")
+            expire_run(session, run, actor, f"{exc}; approve a new request to run it")
             return _Refused(f"run {run.id} expired: {exc}")
         return _refuse_token(session, run, actor, exc.problem, str(exc))
     if grant.token_id != run.approval_token_id:
@@ -614,7 +263,7 @@ def _start(run_id: uuid.UUID, ctx: JobContext) -> _Started | dict[str, Any]:
     except _NoLongerDistrusted as exc:
         with session_scope() as session:
             run = store.get_run(session, run_id, None, lock=True)
-            _finish(
+            finish_run(
                 session,
                 run,
                 RunState.CANCELLED,
@@ -761,7 +410,7 @@ def _conclude(
         evidence = {"run_id": str(run.id), "playbook": started.playbook}
         if failure is None:
             run.evidence_nonce = nonce
-            _finish(session, run, RunState.SUCCEEDED, A.SUCCEEDED, actor, "every step succeeded")
+            finish_run(session, run, RunState.SUCCEEDED, A.SUCCEEDED, actor, "every step succeeded")
             move = Move(
                 TrustState.PENDING_ATTESTATION,
                 "remediation_succeeded",
@@ -770,7 +419,7 @@ def _conclude(
                 {**evidence, "nonce": nonce},
             )
         else:
-            _finish(session, run, RunState.FAILED, A.FAILED, actor, failure)
+            finish_run(session, run, RunState.FAILED, A.FAILED, actor, failure)
             move = Move(
                 TrustState.QUARANTINED,
                 "remediation_failed",
@@ -826,7 +475,7 @@ def fail_orphaned_run(run_id: uuid.UUID, failure: str, actor: str) -> bool:
         outcome["failed"] = False
         if run.state not in (RunState.RUNNING.value, RunState.QUEUED.value) or not run.attempts:
             return []
-        _finish(session, run, RunState.FAILED, A.FAILED, actor, failure)
+        finish_run(session, run, RunState.FAILED, A.FAILED, actor, failure)
         outcome["failed"] = True
         if asset.state != TrustState.REMEDIATING.value:
             return []
@@ -846,197 +495,4 @@ def fail_orphaned_run(run_id: uuid.UUID, failure: str, actor: str) -> bool:
 # -- the sweep (Beat) --------------------------------------------------------------------------
 
 
-def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
-    """Expire runs whose approval wait or approval ran out; send queued runs whose job never
-    reached the broker; fail started runs whose job was dead-lettered without concluding
-    them (the hard time limit kills a task before it can)."""
-    now = datetime.now(UTC)
-    actor = actor_of(ctx)
-    expired: list[str] = []
-    with session_scope() as session:
-        for run in store.runs_waiting_past(session, now, payload.limit):
-            if run.state == RunState.PENDING_APPROVAL.value:
-                why = "nobody approved it before its deadline"
-            else:
-                why = "its approval expired before it started"
-            _expire(session, run, actor, why)
-            expired.append(str(run.id))
-        unsent = [run.id for run in store.unsent_runs(session, now - UNSENT_GRACE, payload.limit)]
-        orphaned = [
-            run.id
-            for run in session.scalars(
-                select(RemediationRun)
-                .join(Job, Job.id == RemediationRun.job_id)
-                .where(
-                    RemediationRun.state.in_([RunState.RUNNING.value, RunState.QUEUED.value]),
-                    RemediationRun.attempts > 0,
-                    Job.status == JobStatus.DEAD_LETTERED.value,
-                )
-                .limit(payload.limit)
-            )
-        ]
-    sent = [str(run_id) for run_id in unsent if send_run(run_id) is not None]
-    failed = [
-        str(run_id)
-        for run_id in orphaned
-        if fail_orphaned_run(run_id, "its job was dead-lettered before it concluded", actor)
-    ]
-    return {"expired": expired, "sent": sent, "failed": failed}
-
-
 # -- reading -----------------------------------------------------------------------------------
-
-
-def run_result(run: RemediationRun, *, repeated: bool = False) -> dict[str, Any]:
-    """A run's outcome as a job result (and the API's run summary)."""
-    result = {
-        "run_id": str(run.id),
-        "tenant": run.tenant,
-        "asset_id": str(run.asset_id),
-        "playbook": run.playbook_name,
-        "playbook_version": run.playbook_version,
-        "state": run.state,
-        "attempts": run.attempts,
-        "error": run.error,
-        "evidence_nonce": run.evidence_nonce,
-    }
-    if repeated:
-        result["repeated"] = True
-    return result
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat()
-
-
-def run_view(run: RemediationRun) -> dict[str, Any]:
-    """A run as the CLI and the API show it."""
-    return {
-        "id": str(run.id),
-        "tenant": run.tenant,
-        "asset_id": str(run.asset_id),
-        "playbook": run.playbook_name,
-        "playbook_version": run.playbook_version,
-        "state": run.state,
-        "reason": run.reason,
-        "requested_by": run.requested_by,
-        "requested_at": _iso(run.requested_at),
-        "approval_reasons": list(run.approval_reasons),
-        "approval_deadline": _iso(run.approval_deadline),
-        "approved_by": run.approved_by,
-        "approved_at": _iso(run.approved_at),
-        "approval_expires_at": _iso(run.approval_expires_at),
-        "trust_context": run.trust_context,
-        "attempts": run.attempts,
-        "job_id": str(run.job_id) if run.job_id else None,
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "error": run.error,
-        "outputs": run.outputs,
-        "evidence_nonce": run.evidence_nonce,
-    }
-
-
-def describe_run(run_id: uuid.UUID, *, tenant: str | None) -> dict[str, Any]:
-    """A run with its asset, its audit trail and every step's artifact."""
-    with session_scope() as session:
-        run = store.get_run(session, run_id, tenant)
-        asset = session.get(TrustAsset, run.asset_id)
-        view = run_view(run)
-        view["asset"] = (
-            None
-            if asset is None
-            else {
-                "name": asset.name,
-                "kind": asset.kind,
-                "state": asset.state,
-            }
-        )
-        view["audit"] = [
-            {
-                "action": row.action,
-                "actor": row.actor,
-                "reason": row.reason,
-                "detail": row.detail,
-                "at": _iso(row.at),
-            }
-            for row in store.audit_trail(session, run.id)
-        ]
-        view["artifacts"] = [
-            {
-                "attempt": row.attempt,
-                "step": row.step_index + 1,
-                "name": row.step_name,
-                "ok": row.ok,
-                "timed_out": row.timed_out,
-                "exit_code": row.exit_code,
-                "error": row.error,
-                "stdout": row.stdout,
-                "stderr": row.stderr,
-                "stdout_bytes": row.stdout_bytes,
-                "stderr_bytes": row.stderr_bytes,
-                "truncated": row.truncated,
-                "outputs": row.outputs,
-                "started_at": _iso(row.started_at),
-                "finished_at": _iso(row.finished_at),
-                "duration_ms": row.duration_ms,
-            }
-            for row in store.artifacts(session, run.id)
-        ]
-        return view
-
-
-def list_run_views(
-    *,
-    tenant: str | None,
-    state: str | None = None,
-    asset: str | None = None,
-    limit: int = 50,
-) -> list[dict[str, Any]]:
-    with session_scope() as session:
-        asset_id = trust.find_asset(session, asset, tenant).id if asset else None
-        return [
-            run_view(run)
-            for run in store.list_runs(
-                session, tenant=tenant, state=state, asset_id=asset_id, limit=limit
-            )
-        ]
-
-
-def set_protection(*, tenant: str, asset: str | None, protected: bool, actor: str) -> str:
-    """Protect (or unprotect) one asset, or with no asset the whole tenant: remediation there
-    then always needs an approval."""
-    check_tenant(tenant)
-    with session_scope() as session:
-        if asset is None:
-            policy_store.set_tenant_policy(session, tenant, requires_approval=protected, by=actor)
-            return f"tenant {tenant}"
-        target = trust.find_asset(session, asset, tenant)
-        name = f"{target.tenant}/{target.name}"
-        asset_id = target.id
-
-    def plan(session: Session, row: TrustAsset) -> list[Move]:
-        row.protected = protected
-        return []
-
-    trust.transition(asset_id, plan, actor=actor)
-    return f"asset {name}"
-
-
-def set_connection(*, tenant: str, asset: str, connection: dict[str, Any], actor: str) -> None:
-    """Set how playbooks reach an asset (ansible host vars, kubernetes_node, libvirt_domain).
-    These are stored and shown: a secret among them (a password) is refused."""
-    secret = sorted(name for name in connection if is_secret_name(name))
-    if secret:
-        raise RemediationRefusedError(
-            f"connection variables {', '.join(secret)} look secret: credentials stay with the "
-            "workers (an SSH key file, an agent), never in the registry"
-        )
-    with session_scope() as session:
-        asset_id = trust.find_asset(session, asset, tenant).id
-
-    def plan(session: Session, row: TrustAsset) -> list[Move]:
-        row.connection = dict(connection)
-        return []
-
-    trust.transition(asset_id, plan, actor=actor)

@@ -1,0 +1,65 @@
+"""Beat's remediation sweep: runs whose approval wait or approval ran out expire, runs whose job
+never reached the broker are sent, runs whose job died before concluding fail. Each part reads
+only due rows (partial indexes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from catalog.remediation import SweepRunsPayload
+from kernel.context import JobContext
+from models import remediation as store
+from models.db import session_scope
+from models.jobs import Job, JobStatus
+from models.remediation import (
+    RemediationRun,
+    RunState,
+)
+from tasks.remediation.domain import fail_orphaned_run
+from tasks.remediation.requests import send_run
+from tasks.remediation.run_records import actor_of, expire_run
+
+# A queued run whose job was not sent is sent by the sweep once it is this old (the request
+# that recorded it may still be sending).
+UNSENT_GRACE = timedelta(seconds=60)
+
+
+def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
+    """Expire runs whose approval wait or approval ran out; send queued runs whose job never
+    reached the broker; fail started runs whose job was dead-lettered without concluding
+    them (the hard time limit kills a task before it can)."""
+    now = datetime.now(UTC)
+    actor = actor_of(ctx)
+    expired: list[str] = []
+    with session_scope() as session:
+        for run in store.runs_waiting_past(session, now, payload.limit):
+            if run.state == RunState.PENDING_APPROVAL.value:
+                why = "nobody approved it before its deadline"
+            else:
+                why = "its approval expired before it started"
+            expire_run(session, run, actor, why)
+            expired.append(str(run.id))
+        unsent = [run.id for run in store.unsent_runs(session, now - UNSENT_GRACE, payload.limit)]
+        orphaned = [
+            run.id
+            for run in session.scalars(
+                select(RemediationRun)
+                .join(Job, Job.id == RemediationRun.job_id)
+                .where(
+                    RemediationRun.state.in_([RunState.RUNNING.value, RunState.QUEUED.value]),
+                    RemediationRun.attempts > 0,
+                    Job.status == JobStatus.DEAD_LETTERED.value,
+                )
+                .limit(payload.limit)
+            )
+        ]
+    sent = [str(run_id) for run_id in unsent if send_run(run_id) is not None]
+    failed = [
+        str(run_id)
+        for run_id in orphaned
+        if fail_orphaned_run(run_id, "its job was dead-lettered before it concluded", actor)
+    ]
+    return {"expired": expired, "sent": sent, "failed": failed}
