@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +45,13 @@ from adapters.image_index import (
     OCI_MANIFEST,
     index_children,
 )
+from adapters.image_reference import (
+    DIGEST_PATTERN,
+    problem_with_digest,
+    problem_with_registry,
+    problem_with_repository,
+    problem_with_tag,
+)
 from adapters.registry_errors import RegistryPushError, classify_push_failure
 
 # What a manifest read accepts: OCI and Docker schema2 images, indexes and manifest lists.
@@ -56,121 +62,6 @@ MAX_CONFIG_BYTES = 8 * 1024 * 1024
 # An index of indexes is legal but rare; deeper nesting is not followed.
 MAX_INDEX_DEPTH = 2
 CREATED_ANNOTATION = "org.opencontainers.image.created"
-
-# The grammar of distribution's reference package (github.com/distribution/reference), matched
-# whole (fullmatch: a trailing newline is not a valid tag).
-_HOST_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_REGISTRY = re.compile(
-    rf"(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]{{1,5}})?"
-)
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_REPOSITORY = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
-MAX_NAME_LENGTH = 255
-
-
-def _problem_with_registry(registry: str) -> str | None:
-    if not _REGISTRY.fullmatch(registry):
-        return (
-            f"registry {registry!r} is not a host name, IP address or [IPv6] with an optional port"
-        )
-    return None
-
-
-def _problem_with_repository(repository: str) -> str | None:
-    if not _REPOSITORY.fullmatch(repository):
-        return (
-            f"repository {repository!r} must be lowercase letters, digits and separators "
-            "('.', '_', '__', '-') in '/'-separated components, each starting and ending with "
-            "a letter or digit"
-        )
-    return None
-
-
-def _problem_with_tag(tag: str) -> str | None:
-    if not _TAG.fullmatch(tag):
-        return (
-            f"tag {tag!r} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with "
-            "'.' or '-'"
-        )
-    return None
-
-
-def _problem_with_digest(digest: str) -> str | None:
-    if not _DIGEST.fullmatch(digest):
-        return f"digest {digest!r} must be sha256:<64 hex digits> or sha512:<128 hex digits>"
-    return None
-
-
-@dataclass(frozen=True)
-class ImageReference:
-    """``registry/repository[:tag][@digest]``, checked against distribution's grammar."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    def __post_init__(self) -> None:
-        problems = [
-            _problem_with_registry(self.registry),
-            _problem_with_repository(self.repository),
-            _problem_with_tag(self.tag) if self.tag is not None else None,
-            _problem_with_digest(self.digest) if self.digest is not None else None,
-        ]
-        if len(self.name) > MAX_NAME_LENGTH:
-            problems.append(f"name {self.name!r} is longer than {MAX_NAME_LENGTH} characters")
-        found = [problem for problem in problems if problem]
-        if found:
-            raise ValueError(f"invalid image reference: {'; '.join(found)}")
-
-    @classmethod
-    def parse(cls, text: str) -> ImageReference:
-        """Parse ``host[:port]/repository[:tag][@digest]``. The host is required: a reference
-        without one would mean Docker Hub to Docker, and Drydock never guesses a registry."""
-        rest, _, digest = text.partition("@")
-        host, slash, path = rest.partition("/")
-        looks_like_host = "." in host or ":" in host or host == "localhost" or host[:1] == "["
-        if not slash or not looks_like_host:
-            raise ValueError(
-                f"invalid image reference {text!r}: it must start with the registry host, "
-                "e.g. registry.example.com/team/app:1.0 or 127.0.0.1:5000/team/app"
-            )
-        repository, colon, tag = path.rpartition(":")
-        if not colon or "/" in tag:
-            repository, tag = path, ""
-        return cls(host, repository, tag or None, digest or None)
-
-    @property
-    def name(self) -> str:
-        return f"{self.registry}/{self.repository}"
-
-    @property
-    def reference(self) -> str | None:
-        """What to ask the registry for: the digest when there is one, else the tag."""
-        return self.digest or self.tag
-
-    def with_tag(self, tag: str) -> ImageReference:
-        return ImageReference(self.registry, self.repository, tag, None)
-
-    def with_digest(self, digest: str) -> ImageReference:
-        return ImageReference(self.registry, self.repository, self.tag, digest)
-
-    def __str__(self) -> str:
-        text = self.name
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
-
-
-def registry_is_insecure(registry: str, insecure_registries: Sequence[str]) -> bool:
-    """Whether ``registry`` (``host[:port]``) is spoken to over plain HTTP: its host, or the
-    host with that port, is listed (``settings.insecure_registries``)."""
-    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
-    return registry in insecure_registries or host in insecure_registries
 
 
 @dataclass(frozen=True)
@@ -206,7 +97,7 @@ class RegistryClient:
         insecure: bool,
         timeout: float,
     ) -> None:
-        problem = _problem_with_registry(registry)
+        problem = problem_with_registry(registry)
         if problem:
             raise ValueError(problem)
         self.registry = registry
@@ -260,9 +151,9 @@ class RegistryClient:
         media_type = _media_type(headers.get("Content-Type"), body)
         if media_type not in MANIFEST_MEDIA_TYPES:
             raise self._invalid(f"manifest {reference} has unsupported media type {media_type!r}")
-        algorithm = reference.split(":", 1)[0] if _DIGEST.fullmatch(reference) else "sha256"
+        algorithm = reference.split(":", 1)[0] if DIGEST_PATTERN.fullmatch(reference) else "sha256"
         digest = _digest(raw, algorithm)
-        if _DIGEST.fullmatch(reference) and digest != reference:
+        if DIGEST_PATTERN.fullmatch(reference) and digest != reference:
             raise self._invalid(
                 f"the registry returned content with digest {digest}, not {reference}"
             )
@@ -272,7 +163,7 @@ class RegistryClient:
         """Put ``index`` (an OCI image index, e.g. from ``build_image_index``) as ``tag``, read
         it back by digest, check the bytes and media type, and return its digest."""
         container = self._container(repository)
-        problem = _problem_with_tag(tag)
+        problem = problem_with_tag(tag)
         if problem:
             raise _bad_name(problem)
         if index.get("mediaType") != OCI_INDEX:
@@ -320,7 +211,7 @@ class RegistryClient:
         """The bytes of blob ``digest`` (a config, say), checked against the digest; refused
         past ``max_bytes``, so a layer is never read into memory by mistake."""
         container = self._container(repository)
-        problem = _problem_with_digest(digest)
+        problem = problem_with_digest(digest)
         if problem:
             raise _bad_name(problem)
         raw, _ = self._get_bounded(
@@ -338,7 +229,7 @@ class RegistryClient:
         """Delete the manifest ``digest`` and with it every tag pointing at it. Deleting what
         is already gone succeeds, so a retried prune can run again."""
         container = self._container(repository)
-        problem = _problem_with_digest(digest)
+        problem = problem_with_digest(digest)
         if problem:
             raise _bad_name(problem)
         url = f"{self._oras.prefix}://{container.manifest_url(digest)}"
@@ -400,7 +291,7 @@ class RegistryClient:
                 return _read_at_most(response, max_bytes), response.headers
 
     def _container(self, repository: str) -> oras.container.Container:
-        problem = _problem_with_repository(repository)
+        problem = problem_with_repository(repository)
         if problem:
             raise _bad_name(problem)
         # Set the parts rather than let oras parse "host/repository": it takes a first path
@@ -411,9 +302,9 @@ class RegistryClient:
         return container
 
     def _check_reference(self, reference: str) -> None:
-        if _DIGEST.fullmatch(reference):
+        if DIGEST_PATTERN.fullmatch(reference):
             return
-        problem = _problem_with_tag(reference)
+        problem = problem_with_tag(reference)
         if problem:
             raise _bad_name(problem)
 

@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.git import fetch_revision, resolve_inside
+from adapters.git import fetch_revision
+from adapters.git_inputs import resolve_inside
 from drydock import localservers
 from kernel.platforms import Platform
 from kernel.settings import Settings

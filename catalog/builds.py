@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from adapters.git import SourceRefusedError, check_repository_url, check_revision
+from adapters.git_inputs import SourceRefusedError, check_repository_url, check_revision
 from kernel.payload import Payload
 from kernel.platforms import Platform
 from kernel.settings import get_settings

@@ -18,11 +18,13 @@ from adapters.git import (
     FetchedSource,
     RevisionNotFoundError,
     SourceFetchError,
-    SourceRefusedError,
     SourceTooLargeError,
+    fetch_revision,
+)
+from adapters.git_inputs import (
+    SourceRefusedError,
     check_repository_url,
     check_revision,
-    fetch_revision,
     redact_url,
     resolve_inside,
 )

@@ -26,18 +26,15 @@ from tasks.evaluation.results import (
     parse_junit,
 )
 from tasks.evaluation.suite import (
-    MAX_FILES_BYTES,
     OUTPUT_TAIL_BYTES,
     SUITE_LABEL,
     EvaluationEngineUnavailableError,
     EvaluationImageUnavailableError,
     EvaluationRegistryUnavailableError,
     SuiteRun,
-    SuiteSpec,
-    SuiteSpecError,
-    parse_suite_spec,
     run_suite,
 )
+from tasks.evaluation.suite_spec import MAX_FILES_BYTES, SuiteSpec, SuiteSpecError, parse_suite_spec
 from testkit.docker_engine import DockerEngine
 from testkit.registry import RegistryServer
 from tests.evaluation_images import EvaluationImage, engine_has, forget_evaluation_image

@@ -20,12 +20,8 @@ from adapters.image_index import (
     build_image_index,
     index_children,
 )
-from adapters.registry import (
-    ImageReference,
-    ManifestInfo,
-    RegistryClient,
-    registry_is_insecure,
-)
+from adapters.image_reference import ImageReference, registry_is_insecure
+from adapters.registry import ManifestInfo, RegistryClient
 from adapters.registry_errors import PushErrorKind, RegistryPushError
 from kernel.platforms import Platform
 from testkit.registry import RegistryServer, UploadedImage, sha256_digest

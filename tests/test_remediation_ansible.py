@@ -20,7 +20,8 @@ import pytest
 from pydantic import ValidationError
 
 from drydock import localservers
-from tasks.remediation.executors.ansible import AnsibleExecutor, AnsibleSpec
+from tasks.remediation.executors.ansible import AnsibleExecutor
+from tasks.remediation.executors.ansible_spec import AnsibleSpec
 from tasks.remediation.executors.base import (
     ExecutorUnavailableError,
     RunContext,

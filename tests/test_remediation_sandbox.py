@@ -34,12 +34,11 @@ from tasks.remediation.executors.sandbox import (
     SANDBOX_LABEL,
     STEP_LABEL,
     ContainerExecutor,
-    ContainerSpec,
     SandboxImageError,
     ShellExecutor,
-    ShellSpec,
     build_sandbox_image,
 )
+from tasks.remediation.executors.sandbox_spec import ContainerSpec, ShellSpec
 from testkit.docker_engine import DockerEngine
 from tests.conftest import _missing
 from tests.image_builders import BUSYBOX

@@ -81,7 +81,7 @@ def tiers_put(
     from catalog.evaluation import checked_tier
     from models import evaluation
     from models.db import session_scope
-    from tasks.evaluation.suite import parse_suite_spec
+    from tasks.evaluation.suite_spec import parse_suite_spec
 
     try:
         checked_tier(name)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.credentials import CredentialUnavailableError, credential_for
-from adapters.git import fetch_revision, redact_url, resolve_inside
+from adapters.git import fetch_revision
+from adapters.git_inputs import redact_url, resolve_inside
 from catalog.builds import BuildImagePayload
 from kernel.context import JobContext
 from kernel.errors import DrydockError, TransientError

@@ -33,7 +33,8 @@ from models.evaluation import CertificationStatus, EvaluationCertification
 from models.policy import PolicyDecisionKind
 from policy.admission import AdmissionRefusedError
 from policy.engine import decide_evaluation_host
-from tasks.evaluation.suite import parse_suite_spec, run_suite
+from tasks.evaluation.suite import run_suite
+from tasks.evaluation.suite_spec import parse_suite_spec
 
 REFRESH_TASK = "evaluation.refresh_certification"
 

@@ -22,8 +22,9 @@ from adapters.credentials import (
     refresh_credential,
 )
 from adapters.image_index import build_image_index
+from adapters.image_reference import registry_is_insecure
 from adapters.image_store import image_store_for
-from adapters.registry import ManifestInfo, RegistryClient, registry_is_insecure
+from adapters.registry import ManifestInfo, RegistryClient
 from adapters.registry_errors import PushErrorKind, RegistryPushError
 from catalog.builds import tag_for_revision
 from catalog.pushes import (
