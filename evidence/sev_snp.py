@@ -15,6 +15,10 @@ Decisions worth knowing:
 - The product line (Milan, Genoa, Turin) decides how a TCB value is laid out. Reports v3+ carry
   the CPUID family/model; v2 reports do not, so the VCEK's productName extension says. The
   ``product`` check fails when the two disagree or when neither is known.
+
+Over 500 lines on purpose: one wire format (the report, its TCB layouts per product line and
+AMD's certificate chain), read in the order of its layout and checked in the order of its
+chain of trust; split, the bounds each parser relies on would live apart from their checks.
 """
 
 from __future__ import annotations

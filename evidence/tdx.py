@@ -13,6 +13,10 @@ body (type 2 = 584 bytes TDX 1.0, type 3 = 648 bytes TDX 1.5); u32 signature-dat
 signature data: ECDSA r||s over header||body (for v5 including type and size), the attestation
 key x||y, and certification data type 6 (QE report, its signature by the PCK key, QE auth data,
 and nested certification data type 5: the PEM PCK chain).
+
+Over 500 lines on purpose: one wire format (the quote and Intel's collateral) read in the
+order of its layout and checked in the order of its chain of trust; split, the bounds each
+parser relies on would live apart from the checks that rely on them.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Clock info privacy: a TPM obfuscates resetCount, restartCount and firmwareVersio
 by keys outside the endorsement and platform hierarchies (a constant per key is added), so keep an
 asset's AK fixed for the ``replay`` comparison to mean anything; AKs under the endorsement
 hierarchy (``tpm2_createak``, cloud vTPM AKs) report them as they are.
+
+Over 500 lines on purpose: one wire format (TPMS_ATTEST, TPMT_SIGNATURE, the AK forms and the
+PCR values) read in the order of its layout and checked against the quote it signs; split,
+the bounds each parser relies on would live apart from the checks that rely on them.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ What it simplifies, so that no test relies on it:
 
 Failures are injected with ``refuse_eviction`` (a PodDisruptionBudget saying no, N times or
 always) and ``fail`` (the next matching requests answered 500, 403, ...).
+
+One module, long as the API surface it stands in for: each request's rules beside its handler.
 """
 
 from __future__ import annotations

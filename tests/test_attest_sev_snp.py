@@ -1,7 +1,10 @@
 """AMD SEV-SNP verification: real vendor samples judged as their PROVENANCE.md says, byte edits
 that must fail the right check, and, for the formats no public sample covers (report v3/v4,
 VLEK-signed, Genoa, Turin-signed), evidence built here for real: an RSA-PSS ARK/ASK chain, a
-P-384 VCEK/VLEK with AMD's extensions and a report signed with it."""
+P-384 VCEK/VLEK with AMD's extensions and a report signed with it.
+
+One module for one verifier: every check it makes has its sample and its forgery here.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Intel TDX quote verification: the real vendor samples judged as their PROVENANCE.md says, the
 byte edits go-tdx-guest rejects, collateral through dcap-qvl, a v5 (TDX 1.5) quote built here
-with our own PCK chain, and fuzzing of the parser and the verifier."""
+with our own PCK chain, and fuzzing of the parser and the verifier.
+
+One module for one verifier: every check it makes has its sample and its forgery here.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """TPM 2.0 quote verification: the GCE vTPM sample (real evidence, nonce 0x9009) and quotes made
-by a real software TPM (swtpm, see tests/tpm_simulator.py) with RSA and ECC attestation keys
+by a real software TPM (swtpm, see testkit/tpm.py) with RSA and ECC attestation keys
 over SHA-1, SHA-256 and SHA-384 banks; what each kind of tampering fails; unreadable input raises
-EvidenceFormatError and nothing else (hypothesis fuzzes the parsers)."""
+EvidenceFormatError and nothing else (hypothesis fuzzes the parsers).
+
+One module for one verifier: every check it makes has its sample and its forgery here.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@ API stand-in (tests/kube_standin.py): probes, rotations through each provider, i
 secrets kept in step, the events left behind, and a push through the queue afterwards.
 
 The rotation runs in-process here when it writes pull secrets (the session worker has no
-kubeconfig for the stand-in), and through the pushes queue otherwise."""
+kubeconfig for the stand-in), and through the pushes queue otherwise.
+
+One module for rotation, its providers sharing the registry and stand-in fixtures.
+"""
 
 from __future__ import annotations
 

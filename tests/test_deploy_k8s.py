@@ -15,6 +15,8 @@ The base and the example overlay are each rendered with kubectl's built-in kusto
   and a ScaledObject per queue, grace periods longer than the drain and the queue's time limit,
   one Beat, probes that read the heartbeat, secrets only by reference, locked-down containers,
   disruption budgets, selectors that select.
+
+One module for the manifests: every check reads the same rendered documents.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ What a person relies on: a suite's checks come back as reported (JSON lines or J
 or half-reported check fails the run and says why, the suite runs without network in a
 locked-down container that is always removed, a suite that runs too long is killed, and an image
 that cannot be had or an engine that cannot be reached are told apart (permanent vs retried).
+
+One module for the suite, from its parsers to a run, sharing the engine and registry fixtures.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Remediation end to end: requests that collapse into one run, approval gates and their tokens,
 playbooks run by a real worker in real sandboxes, artifacts, and the asset's way back through
-attestation. (Each executor's own behaviour is tested in tests/test_remediation_*.py.)"""
+attestation. (Each executor's own behaviour is tested in tests/test_remediation_*.py.)
+
+One module for the run's whole life, since each stage's tests build on the fixtures of the last.
+"""
 
 from __future__ import annotations
 
