@@ -22,6 +22,7 @@ from typing import Any
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 
 from catalog import TaskSpec, spec_for
 from kernel.errors import (
@@ -145,19 +146,9 @@ def enqueue(
                 )
             return _enqueued(job, created=False)
         if settled is None:
-            # After the insert, so the decision names the job; a refusal rolls the job back.
-            admission = admit(
-                session,
-                task_name=task_name,
-                tenant=acting_for,
-                target=target_asset,
-                approval_token=approval_token,
-                actor=enqueued_by,
-                job_id=job_id,
+            _admit_recorded(
+                session, job, tenant=acting_for, target=target_asset, approval_token=approval_token
             )
-            job.tenant = acting_for
-            job.target_asset_id = admission.target_asset_id
-            job.policy_context = admission.context()
     _send_or_forget(prepared, job_id, expires)
     get_logger(job_id=str(job_id), task=task_name, queue=prepared.spec.queue).info(
         "job.enqueued", action="enqueued", enqueued_by=enqueued_by, tenant=acting_for
@@ -166,7 +157,9 @@ def enqueue(
 
 
 def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
-    """Enqueue a new job with the dead job's original payload, and record who replayed it."""
+    """Enqueue a new job with the dead job's original payload, and record who replayed it. The
+    new job is admitted like any other, for the dead job's tenant and target: a refusal raises
+    AdmissionRefusedError (recorded) and leaves the dead letter as it was."""
     if not by.strip():
         raise ReplayRefusedError("say who is replaying (--by NAME)")
     with session_scope() as session:
@@ -183,7 +176,10 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
         payload = _original_payload(original)
         prepared = prepare(original.task_name, payload)
         new_id = uuid.uuid4()
-        job_store.create_job(
+        # Admitted again, for the tenant and target the dead job had: what was allowed then
+        # (a target since quarantined, a task since barred) may not be now.
+        bound = original.tenant is not None or original.target_asset_id is not None
+        replayed, _ = job_store.create_job(
             session,
             job_store.NewJob(
                 id=new_id,
@@ -193,8 +189,17 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
                 sealed_secrets=prepared.sealed,
                 enqueued_by=f"replay:{by}",
                 replay_of=original.id,
+                policy_context=None if bound else unbound(original.task_name).context(),
             ),
         )
+        if bound:
+            _admit_recorded(
+                session,
+                replayed,
+                tenant=original.tenant,
+                target=original.target_asset_id,
+                approval_token=None,
+            )
         job_reads.mark_replayed(session, letter, by=by, replay_job_id=new_id, at=datetime.now(UTC))
     try:
         _send(prepared, new_id)
@@ -207,6 +212,30 @@ def replay_dead_letter(job_id: uuid.UUID, *, by: str) -> EnqueuedJob:
         raise
     _remove_parked([job_id])
     return EnqueuedJob(new_id, original.task_name, prepared.spec.queue, "queued", created=True)
+
+
+def _admit_recorded(
+    session: Session,
+    job: Job,
+    *,
+    tenant: str | None,
+    target: str | uuid.UUID | None,
+    approval_token: str | None,
+) -> None:
+    """Admit a job just inserted (so the decision names it) and keep the admission on its row;
+    AdmissionRefusedError, after recording the refusal, rolls the insert back."""
+    admission = admit(
+        session,
+        task_name=job.task_name,
+        tenant=tenant,
+        target=target,
+        approval_token=approval_token,
+        actor=job.enqueued_by or "unknown",
+        job_id=job.id,
+    )
+    job.tenant = tenant
+    job.target_asset_id = admission.target_asset_id
+    job.policy_context = admission.context()
 
 
 def purge_dead_letters(

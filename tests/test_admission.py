@@ -297,3 +297,31 @@ def test_a_tenant_token_reads_only_its_tenant_jobs(fleet: WorkerProcess) -> None
     assert api.get(f"/v1/jobs/{ids['acme']}", headers=acme).status_code == 200
     everyone = {j["id"] for j in api.get("/v1/jobs", headers=operator).json()["jobs"]}
     assert everyone == set(ids.values())
+
+
+def test_a_replayed_job_is_admitted_again_for_its_tenant_and_target(fleet: WorkerProcess) -> None:
+    from dispatch.enqueue import replay_dead_letter
+    from models import job_reads
+
+    asset_id = asset_in(S.TRUSTED, "acme", "node-3")
+    dead = enqueue("builds.canary", {"fail_permanently": True}, target_asset=asset_id)
+    assert wait_for_job(dead.id).status == "dead_lettered"
+    # Since it died, its target was quarantined: the replay is refused like a new enqueue,
+    # with the decision recorded, and the dead letter is left to replay later.
+    move_to(asset_id, S.QUARANTINED)
+    with pytest.raises(AdmissionRefusedError) as refused:
+        replay_dead_letter(dead.id, by="alice")
+    assert "quarantined" in str(refused.value)
+    refusal = decisions_of("admission")[-1]
+    assert (refusal.allowed, refusal.actor) == (False, "replay:alice")
+    with session_scope() as session:
+        letter = job_reads.get_dead_letter(session, dead.id)
+        assert letter is not None and letter.replayed_at is None
+        assert session.scalars(select(Job.id).where(Job.replay_of == dead.id)).all() == []
+
+    # Trusted again: the replay is admitted, bound to the same target.
+    move_to(asset_id, S.REMEDIATING, S.PENDING_ATTESTATION, S.TRUSTED)
+    replayed = replay_dead_letter(dead.id, by="alice")
+    row = wait_for_job(replayed.id, statuses=("dead_lettered",))
+    assert row.target_asset_id == asset_id
+    assert row.policy_context["allowed"] is True
