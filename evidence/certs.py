@@ -185,7 +185,8 @@ def check_chain(
             checks.append(
                 Check.failed(
                     f"{name}.root",
-                    "no trusted root is configured: pass --root or set DRYDOCK_ATTESTATION_ROOTS",
+                    "no trusted root is configured (the built-in vendor roots are turned off): "
+                    "pass --root or set DRYDOCK_ATTESTATION_ROOTS_DIR",
                 )
             )
         else:

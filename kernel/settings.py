@@ -259,9 +259,16 @@ class Settings(BaseSettings):
     attestation_roots_dir: str | None = Field(
         None,
         description=(
-            "Directory of PEM or DER files holding the pinned roots SEV-SNP and TDX evidence "
-            "must chain to (AMD ARKs, the Intel SGX Root CA); only self-signed certificates in "
-            "it count. Unset: no root is trusted and every SNP and TDX verdict fails its chain."
+            "Directory of PEM or DER files holding more pinned roots SEV-SNP and TDX evidence "
+            "may chain to, beside the built-in ones; only self-signed certificates in it count."
+        ),
+    )
+    attestation_default_roots: bool = Field(
+        True,
+        description=(
+            "Trust the built-in vendor roots (AMD's ARKs for Milan, Genoa and Turin, Intel's "
+            "SGX Root CA), each pinned by its published SHA-256. Off: only the roots in "
+            "DRYDOCK_ATTESTATION_ROOTS_DIR are trusted."
         ),
     )
     libvirt_uri: str = Field(

@@ -55,7 +55,11 @@ AT_HELP = (
 JSON_HELP = "Print the verdict as JSON."
 ROOT_HELP = (
     "Pinned root certificate file (PEM or DER; self-signed certificates in it count), "
-    "repeatable. Default: those in DRYDOCK_ATTESTATION_ROOTS_DIR."
+    "repeatable, beside the built-in vendor roots. Default: those in "
+    "DRYDOCK_ATTESTATION_ROOTS_DIR."
+)
+NO_DEFAULT_ROOTS_HELP = (
+    "Trust only the roots given (or configured), not the built-in AMD ARKs and Intel SGX Root CA."
 )
 
 
@@ -92,12 +96,15 @@ def _hex(text: str, what: str) -> bytes:
         raise UnusableInputError(f"{what}: {text!r} is not hex") from None
 
 
-def _roots(files: list[Path]) -> list[x509.Certificate]:
+def _roots(files: list[Path], no_default_roots: bool) -> list[x509.Certificate]:
     from evidence.certs import is_self_signed, load_certificates
-    from tasks.attestation.domain import trust_roots
+    from evidence.vendor_roots import with_vendor_roots
+    from kernel.settings import get_settings
+    from tasks.attestation.domain import configured_roots
 
+    use_defaults = not no_default_roots and get_settings().attestation_default_roots
     if not files:
-        return trust_roots()
+        return with_vendor_roots(configured_roots(), use_defaults=use_defaults)
     roots = []
     for path in files:
         found = [
@@ -106,7 +113,7 @@ def _roots(files: list[Path]) -> list[x509.Certificate]:
         if not found:
             raise UnusableInputError(f"--root {path}: holds no self-signed (root) certificate")
         roots += found
-    return roots
+    return with_vendor_roots(roots, use_defaults=use_defaults)
 
 
 def _run_verifier(judge: Callable[[], Verdict], as_json: bool) -> NoReturn:
@@ -210,6 +217,7 @@ def verify_sev_snp(
     vcek: Path = typer.Option(..., "--vcek", help="The VCEK or VLEK certificate, PEM or DER."),
     chain: Path = typer.Option(..., "--chain", help="ASK (or ASVK) then ARK, PEM."),
     root: list[Path] = typer.Option([], "--root", help=ROOT_HELP),
+    no_default_roots: bool = typer.Option(False, "--no-default-roots", help=NO_DEFAULT_ROOTS_HELP),
     measurement: list[str] = typer.Option(
         [], "--measurement", help="An allowed launch measurement, hex, repeatable."
     ),
@@ -231,7 +239,7 @@ def verify_sev_snp(
                 vcek=_read(vcek, "--vcek"),
                 chain=_read(chain, "--chain"),
             ),
-            roots=_roots(root),
+            roots=_roots(root, no_default_roots),
             nonce=_nonce(nonce),
             policy=sev_snp.SnpPolicy(
                 measurements=frozenset(_hex(m, "--measurement") for m in measurement) or None,
@@ -256,6 +264,7 @@ def verify_tdx(
         ),
     ),
     root: list[Path] = typer.Option([], "--root", help=ROOT_HELP),
+    no_default_roots: bool = typer.Option(False, "--no-default-roots", help=NO_DEFAULT_ROOTS_HELP),
     mr_td: list[str] = typer.Option([], "--mr-td", help="An allowed MRTD, hex, repeatable."),
     tcb_status: list[str] = typer.Option(
         [], "--accept-tcb-status", help="A TCB status accepted (default UpToDate), repeatable."
@@ -277,7 +286,7 @@ def verify_tdx(
                 collateral_bytes = _read(collateral, "--collateral")
         return tdx.verify_tdx_quote(
             tdx.TdxEvidence(quote=_read(quote, "--quote"), collateral=collateral_bytes),
-            roots=_roots(root),
+            roots=_roots(root, no_default_roots),
             nonce=_nonce(nonce),
             policy=tdx.TdxPolicy(
                 allow_debug=allow_debug,

@@ -27,6 +27,7 @@ from catalog.attestation import (
 from evidence import sev_snp, tdx, tpm
 from evidence.certs import is_self_signed, load_certificates
 from evidence.posture import AcceleratorPolicy, judge_posture
+from evidence.vendor_roots import with_vendor_roots
 from evidence.verdict import Check, EvidenceFormatError, EvidenceKind, Verdict
 from kernel.context import JobContext
 from kernel.errors import DrydockError
@@ -54,7 +55,15 @@ def actor_of(ctx: JobContext) -> str:
 
 
 def trust_roots() -> list[x509.Certificate]:
-    """The pinned roots in DRYDOCK_ATTESTATION_ROOTS_DIR (self-signed certificates only)."""
+    """The roots evidence may chain to: those in DRYDOCK_ATTESTATION_ROOTS_DIR (self-signed
+    certificates only), then the built-in vendor roots unless DRYDOCK_ATTESTATION_DEFAULT_ROOTS
+    turns them off."""
+    settings = get_settings()
+    return with_vendor_roots(configured_roots(), use_defaults=settings.attestation_default_roots)
+
+
+def configured_roots() -> list[x509.Certificate]:
+    """The roots in DRYDOCK_ATTESTATION_ROOTS_DIR (self-signed certificates only)."""
     directory = get_settings().attestation_roots_dir
     if not directory:
         return []
