@@ -46,7 +46,12 @@ def _readable(check: Any, *args: Any) -> None:
 class TpmEvidenceInput(Payload):
     kind: Literal["tpm"]
     quote: EvidenceBytes = Field(description="TPMS_ATTEST as signed (tpm2_quote -m), base64.")
-    signature: EvidenceBytes = Field(description="TPMT_SIGNATURE (tpm2_quote -s), base64.")
+    signature: EvidenceBytes = Field(
+        description=(
+            "The quote's signature, base64: a TPMT_SIGNATURE (tpm2_quote -s) or bare (RSASSA or "
+            "RSA-PSS bytes, ECDSA r||s or DER), its scheme chosen from the attestation key."
+        )
+    )
     pcrs: dict[str, Any] = Field(
         description=(
             'The quoted PCR values: {"sha256": {"0": "<hex>", ...}} (several banks allowed) '
@@ -60,7 +65,7 @@ class TpmEvidenceInput(Payload):
 
         try:
             attest = tpm.parse_attest(self.quote)
-            tpm.parse_signature(self.signature)
+            tpm.check_signature_form(self.signature)
             tpm.parse_pcr_values(self.pcrs_json(), attest.selection)
         except EvidenceFormatError as exc:
             raise ValueError(str(exc)) from None

@@ -22,7 +22,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +30,10 @@ import orjson
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from tpm2_pytss._libtpm2_pytss import ffi
 from tpm2_pytss.TSS2_Exception import TSS2_Exception
 from tpm2_pytss.types import TPM2B_PUBLIC, TPMS_ATTEST, TPMT_PUBLIC, TPMT_SIGNATURE
@@ -39,6 +42,7 @@ from evidence.verdict import (
     Check,
     EvidenceFormatError,
     EvidenceKind,
+    Outcome,
     Verdict,
     require_size,
 )
@@ -181,11 +185,19 @@ class TpmAttest:
 
 @dataclass(frozen=True)
 class TpmSignature:
-    """A TPMT_SIGNATURE: scheme and hash by TPM_ALG_ID, and the signature (DER for ECDSA)."""
+    """A quote's signature: scheme and hash by TPM_ALG_ID, and the signature (DER for ECDSA).
+
+    ``raw``: it came as the bare signature (RSASSA or RSA-PSS bytes, ECDSA r||s or DER), as
+    cloud vTPM tooling delivers it, not as a TPMT_SIGNATURE; its scheme is chosen from the
+    attestation key's type (``schemes``: the ones to try, in order) and its hash from the
+    quote (TPM2_Quote digests the PCRs with the signing hash, so the pcrDigest's size names it).
+    """
 
     scheme: int
     hash_alg: int
     value: bytes
+    raw: bool = False
+    schemes: tuple[int, ...] = ()
 
     @property
     def scheme_name(self) -> str:
@@ -286,6 +298,78 @@ def parse_signature(data: bytes) -> TpmSignature:
         )
         return TpmSignature(scheme, int(ecdsa.hash), encode_dss_signature(r, s))
     return TpmSignature(scheme, 0, b"")
+
+
+# Sizes of a bare signature: RSA 1024 to 4096 bits; ECDSA r||s on P-256, P-384, P-521.
+_RAW_RSA_SIZES = frozenset({128, 256, 384, 512})
+_RAW_ECDSA_SIZES = {64: 32, 96: 48, 132: 66}
+_HASH_BY_DIGEST_SIZE = {20: 0x0004, 32: 0x000B, 48: 0x000C, 64: 0x000D}
+
+
+def is_tpmt_signature(data: bytes) -> bool:
+    """Whether ``data`` begins as a TPMT_SIGNATURE does: a known scheme, then (for any scheme but
+    NULL) a known hash. A bare signature starts so by chance about once in 10^9."""
+    if len(data) < 2:
+        return False
+    scheme = int.from_bytes(data[:2], "big")
+    if scheme == 0x0010:
+        return True
+    return (
+        scheme in _SIGNATURE_SCHEMES
+        and len(data) >= 4
+        and int.from_bytes(data[2:4], "big") in _HASH_NAMES
+    )
+
+
+def check_signature_form(data: bytes) -> None:
+    """Refuse, with EvidenceFormatError, what can be neither a TPMT_SIGNATURE nor a bare RSA or
+    ECDSA signature. What the edge can check before the attestation key is known."""
+    require_size("signature", data)
+    if is_tpmt_signature(data):
+        parse_signature(data)
+    elif len(data) not in _RAW_RSA_SIZES and len(data) not in _RAW_ECDSA_SIZES:
+        _der_ecdsa(data)
+
+
+def read_signature(data: bytes, key: AttestationPublicKey, attest: TpmAttest) -> TpmSignature:
+    """The quote's signature, as a TPMT_SIGNATURE or bare (see :class:`TpmSignature`)."""
+    require_size("signature", data)
+    if is_tpmt_signature(data):
+        return parse_signature(data)
+    hash_alg = _HASH_BY_DIGEST_SIZE.get(len(attest.pcr_digest), 0x000B)
+    if isinstance(key, rsa.RSAPublicKey):
+        size = (key.key_size + 7) // 8
+        if len(data) != size:
+            raise EvidenceFormatError(
+                "signature",
+                f"neither a TPMT_SIGNATURE nor a bare RSA signature for this {key.key_size}-bit "
+                f"attestation key ({len(data)} bytes, not {size})",
+            )
+        return TpmSignature(
+            _ALG_RSASSA, hash_alg, data, raw=True, schemes=(_ALG_RSASSA, _ALG_RSAPSS)
+        )
+    coordinate = (key.curve.key_size + 7) // 8
+    if len(data) == 2 * coordinate:
+        r, s = int.from_bytes(data[:coordinate], "big"), int.from_bytes(data[coordinate:], "big")
+        value = encode_dss_signature(r, s)
+    else:
+        value = _der_ecdsa(data)
+    return TpmSignature(_ALG_ECDSA, hash_alg, value, raw=True, schemes=(_ALG_ECDSA,))
+
+
+def _der_ecdsa(data: bytes) -> bytes:
+    try:
+        r, s = decode_dss_signature(data)
+    except ValueError:
+        raise EvidenceFormatError(
+            "signature",
+            f"neither a TPMT_SIGNATURE nor a bare RSA or ECDSA signature ({len(data)} bytes: "
+            "not an RSA size, not r||s on P-256/P-384/P-521, not DER)",
+        ) from None
+    canonical = encode_dss_signature(r, s)
+    if canonical != data:
+        raise EvidenceFormatError("signature", "a DER ECDSA signature with unexpected bytes")
+    return canonical
 
 
 def load_attestation_key(data: bytes) -> AttestationPublicKey:
@@ -469,10 +553,11 @@ def verify_tpm_quote(
     vouches for the AK)."""
     del at  # nothing in a bare quote expires; see the docstring
     attest = parse_attest(evidence.quote)
-    signature = parse_signature(evidence.signature)
     key = load_attestation_key(evidence.ak)
+    signature = read_signature(evidence.signature, key, attest)
     is_quote = attest.type == TPM_ST_ATTEST_QUOTE
     reported = parse_pcr_values(evidence.pcrs, attest.selection) if is_quote else {}
+    signature_check, signature = _check_signature(evidence.quote, signature, key)
 
     verdict = Verdict(EvidenceKind.TPM, claims=_claims(attest, signature, key))
     verdict.add(
@@ -492,7 +577,7 @@ def verify_tpm_quote(
             f"type is {attest.type_name} (0x{attest.type:04x}), not a quote (0x8018)",
         )
     )
-    verdict.add(_check_signature(evidence.quote, signature, key))
+    verdict.add(signature_check)
     verdict.add(_check_nonce(attest.extra_data, nonce))
     if is_quote:
         verdict.extend(_check_pcrs(attest, signature, reported, reference))
@@ -526,6 +611,8 @@ def _claims(
         "pcr_digest": attest.pcr_digest.hex(),
         "signature": {"alg": signature.scheme_name, "hash": signature.hash_name},
     }
+    if signature.raw:
+        claims["signature"]["form"] = "raw"
     if isinstance(key, rsa.RSAPublicKey):
         claims["ak"] = {"type": "rsa", "bits": key.key_size}
     else:
@@ -539,7 +626,24 @@ def _describe(key: AttestationPublicKey) -> str:
     return f"EC {_CURVE_NAMES[key.curve.name]}"
 
 
-def _check_signature(message: bytes, signature: TpmSignature, key: AttestationPublicKey) -> Check:
+def _check_signature(
+    message: bytes, signature: TpmSignature, key: AttestationPublicKey
+) -> tuple[Check, TpmSignature]:
+    """The signature check, and the signature as judged: for a bare one, with the scheme that
+    verified (or the first tried)."""
+    if not signature.raw:
+        return _check_one_signature(message, signature, key, form=""), signature
+    tried = [replace(signature, scheme=scheme) for scheme in signature.schemes]
+    checks = [(_check_one_signature(message, s, key, form="bare "), s) for s in tried]
+    for check, judged in checks:
+        if check.outcome is Outcome.PASSED:
+            return check, judged
+    return checks[0]
+
+
+def _check_one_signature(
+    message: bytes, signature: TpmSignature, key: AttestationPublicKey, *, form: str
+) -> Check:
     scheme = signature.scheme_name
     algorithm = _SIGNATURE_HASHES.get(signature.hash_alg)
     if signature.scheme not in (_ALG_RSASSA, _ALG_RSAPSS, _ALG_ECDSA):
@@ -570,12 +674,13 @@ def _check_signature(message: bytes, signature: TpmSignature, key: AttestationPu
     except (InvalidSignature, ValueError):
         return Check.failed(
             "signature",
-            f"the {scheme}/{signature.hash_name} signature does not verify with the registered "
-            f"attestation key ({_describe(key)}): the quote was altered or signed by another key",
+            f"the {form}{scheme}/{signature.hash_name} signature does not verify with the "
+            f"registered attestation key ({_describe(key)}): the quote was altered or signed by "
+            "another key",
         )
     return Check.passed(
         "signature",
-        f"{scheme}/{signature.hash_name} signature verifies with the attestation key "
+        f"{form}{scheme}/{signature.hash_name} signature verifies with the attestation key "
         f"({_describe(key)})",
     )
 

@@ -316,9 +316,12 @@ class SoftwareTpm:
         *,
         hash: str | None = None,
         pcrs_format: Literal["serialized", "values"] = "serialized",
+        signature_format: Literal["tss", "plain"] = "tss",
     ) -> TpmQuote:
         """Quote the PCRs ``banks`` (bank → indices) with ``ak``, ``nonce`` as qualifying data,
-        signed with ``hash`` (the AK's scheme hash by default)."""
+        signed with ``hash`` (the AK's scheme hash by default). ``signature_format``: a
+        TPMT_SIGNATURE (``tss``) or the bare signature (``plain``, as cloud vTPM tooling
+        delivers it)."""
         if self._loaded.get(ak.context) != self._power_cycles:
             self._load(ak.directory)
         directory = self._new_directory("quote")
@@ -339,6 +342,8 @@ class SoftwareTpm:
             directory / "quote.pcrs",
             "-F",
             pcrs_format,
+            "-f",
+            signature_format,
             "-g",
             hash or ak.hash,
             "--scheme",

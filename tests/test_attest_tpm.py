@@ -26,6 +26,8 @@ from evidence.tpm import (
     TpmCounters,
     TpmEvidence,
     TpmReference,
+    check_signature_form,
+    is_tpmt_signature,
     load_attestation_key,
     verify_tpm_quote,
 )
@@ -567,6 +569,53 @@ def test_real_quote_verifies_with_the_ak_in_every_form(
         if alg == "rsa"
         else {"type": "ecc", "curve": "P-384" if options.get("curve") == "p384" else "P-256"}
     )
+
+
+@pytest.mark.parametrize(("alg", "options", "banks"), REAL_QUOTES)
+def test_real_quote_with_a_bare_signature_verifies_and_tampering_still_fails(
+    tpm_simulator: SoftwareTpm, alg: Any, options: dict[str, Any], banks: dict[str, list[int]]
+) -> None:
+    # The signature as cloud vTPM tooling delivers it (tpm2_quote -f plain): no TPMT_SIGNATURE,
+    # so its scheme comes from the AK's type and its hash from the quote's pcrDigest.
+    ak = tpm_simulator.create_ak(alg, **options)
+    quote = tpm_simulator.quote(ak, b"bare-1", banks, signature_format="plain")
+    evidence = evidence_of(quote, ak)
+    assert not is_tpmt_signature(evidence.signature)
+
+    for form, key in ak_forms(ak).items():
+        verdict = judge(replace(evidence, ak=key), nonce=b"bare-1")
+        assert verdict.verified, (form, verdict.as_dict())
+        assert [check.name for check in verdict.checks] == CHECKS
+    assert verdict.claims["signature"] == {
+        "alg": ak.scheme,
+        "hash": options.get("hash", "sha256"),
+        "form": "raw",
+    }
+    assert reason(verdict, "signature").startswith(f"bare {ak.scheme}/")
+    check_signature_form(evidence.signature)  # what the edge accepts before it knows the key
+
+    # A flipped byte of the quote or of the bare signature, or another key: not verified.
+    for tampered in (
+        replace(evidence, quote=flip(evidence.quote, len(evidence.quote) - 1)),
+        replace(evidence, signature=flip(evidence.signature, len(evidence.signature) // 2)),
+    ):
+        verdict = judge(tampered, nonce=b"bare-1")
+        assert not verdict.verified
+        assert "signature" in failed_names(verdict) or "pcr_digest" in failed_names(verdict)
+    other = tpm_simulator.create_ak(alg, **options)
+    verdict = judge(replace(evidence, ak=other.pem), nonce=b"bare-1")
+    assert failed_names(verdict) == ["signature"]
+
+
+def test_a_bare_signature_of_the_wrong_size_for_the_key_is_unreadable() -> None:
+    evidence = sample("sha256")  # an RSA-2048 AK
+    for data in (bytes(255), bytes(257), b"\x30\x06\x02\x01\x01\x02\x01\x01"):
+        with pytest.raises(EvidenceFormatError) as raised:
+            judge(replace(evidence, signature=data))
+        assert raised.value.part == "signature"
+        assert "bare RSA signature" in raised.value.problem
+    with pytest.raises(EvidenceFormatError, match="neither a TPMT_SIGNATURE nor a bare"):
+        check_signature_form(bytes(100))
 
 
 def test_real_quote_binary_pcr_values_verify(tpm_simulator: SoftwareTpm) -> None:

@@ -157,7 +157,11 @@ def parse_pcr_reference(values: list[str]) -> dict[str, dict[int, bytes]]:
 @verify_app.command("tpm")
 def verify_tpm(
     quote: Path = typer.Option(..., "--quote", help="TPMS_ATTEST as signed (tpm2_quote -m)."),
-    signature: Path = typer.Option(..., "--signature", help="TPMT_SIGNATURE (tpm2_quote -s)."),
+    signature: Path = typer.Option(
+        ...,
+        "--signature",
+        help="TPMT_SIGNATURE (tpm2_quote -s), or the bare signature (tpm2_quote -f plain).",
+    ),
     ak: Path = typer.Option(..., "--ak", help="Attestation key: PEM, TPMT_PUBLIC or JWK."),
     pcrs: Path = typer.Option(
         ..., "--pcrs", help="Quoted PCR values: JSON, or tpm2_quote -o values output."
