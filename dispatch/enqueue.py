@@ -38,7 +38,7 @@ from kernel.redaction import REDACTED, restore_secrets, seal, split_secrets, uns
 from kernel.settings import get_settings
 from kernel.storable import NUL_PROBLEM, check_storable
 from kernel.topology import ENQUEUED_AT_HEADER
-from models import job_reads
+from models import admission_tokens, job_reads
 from models import jobs as job_store
 from models.db import session_scope
 from models.jobs import Job
@@ -323,6 +323,8 @@ def _send_or_forget(prepared: PreparedJob, job_id: uuid.UUID, expires: float | N
         _send(prepared, job_id, expires)
     except BrokerUnavailableError:
         with session_scope() as session:
+            # The approval token it used (if any) admits another try.
+            admission_tokens.release_use(session, job_id)
             job_store.forget_unsent_job(session, job_id)
         raise
 

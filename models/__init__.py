@@ -6,6 +6,7 @@ Alembic compares the whole schema.
 """
 
 from models import (  # noqa: F401
+    admission_tokens,
     anomaly,
     builds,
     credentials,

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from kernel.decisions import AdmissionFacts, Decision, TokenCheck
 from kernel.errors import DrydockError, NotFoundError
+from models import admission_tokens as token_store
 from models import policy as policy_store
 from models import trust
 from models.policy import PolicyDecisionKind
@@ -63,6 +64,15 @@ class Admission:
         }
 
 
+@dataclass(frozen=True)
+class IssuedToken:
+    """An approval token as handed to the approver, and the id its row is kept under."""
+
+    token: str
+    id: str
+    expires_at: datetime
+
+
 def issue_token(
     *,
     asset_id: uuid.UUID,
@@ -71,45 +81,74 @@ def issue_token(
     approver: str,
     ttl_seconds: int,
     now: datetime | None = None,
-) -> str:
-    """An approval to enqueue tasks matching ``task_pattern`` on a protected asset."""
+) -> IssuedToken:
+    """An approval to enqueue one job matching ``task_pattern`` on a protected asset, recorded
+    (who, for what, until when) so that its use is single and it can be revoked."""
     issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    expires = issued + timedelta(seconds=ttl_seconds)
+    token_id = secrets.token_hex(16)
     claims = {
         "sub": str(asset_id),
         "tsk": task_pattern,
         "ten": tenant,
         "apr": approver,
-        "jti": secrets.token_hex(16),
+        "jti": token_id,
         "iat": int(issued.timestamp()),
-        "exp": int((issued + timedelta(seconds=ttl_seconds)).timestamp()),
+        "exp": int(expires.timestamp()),
         "aud": AUDIENCE,
     }
-    return jwt.encode(claims, signing_key(), algorithm=ALGORITHM)
+    from models.db import session_scope
+
+    with session_scope() as session:
+        token_store.record_issued(
+            session,
+            token_store.AdmissionToken(
+                id=token_id,
+                asset_id=asset_id,
+                tenant=tenant,
+                task_pattern=task_pattern,
+                approver=approver,
+                issued_at=issued,
+                expires_at=expires,
+            ),
+        )
+    return IssuedToken(jwt.encode(claims, signing_key(), algorithm=ALGORITHM), token_id, expires)
 
 
-def check_token(token: str, *, asset_id: uuid.UUID, task_name: str, tenant: str) -> str | None:
-    """None when the token approves this task on this asset for this tenant; else why not."""
+@dataclass(frozen=True)
+class CheckedToken:
+    """A presented token: its id once its signature is the fleet's, and why it does not admit
+    the job (empty when it does)."""
+
+    id: str | None
+    problem: str
+
+
+def check_token(token: str, *, asset_id: uuid.UUID, task_name: str, tenant: str) -> CheckedToken:
+    """Whether the token's signature and claims approve this task on this asset for this
+    tenant. Its row (revoked? used?) is the caller's to check, in the enqueue's transaction."""
     try:
         claims = jwt.decode(
             token,
             signing_key(),
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
-            options={"require": ["sub", "tsk", "ten", "apr", "exp", "aud"]},
+            options={"require": ["sub", "tsk", "ten", "apr", "exp", "aud", "jti"]},
         )
     except jwt.ExpiredSignatureError:
-        return "it has expired"
+        return CheckedToken(None, "it has expired")
     except jwt.InvalidSignatureError:
-        return "its signature is not this fleet's (tampered with or forged)"
+        return CheckedToken(None, "its signature is not this fleet's (tampered with or forged)")
     except jwt.InvalidTokenError as exc:
-        return f"it is not an admission approval token ({exc})"
+        return CheckedToken(None, f"it is not an admission approval token ({exc})")
+    token_id = str(claims["jti"])
     if claims["sub"] != str(asset_id):
-        return f"it approves asset {claims['sub']}, not {asset_id}"
+        return CheckedToken(token_id, f"it approves asset {claims['sub']}, not {asset_id}")
     if claims["ten"] != tenant:
-        return f"it is for tenant {claims['ten']}, not {tenant}"
+        return CheckedToken(token_id, f"it is for tenant {claims['ten']}, not {tenant}")
     if not fnmatch.fnmatchcase(task_name, str(claims["tsk"])):
-        return f"it approves {claims['tsk']}, not {task_name}"
-    return None
+        return CheckedToken(token_id, f"it approves {claims['tsk']}, not {task_name}")
+    return CheckedToken(token_id, "")
 
 
 def unbound(task_name: str) -> Admission:
@@ -140,17 +179,19 @@ def admit(
             target_facts = policy_store.asset_facts(trust.find_asset(session, target_ref, tenant))
         except NotFoundError:
             target_facts = None
-    token_check, problem = TokenCheck.NONE, ""
+    token_check, problem, token_id = TokenCheck.NONE, "", None
     if approval_token and target_facts is not None:
-        problem = (
-            check_token(
-                approval_token,
-                asset_id=target_facts.id,
-                task_name=task_name,
-                tenant=tenant or target_facts.tenant,
-            )
-            or ""
+        checked = check_token(
+            approval_token,
+            asset_id=target_facts.id,
+            task_name=task_name,
+            tenant=tenant or target_facts.tenant,
         )
+        token_id, problem = checked.id, checked.problem
+        if not problem and token_id is not None and target_facts.protected:
+            # Claimed in the enqueue's transaction: a refusal below, or a failed send, gives
+            # the use back (rolled back, or released by the sender).
+            problem = token_store.claim_use(session, token_id, job_id) or ""
         token_check = TokenCheck.INVALID if problem else TokenCheck.VALID
     facts = AdmissionFacts(
         task_name=task_name,
@@ -165,7 +206,9 @@ def admit(
     request = {
         "task_name": task_name,
         "target": target_ref,
-        "approval_token": "presented" if approval_token else None,
+        "approval_token": (
+            {"id": token_id} if token_id else "presented" if approval_token else None
+        ),
     }
     if not decision.allowed:
         from models.db import session_scope

@@ -26,6 +26,7 @@ from policy.admission import AdmissionRefusedError, issue_token
 from tasks.remediation import requests
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from tests.test_api import bearer
+from tests.test_cli import assert_one_line_error, drydock
 from tests.test_evaluation import asset_in
 from tests.test_remediation import move_to
 
@@ -86,7 +87,7 @@ def test_a_protected_target_needs_an_approval_token_for_that_task(fleet: WorkerP
 
     for_other_task = issue_token(
         asset_id=asset_id, task_pattern="builds.*", tenant="acme", approver="lead", ttl_seconds=60
-    )
+    ).token
     with pytest.raises(AdmissionRefusedError) as wrong:
         enqueue(
             "evaluation.canary", {}, tenant="acme", target_asset="node-1",
@@ -106,7 +107,7 @@ def test_a_protected_target_needs_an_approval_token_for_that_task(fleet: WorkerP
         tenant="acme",
         approver="lead",
         ttl_seconds=60,
-    )
+    ).token
     job = enqueue(
         "evaluation.canary", {}, tenant="acme", target_asset="node-1", approval_token=approved
     )
@@ -325,3 +326,93 @@ def test_a_replayed_job_is_admitted_again_for_its_tenant_and_target(fleet: Worke
     row = wait_for_job(replayed.id, statuses=("dead_lettered",))
     assert row.target_asset_id == asset_id
     assert row.policy_context["allowed"] is True
+
+
+def test_an_approval_token_is_recorded_admits_one_job_and_can_be_revoked(
+    fleet: WorkerProcess,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from typer.testing import CliRunner
+
+    from drydock.cli import app as cli_app
+    from models.admission_tokens import AdmissionToken
+
+    asset_id = asset_in(S.TRUSTED, "acme", "node-4")
+    requests.set_protection(tenant="acme", asset="node-4", protected=True, actor="test")
+    issued = issue_token(
+        asset_id=asset_id, task_pattern="builds.*", tenant="acme", approver="lead", ttl_seconds=60
+    )
+    with session_scope() as session:
+        row = session.get(AdmissionToken, issued.id)
+        assert row is not None
+        assert (row.asset_id, row.tenant, row.task_pattern, row.approver) == (
+            asset_id, "acme", "builds.*", "lead",
+        )  # fmt: skip
+        assert row.used_at is None and row.expires_at == issued.expires_at
+
+    # Two enqueues racing with one token: one job is admitted, the other refused.
+    def attempt(n: int) -> str:
+        try:
+            return str(
+                enqueue(
+                    "builds.canary", {"message": f"race {n}"}, tenant="acme",
+                    target_asset="node-4", approval_token=issued.token,
+                ).id
+            )  # fmt: skip
+        except AdmissionRefusedError as refused:
+            return f"refused: {refused}"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(attempt, range(2)))
+    admitted = [o for o in outcomes if not o.startswith("refused")]
+    assert len(admitted) == 1, outcomes
+    assert f"already used by job {admitted[0]}" in outcomes[1]
+    assert wait_for_job(uuid.UUID(admitted[0])).status == "succeeded"
+    used = [d for d in decisions_of("admission") if d.allowed]
+    assert used[-1].request["approval_token"] == {"id": issued.id}
+
+    # Revoked (by its id, from the CLI) before it was used: it admits nothing.
+    spare = issue_token(
+        asset_id=asset_id, task_pattern="builds.*", tenant="acme", approver="lead", ttl_seconds=60
+    )
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["admission", "revoke", spare.id, "--by", "security"])
+    assert result.exit_code == 0, result.output
+    assert f"revoked {spare.id} (by security" in result.stdout
+    with pytest.raises(AdmissionRefusedError, match="it was revoked by security"):
+        enqueue(
+            "builds.canary", {}, tenant="acme", target_asset="node-4", approval_token=spare.token
+        )
+    unknown = drydock("admission", "revoke", "no-such-token", "--by", "security")
+    assert_one_line_error(unknown, "no admission token no-such-token")
+
+
+def test_a_token_whose_job_was_never_sent_admits_the_next_try(
+    fleet: WorkerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from kernel.errors import BrokerUnavailableError
+    from workers.app import app
+
+    asset_id = asset_in(S.TRUSTED, "acme", "node-5")
+    requests.set_protection(tenant="acme", asset="node-5", protected=True, actor="test")
+    issued = issue_token(
+        asset_id=asset_id, task_pattern="builds.*", tenant="acme", approver="lead", ttl_seconds=60
+    )
+
+    def broker_down(*_: object, **__: object) -> None:
+        raise OperationalError("connection refused")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(app, "send_task", broker_down)
+        with pytest.raises(BrokerUnavailableError):
+            enqueue(
+                "builds.canary", {}, tenant="acme", target_asset="node-5",
+                approval_token=issued.token,
+            )  # fmt: skip
+    job = enqueue(
+        "builds.canary", {}, tenant="acme", target_asset="node-5", approval_token=issued.token
+    )
+    assert wait_for_job(job.id).status == "succeeded"

@@ -92,6 +92,7 @@ class ApprovalRequestBody(JSONBody):
 
 class ApprovalBody(BaseModel):
     token: str = Field(description="Send it as the X-Drydock-Approval header of the enqueue.")
+    token_id: str = Field(description="The token's id: it admits one job; revoke it by this id.")
     asset_id: uuid.UUID
     task: str
     expires_in_seconds: int
@@ -211,7 +212,11 @@ def approve(body: ApprovalRequestBody, caller: Caller) -> ApprovalBody:
         ttl_seconds=body.ttl_seconds,
     )
     return ApprovalBody(
-        token=token, asset_id=asset_id, task=body.task, expires_in_seconds=body.ttl_seconds
+        token=token.token,
+        token_id=token.id,
+        asset_id=asset_id,
+        task=body.task,
+        expires_in_seconds=body.ttl_seconds,
     )
 
 

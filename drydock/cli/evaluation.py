@@ -427,4 +427,23 @@ def admission_approve(
         approver=_by(by),
         ttl_seconds=int(parse_duration(ttl).total_seconds()),
     )
-    sys.stdout.write(token + "\n")
+    # The token alone on stdout (for a pipe); its id, to revoke it by, on stderr.
+    sys.stderr.write(f"token {token.id}, valid until {token.expires_at:%Y-%m-%d %H:%M:%S} UTC\n")
+    sys.stdout.write(token.token + "\n")
+
+
+@admission_app.command("revoke")
+def admission_revoke(
+    token_id: str = typer.Argument(..., help="The token's id (printed when it was issued)."),
+    by: str | None = typer.Option(None, "--by", help=BY_HELP),
+) -> None:
+    """Revoke an approval token: from now on it admits nothing."""
+    from models import admission_tokens
+    from models.db import session_scope
+
+    with session_scope() as session:
+        row = admission_tokens.revoke(session, token_id.strip(), by=_by(by))
+        revoked_by, revoked_at = row.revoked_by, row.revoked_at
+    sys.stdout.write(
+        f"revoked {token_id.strip()} (by {revoked_by} at {revoked_at:%Y-%m-%d %H:%M:%S})\n"
+    )
