@@ -138,7 +138,8 @@ def _specs() -> list[TaskSpec]:
             payload=SweepRunsPayload,
             summary=(
                 "Expire runs whose approval wait or approval ran out, send runs whose job never "
-                "reached the broker, fail runs whose job died (Beat runs it)."
+                "reached the broker, fail runs whose job died, and request a run for each "
+                "quarantined asset whose class names a playbook (Beat runs it)."
             ),
         ),
         TaskSpec(

@@ -335,8 +335,9 @@ class Settings(BaseSettings):
     remediation_expiry_interval_seconds: Annotated[float, Field(ge=0)] = Field(
         60.0,
         description=(
-            "How often Beat expires runs whose approval wait or approval token ran out; 0 "
-            "turns the entry off."
+            "How often Beat expires runs whose approval wait or approval token ran out, sends "
+            "unsent ones and requests runs for quarantined assets whose class names a "
+            "playbook; 0 turns the entry off."
         ),
     )
     evaluation_host_asset: str | None = Field(

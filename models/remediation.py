@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -495,3 +496,42 @@ def artifacts(session: Session, run_id: uuid.UUID) -> Sequence[RemediationArtifa
         .where(RemediationArtifact.run_id == run_id)
         .order_by(RemediationArtifact.attempt, RemediationArtifact.step_index)
     ).all()
+
+
+@dataclass(frozen=True)
+class AwaitingRemediation:
+    """A quarantined asset whose class names a playbook, with no active run of it."""
+
+    asset_id: uuid.UUID
+    tenant: str
+    playbook: str
+    cause: str
+
+
+# Quarantined assets whose class names a playbook and which have no active run of it. An asset
+# quarantined again because its run failed (cause remediation_failed) is left to an operator:
+# the loop tries once per quarantine, never round and round.
+_AWAITING_REMEDIATION_SQL = f"""
+    SELECT a.id AS asset_id, a.tenant, c.remediation_playbook AS playbook, last.cause
+      FROM trust_assets a
+      JOIN trust_asset_classes c ON c.name = a.asset_class
+      JOIN LATERAL (
+            SELECT t.cause FROM trust_transitions t
+             WHERE t.asset_id = a.id ORDER BY t.seq DESC LIMIT 1
+      ) last ON true
+     WHERE a.state = 'quarantined'
+       AND c.remediation_playbook IS NOT NULL
+       AND last.cause <> 'remediation_failed'
+       AND NOT EXISTS (
+            SELECT 1 FROM remediation_runs r
+             WHERE r.asset_id = a.id AND r.playbook_name = c.remediation_playbook
+               AND {sql_in_list("r.state", ACTIVE_RUN_STATES)}
+       )
+     ORDER BY a.id
+     LIMIT :limit
+"""
+
+
+def awaiting_remediation(session: Session, limit: int) -> list[AwaitingRemediation]:
+    rows = session.execute(text(_AWAITING_REMEDIATION_SQL), {"limit": limit}).all()
+    return [AwaitingRemediation(r.asset_id, r.tenant, r.playbook, r.cause) for r in rows]

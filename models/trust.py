@@ -101,6 +101,9 @@ class TrustAssetClass(Base):
     accelerator_min_driver: Mapped[str | None] = mapped_column(String(50))
     accelerator_require_cc: Mapped[bool] = mapped_column(default=False)
     accelerator_require_ecc: Mapped[bool] = mapped_column(default=False)
+    # The tenant's playbook of this name is requested, by itself, for the class's assets that
+    # are quarantined (the remediation sweep); None: an operator asks.
+    remediation_playbook: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

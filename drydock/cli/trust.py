@@ -65,6 +65,11 @@ def class_set(
     min_driver: str | None = typer.Option(None, "--min-driver", help="Accelerator tier minimum."),
     require_cc: bool = typer.Option(False, "--require-cc", help="Accelerators need CC mode on."),
     require_ecc: bool = typer.Option(False, "--require-ecc", help="Accelerators need ECC on."),
+    remediation_playbook: str | None = typer.Option(
+        None,
+        "--remediation-playbook",
+        help="Playbook requested by itself for the class's quarantined assets (the tenant's).",
+    ),
 ) -> None:
     """Create or replace an asset class's reference values and policy."""
     from evidence.posture import parse_version
@@ -103,6 +108,7 @@ def class_set(
         row.accelerator_min_driver = min_driver
         row.accelerator_require_cc = require_cc
         row.accelerator_require_ecc = require_ecc
+        row.remediation_playbook = (remediation_playbook or "").strip() or None
         row.updated_by = current_operator()
         session.add(row)
     out.print(f"class {name} set")
