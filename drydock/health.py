@@ -8,9 +8,17 @@ testable without a broker. The fleet is unhealthy when:
 - a work queue has no live worker;
 - a worker stopped heartbeating (it died, or its event loop is wedged);
 - a job is stuck: running longer than its queue's hard time limit, or its worker is lost;
-- Beat has not ticked within three heartbeats (or never did).
+- Beat has not ticked within three heartbeats (or never did);
+- a peer (the Docker engine, a registry, libvirt, the Kubernetes API) cannot be reached and a
+  queue whose tasks need it (``peers.PEER_QUEUES``) has a live worker: that work would fail.
 
 Dead letters waiting for an operator are a warning, not a failure: the fleet is doing its job.
+So is every unreachable peer (a warning always, a reason only under the rule above: a peer
+that no live worker's queue uses cannot stop any work), and a peer that answered but refused
+its credential (a registry's 401, the Kubernetes API's 401: Beat's credential rotation or an
+operator fixes that, and the tasks report it). A peer nobody configured is "not configured",
+neither a warning nor a reason (``drydock.peers`` says what configures each). Peer probes are
+bounded by ``health_peer_timeout_seconds``, together, and no report holds a secret.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from kombu.transport.redis import Channel as RedisChannel
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
+from drydock import peers
+from drydock.peers import PEER_LABELS, PEER_QUEUES, PeerKind, PeerProbe
 from kernel.settings import Settings, get_settings
 from kernel.topology import DEAD_LETTER_QUEUE, WORK_QUEUES
 from models import job_reads
@@ -66,6 +76,22 @@ class BeatReport(BaseModel):
     alive: bool
 
 
+class PeerReport(BaseModel):
+    kind: PeerKind
+    # The engine's address, the registry's host, the libvirt URI, the Kubernetes API server.
+    name: str
+    status: Literal["reachable", "unreachable", "not configured"]
+    latency_ms: float | None
+    # Whether the peer accepted the credential sent (None: none sent, or no answer).
+    credential_accepted: bool | None
+    # What the peer said (its version, the HTTP status), or why it could not be asked.
+    detail: str | None
+    error: str | None
+    # The queues whose tasks need this peer, and those of them a live worker serves.
+    queues: list[str]
+    live_queues: list[str]
+
+
 class FleetHealth(BaseModel):
     status: Literal["healthy", "unhealthy"]
     reasons: list[str]
@@ -78,6 +104,7 @@ class FleetHealth(BaseModel):
     workers: list[WorkerReport]
     stuck_jobs: list[StuckJobReport]
     beat: BeatReport
+    peers: list[PeerReport] = []
 
     @property
     def healthy(self) -> bool:
@@ -93,6 +120,8 @@ class FleetFacts:
     workers: list[WorkerBeat] | None
     beat_tick: float | None
     running_jobs: list[job_reads.RunningJob] | None
+    # None: not probed (``gather(probe_peers=False)``, or facts made by hand).
+    peers: list[PeerProbe] | None = None
     broker_error: str | None = None
     database_error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -107,7 +136,9 @@ def queue_depth(client: redis.Redis[bytes], queue: str) -> int:
     return sum(int(n) for n in pipe.execute())
 
 
-def gather(settings: Settings | None = None, *, now: float | None = None) -> FleetFacts:
+def gather(
+    settings: Settings | None = None, *, now: float | None = None, probe_peers: bool = True
+) -> FleetFacts:
     settings = settings or get_settings()
     facts = FleetFacts(
         now=now or time.time(), queue_depths=None, workers=None, beat_tick=None, running_jobs=None
@@ -122,12 +153,18 @@ def gather(settings: Settings | None = None, *, now: float | None = None) -> Fle
     finally:
         client.close()
     since = datetime.fromtimestamp(facts.now, UTC) - timedelta(hours=settings.stuck_scan_hours)
+    registries: list[peers.RegistryTarget] | None = None
     try:
         with session_scope() as session:
             facts.running_jobs = job_reads.running_jobs(session, enqueued_since=since)
+            registries = peers.registry_targets(session) if probe_peers else []
     except SQLAlchemyError as exc:
         original = getattr(exc, "orig", None) or exc
         facts.database_error = " ".join(str(original).split())[:300]
+    if probe_peers:
+        facts.peers = peers.probe_peers(settings, registries)
+        if registries is None:
+            facts.notes.append("registries not probed: their credentials could not be read")
     return facts
 
 
@@ -190,6 +227,8 @@ def assess(facts: FleetFacts, settings: Settings) -> FleetHealth:
         if not beat.alive:
             reasons.append(f"Beat last ticked {age:.0f}s ago")
 
+    peer_reports = _peer_reports(facts.peers or [], queues, reasons, warnings)
+
     return FleetHealth(
         status="unhealthy" if reasons else "healthy",
         reasons=reasons,
@@ -202,7 +241,52 @@ def assess(facts: FleetFacts, settings: Settings) -> FleetHealth:
         workers=workers,
         stuck_jobs=stuck,
         beat=beat,
+        peers=peer_reports,
     )
+
+
+def _peer_reports(
+    probes: list[PeerProbe],
+    queues: list[QueueReport],
+    reasons: list[str],
+    warnings: list[str],
+) -> list[PeerReport]:
+    """The peers' reports; each unreachable one a warning, and a reason when a queue that needs
+    it has a live worker; a refused credential a warning."""
+    served = {q.name for q in queues if q.workers}
+    reports = []
+    for probe in probes:
+        needed_by = list(PEER_QUEUES[probe.kind])
+        live = [q for q in needed_by if q in served]
+        label = f"{PEER_LABELS[probe.kind]} {probe.name}".strip()
+        if not probe.configured:
+            status: Literal["reachable", "unreachable", "not configured"] = "not configured"
+        elif probe.reachable:
+            status = "reachable"
+        else:
+            status = "unreachable"
+            warnings.append(f"{label} unreachable: {probe.error}")
+            if live:
+                reasons.append(
+                    f"{label} unreachable, and live workers serve {', '.join(live)}, "
+                    "whose tasks need it"
+                )
+        if probe.configured and probe.reachable and probe.credential_accepted is False:
+            warnings.append(f"{label} refused the credential sent: {probe.detail}")
+        reports.append(
+            PeerReport(
+                kind=probe.kind,
+                name=probe.name,
+                status=status,
+                latency_ms=probe.latency_ms,
+                credential_accepted=probe.credential_accepted,
+                detail=probe.detail,
+                error=probe.error,
+                queues=needed_by,
+                live_queues=live,
+            )
+        )
+    return reports
 
 
 def _stuck_jobs(

@@ -21,10 +21,11 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session
 
 from drydock.health import FleetHealth, check_fleet
 from kernel.settings import Settings, get_settings
-from models import job_reads
+from models import job_reads, metric_counts
 from models.builds import registry_telemetry_counts
 from models.db import session_scope
 from models.jobs import EventKind
@@ -120,6 +121,45 @@ class DrydockCollector(Collector):
                     pushed_bytes.add_metric([counted.platform], counted.bytes)
             yield registry_events
             yield pushed_bytes
+            yield from _domain_metrics(session)
+
+
+def _domain_metrics(session: Session) -> Iterable[Metric]:
+    trust = GaugeMetricFamily(
+        "drydock_trust_assets",
+        "Trust assets by class (empty: none) and trust state.",
+        labels=["asset_class", "state"],
+    )
+    for counted in metric_counts.trust_asset_counts(session):
+        trust.add_metric([counted.asset_class, counted.state], counted.count)
+    yield trust
+
+    runs = GaugeMetricFamily(
+        "drydock_remediation_runs", "Remediation runs by current state.", labels=["state"]
+    )
+    for state, count in sorted(metric_counts.remediation_run_counts(session).items()):
+        runs.add_metric([state], count)
+    yield runs
+
+    probes = CounterMetricFamily(
+        "drydock_credential_probes",
+        "Registry credential probes by registry and outcome (accepted, refused, failed: the "
+        "registry could not be asked).",
+        labels=["registry", "outcome"],
+    )
+    for host, kind, count in metric_counts.credential_probe_counts(session):
+        probes.add_metric([host, kind.removeprefix("probe_")], count)
+    yield probes
+
+    denials = CounterMetricFamily(
+        "drydock_policy_denials",
+        "Policy decisions a gate refused, by gate and decision kind (a decision several gates "
+        "refused counts for each).",
+        labels=["gate", "kind"],
+    )
+    for denied in metric_counts.gate_denial_counts(session):
+        denials.add_metric([denied.gate, denied.decision_kind], denied.count)
+    yield denials
 
 
 def _fleet_metrics(health: FleetHealth) -> Iterable[Metric]:
@@ -155,6 +195,24 @@ def _fleet_metrics(health: FleetHealth) -> Iterable[Metric]:
         )
         beat.add_metric([], health.beat.last_tick.timestamp())
         yield beat
+
+    configured = [peer for peer in health.peers if peer.status != "not configured"]
+    up = GaugeMetricFamily(
+        "drydock_peer_up",
+        "1 when health reached the peer (Docker engine, registry, libvirt, Kubernetes API).",
+        labels=["kind", "name"],
+    )
+    latency = GaugeMetricFamily(
+        "drydock_peer_latency_seconds",
+        "How long the peer took to answer health's probe.",
+        labels=["kind", "name"],
+    )
+    for peer in configured:
+        up.add_metric([peer.kind, peer.name], 1.0 if peer.status == "reachable" else 0.0)
+        if peer.status == "reachable" and peer.latency_ms is not None:
+            latency.add_metric([peer.kind, peer.name], peer.latency_ms / 1000)
+    yield up
+    yield latency
 
 
 def _bound(bound: float) -> str:

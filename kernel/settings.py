@@ -191,6 +191,13 @@ class Settings(BaseSettings):
             "walks the enqueued_at index, so it stays cheap on a large table)."
         ),
     )
+    health_peer_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = Field(
+        2.0,
+        description=(
+            "Longest health waits for each peer it probes (the Docker engine, registries, "
+            "libvirt, the Kubernetes API); the probes run at the same time."
+        ),
+    )
     state_dir: str = Field(
         DEFAULT_STATE_DIR,
         description=(

@@ -215,7 +215,9 @@ QUEUE_KEYS = [
 
 @pytest.fixture
 def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
-    """Empty tables and queues before each test (queue bindings stay, or sends would vanish)."""
+    """Empty tables and queues before each test (queue bindings stay, or sends would vanish).
+    Stored registry credentials go too: health probes every one, and a registry an earlier test
+    made up (or stopped) would make the fleet unhealthy."""
     import redis
     from sqlalchemy import text
 
@@ -227,7 +229,7 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
                 "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
                 "trust_asset_classes, remediation_playbooks, tenant_policies, "
                 "evaluation_tiers, evaluation_certifications, policy_decisions, "
-                "capability_scores, credential_events CASCADE"
+                "capability_scores, credential_events, registry_credentials CASCADE"
             )
         )
     client = redis.Redis.from_url(redis_server)

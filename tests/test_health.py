@@ -19,6 +19,7 @@ from drydock.health import FleetFacts, FleetHealth, assess, check_fleet
 from kernel.settings import Settings
 from kernel.topology import WORK_QUEUES
 from models.job_reads import RunningJob
+from testkit.docker_engine import DockerEngine
 from tests.conftest import PRIVATE_QUEUE, WorkerProcess, wait_for_job
 from workers.heartbeat import WorkerBeat
 
@@ -185,7 +186,10 @@ def test_health_follows_workers_coming_stopping_and_dying(
     fleet: WorkerProcess,
     beat: subprocess.Popen[bytes],
     worker_factory: Callable[..., WorkerProcess],
+    docker_engine: DockerEngine,
 ) -> None:
+    # (The Docker engine: the fleet's worker serves builds, whose tasks need it, so health
+    # would fail the fleet without it; tests/test_health_peers.py checks that rule.)
     # The shared worker serves every queue but the private one: unhealthy until someone does.
     health = wait_for_health(lambda h: h.beat.alive and bool(h.workers))
     assert health.reasons == [f"queue {PRIVATE_QUEUE} has no live worker (0 waiting)"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -91,3 +92,111 @@ def test_metrics_count_jobs_retries_dead_letters_durations_and_depth(
     time.sleep(0.05)
     with TestClient(app) as client:
         assert scrape(client)["drydock_job_retries_total"][(("task", "pushes.canary"),)] == 2
+
+
+def test_metrics_count_trust_assets_remediation_runs_probes_and_denials(
+    fleet: WorkerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import update
+
+    from drydock.api import app
+    from kernel.decisions import Decision, Gate, GateName
+    from models import credentials, policy, trust
+    from models.db import session_scope
+    from models.remediation import RemediationPlaybook, RemediationRun
+
+    monkeypatch.setattr(metrics_module, "CACHE_SECONDS", 0.0)
+    with session_scope() as session:
+        session.merge(trust.TrustAssetClass(name="gpu-node", evidence_ttl_seconds=3600))
+    gpu = [
+        trust.register_asset(
+            tenant="t",
+            name=f"gpu-{n}",
+            kind=trust.AssetKind.HOST,
+            actor="test",
+            asset_class="gpu-node",
+        )[0]
+        for n in range(3)
+    ]
+    trust.register_asset(tenant="t", name="plain", kind=trust.AssetKind.VM, actor="test")
+    with session_scope() as session:
+        session.execute(
+            update(trust.TrustAsset)
+            .where(trust.TrustAsset.id == gpu[0])
+            .values(state=trust.TrustState.QUARANTINED.value)
+        )
+        playbook = RemediationPlaybook(
+            tenant="t",
+            name="reboot",
+            version=1,
+            executor="shell",
+            spec={},
+            timeout_seconds=60,
+            asset_kinds=["host"],
+        )
+        session.add(playbook)
+        session.flush()
+        for state in ("succeeded", "succeeded", "failed", "queued"):
+            session.add(
+                RemediationRun(
+                    tenant="t",
+                    asset_id=gpu[0],
+                    playbook_id=playbook.id,
+                    playbook_name="reboot",
+                    playbook_version=1,
+                    state=state,
+                    requested_by="test",
+                )
+            )
+        for kind in ("probe_accepted", "probe_accepted", "probe_refused", "rotated"):
+            credentials.record_event(
+                session, "registry.test:5000", credentials.CredentialEventKind(kind), {}
+            )
+        refused_twice = Decision.of(
+            [
+                Gate(GateName.TRUST_STATE, False, "quarantined"),
+                Gate(GateName.TENANT_RULES, False, "digest not allowed"),
+            ]
+        )
+        refused_once = Decision.of(
+            [Gate(GateName.TRUST_STATE, True, "trusted"), Gate(GateName.TASK_KIND, False, "no")]
+        )
+        allowed = Decision.of([Gate(GateName.TRUST_STATE, True, "trusted")])
+        for kind, decision in [
+            (policy.PolicyDecisionKind.PLACEMENT, refused_twice),
+            (policy.PolicyDecisionKind.PLACEMENT, refused_twice),
+            (policy.PolicyDecisionKind.ADMISSION, refused_once),
+            (policy.PolicyDecisionKind.ADMISSION, allowed),
+        ]:
+            policy.record_decision(session, kind, decision, request={}, tenant="t", actor="test")
+
+    with TestClient(app) as client:
+        samples = scrape(client)
+
+    assets = samples["drydock_trust_assets"]
+    assert assets[(("asset_class", "gpu-node"), ("state", "unknown"))] == 2
+    assert assets[(("asset_class", "gpu-node"), ("state", "quarantined"))] == 1
+    assert assets[(("asset_class", ""), ("state", "unknown"))] == 1
+    runs = samples["drydock_remediation_runs"]
+    assert runs == {
+        (("state", "succeeded"),): 2,
+        (("state", "failed"),): 1,
+        (("state", "queued"),): 1,
+    }
+    probes = samples["drydock_credential_probes_total"]
+    assert probes == {
+        (("outcome", "accepted"), ("registry", "registry.test:5000")): 2,
+        (("outcome", "refused"), ("registry", "registry.test:5000")): 1,
+    }
+    denials = samples["drydock_policy_denials_total"]
+    assert denials == {
+        (("gate", "trust_state"), ("kind", "placement")): 2,
+        (("gate", "tenant_rules"), ("kind", "placement")): 2,
+        (("gate", "task_kind"), ("kind", "admission")): 1,
+    }
+    # Peers health probed: the engine configured for the tests, libvirt's test driver.
+    up = samples["drydock_peer_up"]
+    assert up[(("kind", "libvirt"), ("name", "test:///default"))] == 1
+    assert (("kind", "docker_engine"), ("name", os.environ["DRYDOCK_DOCKER_HOST"])) in up
+    latency = samples["drydock_peer_latency_seconds"]
+    assert latency[(("kind", "libvirt"), ("name", "test:///default"))] > 0

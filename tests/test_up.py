@@ -24,11 +24,18 @@ from kernel.topology import WORK_QUEUES
 pytestmark = pytest.mark.fleet
 
 # The servers' own settings are what `drydock up` must find by itself.
-SERVER_VARIABLES = ("DRYDOCK_BROKER_URL", "DRYDOCK_DATABASE_URL", "DRYDOCK_SECRET_KEY")
+# What a newcomer has not set: the servers, and the tests' own Docker engine (health probes
+# the engine a fleet is configured with, and these tests start none).
+UNSET_FOR_A_NEWCOMER = (
+    "DRYDOCK_BROKER_URL",
+    "DRYDOCK_DATABASE_URL",
+    "DRYDOCK_SECRET_KEY",
+    "DRYDOCK_DOCKER_HOST",
+)
 
 
 def newcomer_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_FOR_A_NEWCOMER}
     return {**env, "COLUMNS": "250"}
 
 

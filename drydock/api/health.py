@@ -55,7 +55,8 @@ def live() -> LiveBody:
 
 
 def fleet(response: Response) -> FleetHealth:
-    """Queues, workers, stuck jobs, Beat and a verdict with its reasons (503 when unhealthy)."""
+    """Queues, workers, stuck jobs, Beat, the peers (Docker engine, registries, libvirt,
+    Kubernetes API) and a verdict with its reasons (503 when unhealthy)."""
     health = check_fleet()
     if not health.healthy:
         response.status_code = 503
@@ -64,7 +65,8 @@ def fleet(response: Response) -> FleetHealth:
 
 def metrics() -> Response:
     """Prometheus text format: jobs by task and status, durations, retries, dead letters,
-    queue depth, workers and fleet health."""
+    queue depth, workers, fleet and peer health, trust assets, remediation runs, credential
+    probes and policy denials."""
     try:
         body = render(_metrics)
     except SQLAlchemyError as exc:

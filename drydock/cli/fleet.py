@@ -160,7 +160,7 @@ def api(
 def health(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check the fleet (queues, workers, stuck jobs, Beat); exit 1 when unhealthy."""
+    """Check the fleet (queues, workers, stuck jobs, Beat, peers); exit 1 when unhealthy."""
     from drydock.health import check_fleet
 
     report = check_fleet()
@@ -207,3 +207,17 @@ def _print_health(report: FleetHealth) -> None:
         else f"last tick {report.beat.seconds_since_tick:.0f}s ago"
     )
     out.print(f"beat: {beat_line}")
+    if report.peers:
+        peers_table = Table("peer", "name", "state", "latency", "credential", "detail")
+        for peer in report.peers:
+            state = {"reachable": "reachable", "unreachable": "[red]unreachable[/]"}.get(
+                peer.status, "[dim]not configured[/]"
+            )
+            credential = {True: "accepted", False: "[red]refused[/]", None: ""}[
+                peer.credential_accepted
+            ]
+            latency = "" if peer.latency_ms is None else f"{peer.latency_ms:.0f} ms"
+            peers_table.add_row(
+                peer.kind, peer.name, state, latency, credential, peer.error or peer.detail or ""
+            )
+        out.print(peers_table)
