@@ -293,6 +293,11 @@ def message_options(prepared: PreparedJob, job_id: uuid.UUID) -> dict[str, Any]:
         "kwargsrepr": repr(prepared.redacted),
         "argsrepr": "()",
         "headers": {ENQUEUED_AT_HEADER: time.time()},
+        # The worker that runs the job applies its own queue's time limits. Without these, a
+        # sender that has the task registered (any worker sending a follow-up job or a chord)
+        # would stamp its own limits on the message, and Celery obeys the message's.
+        "time_limit": None,
+        "soft_time_limit": None,
     }
 
 

@@ -75,3 +75,30 @@ def test_a_job_whose_message_expires_unrun_is_recorded_preempted_not_left_queued
             select(JobEvent.kind).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
         ).all()
     assert list(kinds) == ["enqueued", "preempted"]
+
+
+def test_a_message_carries_no_time_limit_even_from_a_sender_that_has_the_task(
+    clean_state: None,
+) -> None:
+    # This process registers the canary tasks (with its own settings' limits); the worker that
+    # runs the job must apply its queue's limits, not the sender's.
+    import json
+
+    import redis
+
+    from kernel.settings import get_settings
+    from tasks.canary.celery_tasks import CANARIES
+
+    assert CANARIES[PRIVATE_QUEUE].soft_time_limit is not None
+    enqueue(f"{PRIVATE_QUEUE}.canary", {"message": "limits"})
+    members = [
+        JobRequest(f"{PRIVATE_QUEUE}.canary", uuid.uuid4(), {"message": "member"}),
+    ]
+    send_chord(members, JobRequest(f"{PRIVATE_QUEUE}.canary", uuid.uuid4(), {}), enqueued_by="t")
+    client = redis.Redis.from_url(get_settings().broker_url)
+    try:
+        sent = [json.loads(raw) for raw in client.lrange(PRIVATE_QUEUE, 0, -1)]
+    finally:
+        client.close()
+    assert len(sent) == 2
+    assert [message["headers"]["timelimit"] for message in sent] == [[None, None]] * 2

@@ -106,10 +106,7 @@ def test_a_live_workers_long_job_is_not_taken_from_it(
     """A job running longer than DRYDOCK_ORPHAN_AFTER_SECONDS on a worker that beats is its
     own: no second attempt, though another worker is idle on the same queue."""
     limits = json.dumps(
-        # The 9-second job's own limit, as high as the visibility timeout allows (soft at 24 s):
-        # room for its progress writes on a loaded machine (at a 16-s soft limit it was
-        # dead-lettered once when CI shared the cores with other runs).
-        {**dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT), "builds": 30, "pushes": 30, PRIVATE: 30}
+        {**dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT), "builds": 30, "pushes": 30, PRIVATE: 20}
     )
     requeues_before = _session_worker_log().count("job.orphan_requeued")
     holder = worker_factory("holder", env={"DRYDOCK_TIME_LIMITS": limits})
@@ -117,7 +114,7 @@ def test_a_live_workers_long_job_is_not_taken_from_it(
     running = wait_until_running(job.id)
     assert running.worker == holder.hostname
     idle = worker_factory("idle", env={"DRYDOCK_TIME_LIMITS": limits})
-    row = wait_for_job(job.id, timeout=45)
+    row = wait_for_job(job.id, timeout=30)
     assert row.status == "succeeded"
     assert row.worker == holder.hostname
     assert row.attempts == 1
