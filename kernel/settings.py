@@ -198,6 +198,20 @@ class Settings(BaseSettings):
             "libvirt, the Kubernetes API); the probes run at the same time."
         ),
     )
+    stream_poll_seconds: Annotated[float, Field(gt=0, le=10)] = Field(
+        0.5,
+        description=(
+            "How often an open GET /v1/stream looks for new events when it has none to send "
+            "(one indexed read per client; the longest an event waits to be served)."
+        ),
+    )
+    stream_ping_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        15.0,
+        description=(
+            "Seconds between the comment lines GET /v1/stream sends while nothing happens, so "
+            "proxies and clients keep an idle stream open."
+        ),
+    )
     state_dir: str = Field(
         DEFAULT_STATE_DIR,
         description=(

@@ -14,6 +14,7 @@ from models import (  # noqa: F401
     jobs,
     policy,
     remediation,
+    stream,
     tokens,
     trust,
 )

@@ -45,7 +45,7 @@ from kernel.decisions import (
     TenantRules,
 )
 from kernel.errors import NotFoundError
-from models import anomaly, evaluation, notices, trust
+from models import anomaly, evaluation, notices, stream, trust
 from models.base import Base, sql_in_list
 from models.remediation import ACTIVE_RUN_STATES, RemediationRun
 from models.trust import TrustAsset
@@ -255,6 +255,7 @@ def record_decision(
     session.flush()
     session.refresh(row, ["decided_at"])
     notices.pg_notify(session, PG_CHANNEL, decision_message(row))
+    stream.stage(session, stream.StreamEventKind.POLICY_DECISION, tenant, decision_json(row))
     return row
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import DrydockError, NotFoundError
+from models import stream
 from models.base import Base, sql_in_list
 
 
@@ -461,6 +462,25 @@ def audit(
         detail=detail,
     )
     session.add(row)
+
+    def update() -> dict[str, Any]:
+        # Built at commit: the run's state is then what this decision made it.
+        return {
+            "audit_id": row.id,
+            "run_id": str(run.id),
+            "tenant": run.tenant,
+            "asset_id": str(run.asset_id),
+            "playbook": run.playbook_name,
+            "playbook_version": run.playbook_version,
+            "action": row.action,
+            "state": run.state,
+            "attempts": run.attempts,
+            "actor": row.actor,
+            "reason": row.reason,
+            "detail": row.detail,
+        }
+
+    stream.stage(session, stream.StreamEventKind.REMEDIATION_UPDATE, run.tenant, update)
     return row
 
 

@@ -78,6 +78,8 @@ PERMISSIONS: dict[str, str] = {
     "remediation.playbooks": "create remediation playbooks",
     "policy.decide": "ask for placement decisions and read recorded decisions",
     "admission.approve": "issue approval tokens for jobs on protected assets",
+    "trust.read": "read trust assets, their history and posture; stream their transitions",
+    "trust.transition": "move trust assets by hand (quarantine, attest again)",
 }
 
 

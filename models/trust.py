@@ -54,6 +54,7 @@ from tenacity import (
 
 from kernel.errors import DrydockError, NotFoundError, TransientError
 from kernel.settings import get_settings
+from models import stream
 from models.base import Base, sql_in_list
 from models.db import session_scope
 from models.notices import pg_listen, pg_notify, publish
@@ -420,8 +421,15 @@ def _notify(
     """NOTIFY each new row inside the transaction: listeners hear it only if this commits, and
     in commit order."""
     records = [TransitionRecord.of(row, asset) for row in rows]
-    for record in records:
+    for record, row in zip(records, rows, strict=True):
         pg_notify(session, PG_CHANNEL, record.as_message())
+        # The stream keeps the whole detail (the NOTIFY payload's is cut to fit).
+        stream.stage(
+            session,
+            stream.StreamEventKind.TRUST_TRANSITION,
+            asset.tenant,
+            {**record.__dict__, "detail": row.detail},
+        )
     return records
 
 

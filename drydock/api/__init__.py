@@ -13,7 +13,19 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from drydock.api import dead_letters, enqueue, errors, health, jobs, openapi, policy, remediation
+from drydock.api import (
+    builds,
+    dead_letters,
+    enqueue,
+    errors,
+    health,
+    jobs,
+    openapi,
+    policy,
+    remediation,
+    stream,
+    trust,
+)
 from drydock.api.edge import EdgeMiddleware
 
 API_VERSION = "1"
@@ -33,9 +45,19 @@ def create_app() -> FastAPI:
     # A path with a trailing slash is another path: not redirected to a route it does not name.
     app.router.redirect_slashes = False
     app.add_middleware(EdgeMiddleware)
-    errors.install(app, {**remediation.EXCEPTION_HANDLERS, **policy.EXCEPTION_HANDLERS})
+    errors.install(
+        app,
+        {
+            **remediation.EXCEPTION_HANDLERS,
+            **policy.EXCEPTION_HANDLERS,
+            **trust.EXCEPTION_HANDLERS,
+        },
+    )
     app.include_router(remediation.router)
     app.include_router(policy.router)
+    app.include_router(trust.router)
+    app.include_router(builds.router)
+    app.include_router(stream.router)
     # The app's own routes, as app.routes lists them (an included router's are listed as one).
     enqueue.install(app)
     jobs.install(app)

@@ -26,6 +26,7 @@ from catalog import CATALOG
 from drydock.api.edge import MAX_NUMBER
 from drydock.api.errors import ErrorBody, ProblemBody
 from drydock.api.inputs import NO_NUL
+from drydock.api.stream import StreamEventBody
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind
 from tasks.remediation.playbooks import PlaybookDefinition, max_timeout_seconds
@@ -61,7 +62,7 @@ def build(app: FastAPI, description: str) -> dict[str, Any]:
         routes=app.routes,
     )
     components: dict[str, Any] = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ErrorBody, ProblemBody):
+    for model in (ErrorBody, ProblemBody, StreamEventBody):
         _add_model(components, model)
     components[STORABLE_JSON] = _storable_json()
     _publish_payloads(schema, components)
@@ -70,6 +71,9 @@ def build(app: FastAPI, description: str) -> dict[str, Any]:
         _declare_statuses(path, method, operation)
         for parameter in operation.get("parameters", []):
             _not_null(parameter["schema"])
+            if parameter["in"] == "header" and parameter["name"] == "If-Match":
+                # Optional to FastAPI only so that its absence is the 428 it is, not a 422.
+                parameter["required"] = True
     for name in _request_schema_names(schema, components):
         _make_storable(components[name])
     for unused in ("HTTPValidationError", "ValidationError"):
