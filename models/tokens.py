@@ -80,6 +80,8 @@ PERMISSIONS: dict[str, str] = {
     "admission.approve": "issue approval tokens for jobs on protected assets",
     "trust.read": "read trust assets, their history and posture; stream their transitions",
     "trust.transition": "move trust assets by hand (quarantine, attest again)",
+    "workflows.define": "create workflow definitions (new versions)",
+    "workflows.read": "read workflow definitions",
 }
 
 

@@ -213,3 +213,33 @@ def test_posture_shows_the_newest_verdict_with_every_check(api: TestClient) -> N
     failed = [c["name"] for c in verdict["checks"] if c["outcome"] == "fail"]
     assert failed, verdict["checks"]
     assert any("cc" in name for name in failed), failed
+
+
+def test_operators_move_assets_from_the_cli_on_the_version_they_saw(clean_state: None) -> None:
+    from typer.testing import CliRunner
+
+    from drydock.cli import app as cli_app
+    from models.db import session_scope
+    from models.trust import TrustAsset, TrustState
+
+    vm = new_asset("vm-7")
+    move_to(vm, TrustState.PENDING_ATTESTATION, TrustState.TRUSTED)
+    runner = CliRunner()
+    stale = runner.invoke(
+        cli_app, ["trust", "move", "acme/vm-7", "--to", "quarantined", "--if-version", "1"]
+    )
+    assert stale.exit_code != 0
+    assert "not 1" in str(stale.exception) or "not 1" in stale.output
+    with session_scope() as session:
+        asset = session.get(TrustAsset, vm)
+        assert asset is not None and asset.state == "trusted"
+        version = asset.version
+    moved = runner.invoke(
+        cli_app,
+        ["trust", "move", "acme/vm-7", "--to", "quarantined", "--reason", "leak",
+         "--if-version", str(version)],
+    )  # fmt: skip
+    assert moved.exit_code == 0, moved.output
+    assert "acme/vm-7 trusted -> quarantined (operator_quarantine: leak)" in moved.output
+    refused = runner.invoke(cli_app, ["trust", "move", "acme/vm-7", "--to", "trusted"])
+    assert refused.exit_code != 0

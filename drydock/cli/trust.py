@@ -270,6 +270,46 @@ def show(
             out.print(f"  {record.line()}", markup=False, highlight=False, soft_wrap=True)
 
 
+@trust_app.command("move")
+def move(
+    asset_ref: str = typer.Argument(..., metavar="ASSET", help="Asset id, or tenant/name."),
+    to_state: str = typer.Option(
+        ..., "--to", help="quarantined (out of service) or pending_attestation (attest again)."
+    ),
+    reason: str = typer.Option("", "--reason", help="Why: kept in the asset's history."),
+    if_version: int | None = typer.Option(
+        None,
+        "--if-version",
+        help="Move only if the asset is still at this version (as `trust show` printed it).",
+    ),
+    tenant: str | None = typer.Option(None, "--tenant"),
+) -> None:
+    """Quarantine an asset, or ask it to attest again, by hand. Releasing a quarantine is
+    remediation's."""
+    from models import trust
+    from models.db import session_scope
+    from models.trust import TrustState
+    from models.trust_actions import move_by_operator
+
+    try:
+        target = TrustState(to_state)
+    except ValueError:
+        raise DrydockError(
+            f"--to {to_state!r}: expected quarantined or pending_attestation"
+        ) from None
+    with session_scope() as session:
+        asset_id = trust.find_asset(session, asset_ref, tenant).id
+    records = move_by_operator(
+        asset_id,
+        target,
+        reason=reason,
+        actor=f"operator:{current_operator()}",
+        expected_version=if_version,
+    )
+    for record in records:
+        out.print(record.line(), markup=False, highlight=False, soft_wrap=True)
+
+
 @trust_app.command("watch")
 def watch(
     tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's assets."),
