@@ -1,5 +1,5 @@
 # Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
-.PHONY: up test bench bench-builds bench-attestation bench-beat
+.PHONY: up test bench bench-builds bench-attestation bench-beat bench-stream
 
 up:
 	scripts/up
@@ -18,3 +18,6 @@ bench-attestation:
 
 bench-beat:
 	.venv/bin/python -m bench.beat
+
+bench-stream:
+	.venv/bin/python -m bench.stream

@@ -283,7 +283,7 @@ def move(
         trust_actions.visible_asset(session, asset_id, scoped)
     records = trust_actions.move_by_operator(
         asset_id,
-        body.to_state,
+        TrustState(body.to_state),
         reason=body.reason,
         actor=actor_of(caller),
         expected_version=expected,
