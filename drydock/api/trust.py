@@ -42,6 +42,11 @@ router = APIRouter(prefix="/v1/trust", tags=["trust"])
 
 _NOT_FOUND = "No such asset, or one of another tenant."
 _FORBIDDEN = "The token lacks the scope, or acts for another tenant than the one named."
+# What a route on one asset answers besides its body.
+_ONE_ASSET: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": _FORBIDDEN},
+    404: {"model": ErrorBody, "description": _NOT_FOUND},
+}
 # One strong entity tag holding a version ("3"), or * (any version): what an asset's ETag is.
 IF_MATCH_PATTERN = r'^(?:\*|"[0-9]{1,10}")$'
 
@@ -202,10 +207,7 @@ def assets(
 @router.get(
     "/assets/{asset_id}",
     response_model=AssetBody,
-    responses={
-        403: {"model": ErrorBody, "description": _FORBIDDEN},
-        404: {"model": ErrorBody, "description": _NOT_FOUND},
-    },
+    responses=_ONE_ASSET,
 )
 def asset(asset_id: uuid.UUID, caller: Caller, response: Response) -> AssetBody:
     """One asset; its version is also the ETag."""
@@ -219,10 +221,7 @@ def asset(asset_id: uuid.UUID, caller: Caller, response: Response) -> AssetBody:
 @router.get(
     "/assets/{asset_id}/history",
     response_model=list[TransitionBody],
-    responses={
-        403: {"model": ErrorBody, "description": _FORBIDDEN},
-        404: {"model": ErrorBody, "description": _NOT_FOUND},
-    },
+    responses=_ONE_ASSET,
 )
 def history(asset_id: uuid.UUID, caller: Caller) -> list[TransitionBody]:
     """Every move of the asset, oldest first (by ``seq``)."""
@@ -235,10 +234,7 @@ def history(asset_id: uuid.UUID, caller: Caller) -> list[TransitionBody]:
 @router.get(
     "/assets/{asset_id}/posture",
     response_model=PostureBody,
-    responses={
-        403: {"model": ErrorBody, "description": _FORBIDDEN},
-        404: {"model": ErrorBody, "description": _NOT_FOUND},
-    },
+    responses=_ONE_ASSET,
 )
 def posture(asset_id: uuid.UUID, caller: Caller, response: Response) -> PostureBody:
     """Where the asset stands and why: its state, the newest verdict with every check and the
@@ -259,8 +255,7 @@ def posture(asset_id: uuid.UUID, caller: Caller, response: Response) -> PostureB
     "/assets/{asset_id}/transitions",
     response_model=MovedBody,
     responses={
-        403: {"model": ErrorBody, "description": _FORBIDDEN},
-        404: {"model": ErrorBody, "description": _NOT_FOUND},
+        **_ONE_ASSET,
         409: {"model": ErrorBody, "description": "The lifecycle has no such edge from its state."},
         412: {"model": VersionMismatchBody, "description": "It moved since it was read."},
         428: {"model": ErrorBody, "description": "No If-Match: say which version you read."},
