@@ -118,8 +118,47 @@ class TdxEvidenceInput(Payload):
         return self
 
 
+class AzureCvmEvidenceInput(Payload):
+    kind: Literal["azure-cvm"]
+    hcl_report: EvidenceBytes = Field(
+        description="The HCL report (vTPM NV index 0x01400001, padding and all), base64."
+    )
+    vcek: EvidenceBytes = Field(
+        description="The VCEK of the SNP report (PEM or DER; Azure THIM's vcekCert), base64."
+    )
+    chain: EvidenceBytes = Field(description="ASK then ARK, PEM (THIM's certificateChain), base64.")
+    # Required, unlike for `drydock attest verify`: without a quote over the nonce the HCL
+    # report (made at boot) could be a replay, so it cannot grant fresh trust.
+    quote: EvidenceBytes = Field(description="TPMS_ATTEST signed by HCLAkPub, base64.")
+    signature: EvidenceBytes = Field(
+        description="The quote's signature, base64: a TPMT_SIGNATURE or bare."
+    )
+    pcrs: dict[str, Any] = Field(
+        description='The quoted PCR values: {"sha256": {"0": "<hex>", ...}}.'
+    )
+
+    @model_validator(mode="after")
+    def _parse(self) -> AzureCvmEvidenceInput:
+        from evidence import azure_cvm, tpm
+
+        try:
+            azure_cvm.parse_hcl_report(self.hcl_report)
+            load_certificate("vcek", self.vcek)
+            load_certificates("chain", self.chain)
+            attest = tpm.parse_attest(self.quote)
+            tpm.check_signature_form(self.signature)
+            tpm.parse_pcr_values(self.pcrs_json(), attest.selection)
+        except EvidenceFormatError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def pcrs_json(self) -> bytes:
+        return orjson.dumps(self.pcrs)
+
+
 EvidenceInput = Annotated[
-    TpmEvidenceInput | SnpEvidenceInput | TdxEvidenceInput, Field(discriminator="kind")
+    TpmEvidenceInput | SnpEvidenceInput | TdxEvidenceInput | AzureCvmEvidenceInput,
+    Field(discriminator="kind"),
 ]
 
 
@@ -136,10 +175,15 @@ def _nonce(value: str) -> str:
 class VerifyEvidencePayload(Payload):
     asset_id: uuid.UUID = Field(description="The trust asset the evidence is about.")
     evidence: EvidenceInput = Field(
-        description="The evidence, its `kind` one of tpm, sev-snp, tdx, with that kind's parts."
+        description=(
+            "The evidence, its `kind` one of tpm, sev-snp, tdx, azure-cvm, with that kind's parts."
+        )
     )
     nonce: Annotated[str, AfterValidator(_nonce)] = Field(
-        description="The challenge (hex) the evidence carries: TPM extraData, SNP/TDX report data."
+        description=(
+            "The challenge (hex) the evidence carries: TPM extraData (also an Azure CVM's "
+            "quote), SNP/TDX report data."
+        )
     )
     verify_at: datetime | None = Field(
         None,

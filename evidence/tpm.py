@@ -626,6 +626,16 @@ def _describe(key: AttestationPublicKey) -> str:
     return f"EC {_CURVE_NAMES[key.curve.name]}"
 
 
+def describe_key(key: AttestationPublicKey) -> str:
+    """``RSA-2048``, ``EC P-256``: an attestation key as a verdict names it."""
+    return _describe(key)
+
+
+def same_key(first: AttestationPublicKey, second: AttestationPublicKey) -> bool:
+    """Whether two attestation keys are the same public key, whatever form each came in."""
+    return first.public_numbers() == second.public_numbers()
+
+
 def _check_signature(
     message: bytes, signature: TpmSignature, key: AttestationPublicKey
 ) -> tuple[Check, TpmSignature]:

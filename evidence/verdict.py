@@ -24,6 +24,8 @@ class EvidenceKind(StrEnum):
     TPM = "tpm"
     SEV_SNP = "sev-snp"
     TDX = "tdx"
+    # An Azure confidential VM: HCL report (SEV-SNP report + runtime claims) and a vTPM quote.
+    AZURE_CVM = "azure-cvm"
     # Not evidence in the cryptographic sense: a GPU's self-reported posture judged by policy.
     ACCELERATOR_POSTURE = "accelerator-posture"
 

@@ -1,5 +1,5 @@
 """``drydock attest verify``: verify evidence offline with the verifiers the attestation queue
-runs (TPM 2.0 quotes, SEV-SNP reports, TDX quotes)."""
+runs (TPM 2.0 quotes, SEV-SNP reports, TDX quotes, Azure confidential VMs)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from evidence.verdict import Verdict
 
 attest_app = typer.Typer(
-    help="Verify attestation evidence offline (TPM 2.0 quotes, SEV-SNP reports, TDX quotes).",
+    help=(
+        "Verify attestation evidence offline (TPM 2.0 quotes, SEV-SNP reports, TDX quotes, "
+        "Azure confidential VMs)."
+    ),
     no_args_is_help=True,
 )
 verify_app = typer.Typer(
@@ -297,6 +300,85 @@ def verify_tdx(
                 mr_td=frozenset(_hex(m, "--mr-td") for m in mr_td) or None,
                 accepted_tcb_statuses=frozenset(tcb_status or ["UpToDate"]),
             ),
+            at=_at(at),
+        )
+
+    _run_verifier(judge, as_json)
+
+
+@verify_app.command("azure-cvm")
+def verify_azure_cvm(
+    hcl_report: Path = typer.Option(
+        ..., "--hcl-report", help="The HCL report (vTPM NV index 0x01400001, as read)."
+    ),
+    vcek: Path = typer.Option(
+        ...,
+        "--vcek",
+        help="The VCEK, PEM or DER; or the VCEK then its chain in one PEM (as THIM serves them).",
+    ),
+    chain: Path | None = typer.Option(
+        None, "--chain", help="ASK then ARK, PEM. Omitted: the rest of the --vcek file."
+    ),
+    quote: Path | None = typer.Option(
+        None, "--quote", help="The vTPM quote (TPMS_ATTEST) signed by HCLAkPub."
+    ),
+    signature: Path | None = typer.Option(
+        None, "--signature", help="The quote's signature: TPMT_SIGNATURE or bare."
+    ),
+    pcrs: Path | None = typer.Option(
+        None, "--pcrs", help="Quoted PCR values: JSON, or tpm2_quote -o values output."
+    ),
+    root: list[Path] = typer.Option([], "--root", help=ROOT_HELP),
+    no_default_roots: bool = typer.Option(False, "--no-default-roots", help=NO_DEFAULT_ROOTS_HELP),
+    measurement: list[str] = typer.Option(
+        [], "--measurement", help="An allowed launch measurement, hex, repeatable."
+    ),
+    min_tcb: str | None = typer.Option(
+        None, "--min-tcb", help="Lowest TCB accepted: bootloader=N,tee=N,snp=N,microcode=N."
+    ),
+    allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept a debug-enabled guest."),
+    expect_pcr: list[str] = typer.Option(
+        [], "--expect-pcr", help="Reference value BANK:INDEX=HEX, repeatable."
+    ),
+    nonce: str | None = typer.Option(
+        None, "--nonce", help=NONCE_HELP + " Needs --quote: the quote carries it."
+    ),
+    at: str | None = typer.Option(None, "--at", help=AT_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Verify an Azure confidential VM: SNP report, runtime claims, HCLAkPub, vTPM quote."""
+    from evidence import azure_cvm, sev_snp, tpm
+
+    def judge() -> Verdict:
+        given = {"--quote": quote, "--signature": signature, "--pcrs": pcrs}
+        missing = [option for option, path in given.items() if path is None]
+        if missing and len(missing) < len(given):
+            raise UnusableInputError(
+                f"a vTPM quote needs --quote, --signature and --pcrs; {', '.join(missing)} missing"
+            )
+        vcek_bytes = _read(vcek, "--vcek")
+        if chain is None:
+            vcek_bytes, chain_bytes = azure_cvm.split_certificates(vcek_bytes)
+        else:
+            chain_bytes = _read(chain, "--chain")
+        return azure_cvm.verify_azure_cvm(
+            azure_cvm.AzureCvmEvidence(
+                hcl_report=_read(hcl_report, "--hcl-report"),
+                vcek=vcek_bytes,
+                chain=chain_bytes,
+                quote=_read(quote, "--quote") if quote else None,
+                signature=_read(signature, "--signature") if signature else None,
+                pcrs=_read(pcrs, "--pcrs") if pcrs else None,
+            ),
+            roots=_roots(root, no_default_roots),
+            nonce=_nonce(nonce),
+            snp_policy=sev_snp.SnpPolicy(
+                measurements=frozenset(_hex(m, "--measurement") for m in measurement) or None,
+                allow_debug=allow_debug,
+                min_tcb=parse_min_tcb(min_tcb),
+            ),
+            tpm_reference=tpm.TpmReference(pcrs=parse_pcr_reference(expect_pcr)),
+            last_counters=None,
             at=_at(at),
         )
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog.attestation import (
+    AzureCvmEvidenceInput,
     ExpireStaleEvidencePayload,
     IngestAcceleratorPosturePayload,
     SnpEvidenceInput,
@@ -24,7 +25,7 @@ from catalog.attestation import (
     TpmEvidenceInput,
     VerifyEvidencePayload,
 )
-from evidence import sev_snp, tdx, tpm
+from evidence import azure_cvm, sev_snp, tdx, tpm
 from evidence.certs import is_self_signed, load_certificates
 from evidence.posture import AcceleratorPolicy, judge_posture
 from evidence.vendor_roots import with_vendor_roots
@@ -137,6 +138,17 @@ def _hex_set(values: list[str]) -> frozenset[bytes] | None:
 # -- verification ------------------------------------------------------------------------------
 
 
+def last_counters(asset: TrustAsset) -> tpm.TpmCounters | None:
+    """The clock info of the newest quote accepted from the asset (None: none yet)."""
+    if asset.tpm_reset_count is None:
+        return None
+    return tpm.TpmCounters(
+        reset_count=asset.tpm_reset_count,
+        restart_count=asset.tpm_restart_count or 0,
+        clock=asset.tpm_clock or 0,
+    )
+
+
 def judge_evidence(
     payload: VerifyEvidencePayload,
     asset: TrustAsset,
@@ -159,13 +171,6 @@ def judge_evidence(
                 )
             )
             return verdict
-        last = None
-        if asset.tpm_reset_count is not None:
-            last = tpm.TpmCounters(
-                reset_count=asset.tpm_reset_count,
-                restart_count=asset.tpm_restart_count or 0,
-                clock=asset.tpm_clock or 0,
-            )
         verdict = tpm.verify_tpm_quote(
             tpm.TpmEvidence(
                 quote=evidence.quote,
@@ -175,8 +180,27 @@ def judge_evidence(
             ),
             nonce=nonce,
             reference=tpm_reference(asset_class),
-            last_counters=last,
+            last_counters=last_counters(asset),
             at=at,
+        )
+    elif isinstance(evidence, AzureCvmEvidenceInput):
+        # The AK comes attested in the HCL report; a registered one must be the same key.
+        verdict = azure_cvm.verify_azure_cvm(
+            azure_cvm.AzureCvmEvidence(
+                hcl_report=evidence.hcl_report,
+                vcek=evidence.vcek,
+                chain=evidence.chain,
+                quote=evidence.quote,
+                signature=evidence.signature,
+                pcrs=evidence.pcrs_json(),
+            ),
+            roots=trust_roots(),
+            nonce=nonce,
+            snp_policy=snp_policy(asset_class),
+            tpm_reference=tpm_reference(asset_class),
+            last_counters=last_counters(asset),
+            at=at,
+            registered_ak=asset.attestation_key,
         )
     elif isinstance(evidence, SnpEvidenceInput):
         verdict = sev_snp.verify_sev_snp_report(
