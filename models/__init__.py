@@ -17,4 +17,5 @@ from models import (  # noqa: F401
     stream,
     tokens,
     trust,
+    workflows,
 )

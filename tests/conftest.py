@@ -229,7 +229,8 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
                 "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
                 "trust_asset_classes, remediation_playbooks, tenant_policies, "
                 "evaluation_tiers, evaluation_certifications, policy_decisions, "
-                "capability_scores, credential_events, registry_credentials, stream_events CASCADE"
+                "capability_scores, credential_events, registry_credentials, stream_events, "
+                "workflow_definitions CASCADE"
             )
         )
     client = redis.Redis.from_url(redis_server)

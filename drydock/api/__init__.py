@@ -25,6 +25,7 @@ from drydock.api import (
     remediation,
     stream,
     trust,
+    workflows,
 )
 from drydock.api.edge import EdgeMiddleware
 
@@ -58,6 +59,7 @@ def create_app() -> FastAPI:
     app.include_router(trust.router)
     app.include_router(builds.router)
     app.include_router(stream.router)
+    app.include_router(workflows.router)
     # The app's own routes, as app.routes lists them (an included router's are listed as one).
     enqueue.install(app)
     jobs.install(app)

@@ -27,6 +27,7 @@ from drydock.api.edge import MAX_NUMBER
 from drydock.api.errors import ErrorBody, ProblemBody
 from drydock.api.inputs import NO_NUL
 from drydock.api.stream import StreamEventBody
+from drydock.api.workflows import publish as publish_workflows
 from tasks.remediation.executors import spec_model_for
 from tasks.remediation.executors.base import ExecutorKind
 from tasks.remediation.playbooks import PlaybookDefinition, max_timeout_seconds
@@ -67,6 +68,7 @@ def build(app: FastAPI, description: str) -> dict[str, Any]:
     components[STORABLE_JSON] = _storable_json()
     _publish_payloads(schema, components)
     _publish_playbooks(schema, components)
+    publish_workflows(schema, components, REF)
     for path, method, operation in _operations(schema):
         _declare_statuses(path, method, operation)
         for parameter in operation.get("parameters", []):

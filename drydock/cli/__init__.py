@@ -23,6 +23,7 @@ from drydock.cli import (
     remediation,
     tokens,
     trust,
+    workflows,
 )
 from drydock.cli.text import CliError
 
@@ -60,6 +61,7 @@ app.add_typer(evaluation.policy_app, name="policy")
 app.add_typer(evaluation.admission_app, name="admission")
 app.add_typer(remediation.remediation_app, name="remediation")
 app.add_typer(probes.probe_app, name="probe")
+app.add_typer(workflows.workflows_app, name="workflows")
 
 err = Console(stderr=True)
 

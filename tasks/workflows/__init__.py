@@ -1,0 +1,1 @@
+"""The workflows room: durable multi-step runs of a project's code (definitions first)."""
