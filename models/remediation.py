@@ -26,12 +26,13 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, distinct_on, insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import DrydockError, NotFoundError
-from models import stream
+from models import stream, versioned
 from models.base import Base, sql_in_list
+from models.versioned import TenantVersioned
 
 
 class ExecutorKind(StrEnum):
@@ -63,16 +64,12 @@ ACTIVE_RUN_STATES: tuple[RunState, ...] = (
 )
 
 
-class RemediationPlaybook(Base):
-    """One version of a tenant's playbook. Versions are never changed: a new definition under
-    the same name is the next version, and runs keep the version they ran."""
+class RemediationPlaybook(TenantVersioned, Base):
+    """One version of a tenant's playbook (models.versioned: versions are never changed, and
+    runs keep the version they ran)."""
 
     __tablename__ = "remediation_playbooks"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant: Mapped[str] = mapped_column(String(100))
-    name: Mapped[str] = mapped_column(String(100))
-    version: Mapped[int] = mapped_column(Integer)
     executor: Mapped[str] = mapped_column(String(20))
     # Validated by the executor's spec model (tasks.remediation.playbooks) before it is stored.
     spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
@@ -80,9 +77,6 @@ class RemediationPlaybook(Base):
     requires_approval: Mapped[bool] = mapped_column(default=False)
     # Asset kinds (vm, host, accelerator) it may run against.
     asset_kinds: Mapped[list[str]] = mapped_column(JSONB)
-    description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    created_by: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         UniqueConstraint("tenant", "name", "version"),
@@ -280,13 +274,8 @@ class PlaybookNotFoundError(NotFoundError):
 def add_playbook_version(session: Session, **fields: Any) -> RemediationPlaybook:
     """Store the next version of a tenant's playbook (1 for a new name). Two writers racing
     for the same version meet the unique constraint; the caller tries again."""
-    tenant, name = fields["tenant"], fields["name"]
-    newest = session.scalar(
-        select(func.max(RemediationPlaybook.version)).where(
-            RemediationPlaybook.tenant == tenant, RemediationPlaybook.name == name
-        )
-    )
-    playbook = RemediationPlaybook(version=(newest or 0) + 1, **fields)
+    version = versioned.next_version(session, RemediationPlaybook, fields["tenant"], fields["name"])
+    playbook = RemediationPlaybook(version=version, **fields)
     session.add(playbook)
     session.flush()
     return playbook
@@ -296,12 +285,7 @@ def get_playbook(
     session: Session, tenant: str, name: str, version: int | None = None
 ) -> RemediationPlaybook:
     """A tenant's playbook: the given version, or the newest."""
-    query = select(RemediationPlaybook).where(
-        RemediationPlaybook.tenant == tenant, RemediationPlaybook.name == name
-    )
-    if version is not None:
-        query = query.where(RemediationPlaybook.version == version)
-    playbook = session.scalars(query.order_by(RemediationPlaybook.version.desc()).limit(1)).first()
+    playbook = versioned.find_version(session, RemediationPlaybook, tenant, name, version)
     if playbook is None:
         raise PlaybookNotFoundError(tenant, name, version)
     return playbook
@@ -309,28 +293,11 @@ def get_playbook(
 
 def list_playbooks(session: Session, tenant: str | None) -> list[RemediationPlaybook]:
     """The newest version of every playbook (of one tenant, or of all)."""
-    query = (
-        select(RemediationPlaybook)
-        .ext(distinct_on(RemediationPlaybook.tenant, RemediationPlaybook.name))
-        .order_by(
-            RemediationPlaybook.tenant,
-            RemediationPlaybook.name,
-            RemediationPlaybook.version.desc(),
-        )
-    )
-    if tenant is not None:
-        query = query.where(RemediationPlaybook.tenant == tenant)
-    return list(session.scalars(query))
+    return versioned.newest_of_each(session, RemediationPlaybook, tenant)
 
 
 def playbook_versions(session: Session, tenant: str, name: str) -> list[RemediationPlaybook]:
-    return list(
-        session.scalars(
-            select(RemediationPlaybook)
-            .where(RemediationPlaybook.tenant == tenant, RemediationPlaybook.name == name)
-            .order_by(RemediationPlaybook.version)
-        )
-    )
+    return versioned.every_version(session, RemediationPlaybook, tenant, name)
 
 
 # -- runs --------------------------------------------------------------------------------------

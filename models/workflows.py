@@ -3,44 +3,30 @@ the caller's tenant: another tenant's workflow is not found, exactly as if it di
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
-    DateTime,
-    Integer,
-    String,
-    Text,
     UniqueConstraint,
-    Uuid,
-    func,
-    select,
 )
-from sqlalchemy.dialects.postgresql import JSONB, distinct_on
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import NotFoundError
+from models import versioned
 from models.base import Base
+from models.versioned import TenantVersioned
 
 
-class WorkflowVersion(Base):
-    """One version of a tenant's workflow. Versions are never changed: a new definition under
-    the same name is the next version, so a run can name exactly what it ran."""
+class WorkflowVersion(TenantVersioned, Base):
+    """One version of a tenant's workflow (models.versioned: versions are never changed, so a
+    run can name exactly what it ran)."""
 
     __tablename__ = "workflow_definitions"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant: Mapped[str] = mapped_column(String(100))
-    name: Mapped[str] = mapped_column(String(100))
-    version: Mapped[int] = mapped_column(Integer)
     # The whole definition as validated (tasks.workflows.definitions), steps and all; never a
     # secret's value, only references to secrets.
     definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    created_by: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         UniqueConstraint("tenant", "name", "version"),
@@ -65,15 +51,10 @@ def add_definition_version(
 ) -> WorkflowVersion:
     """Store the next version of a tenant's workflow (1 for a new name). Two writers racing
     for the same version meet the unique constraint; the caller tries again."""
-    newest = session.scalar(
-        select(func.max(WorkflowVersion.version)).where(
-            WorkflowVersion.tenant == tenant, WorkflowVersion.name == name
-        )
-    )
     row = WorkflowVersion(
         tenant=tenant,
         name=name,
-        version=(newest or 0) + 1,
+        version=versioned.next_version(session, WorkflowVersion, tenant, name),
         definition=definition,
         description=description,
         created_by=created_by,
@@ -87,12 +68,7 @@ def get_definition(
     session: Session, tenant: str, name: str, version: int | None = None
 ) -> WorkflowVersion:
     """A tenant's workflow: the given version, or the newest."""
-    query = select(WorkflowVersion).where(
-        WorkflowVersion.tenant == tenant, WorkflowVersion.name == name
-    )
-    if version is not None:
-        query = query.where(WorkflowVersion.version == version)
-    row = session.scalars(query.order_by(WorkflowVersion.version.desc()).limit(1)).first()
+    row = versioned.find_version(session, WorkflowVersion, tenant, name, version)
     if row is None:
         raise WorkflowNotFoundError(tenant, name, version)
     return row
@@ -100,25 +76,8 @@ def get_definition(
 
 def list_definitions(session: Session, tenant: str | None) -> list[WorkflowVersion]:
     """The newest version of every workflow (of one tenant, or of all)."""
-    query = (
-        select(WorkflowVersion)
-        .ext(distinct_on(WorkflowVersion.tenant, WorkflowVersion.name))
-        .order_by(
-            WorkflowVersion.tenant,
-            WorkflowVersion.name,
-            WorkflowVersion.version.desc(),
-        )
-    )
-    if tenant is not None:
-        query = query.where(WorkflowVersion.tenant == tenant)
-    return list(session.scalars(query))
+    return versioned.newest_of_each(session, WorkflowVersion, tenant)
 
 
 def definition_versions(session: Session, tenant: str, name: str) -> list[int]:
-    return list(
-        session.scalars(
-            select(WorkflowVersion.version)
-            .where(WorkflowVersion.tenant == tenant, WorkflowVersion.name == name)
-            .order_by(WorkflowVersion.version)
-        )
-    )
+    return [row.version for row in versioned.every_version(session, WorkflowVersion, tenant, name)]
