@@ -22,14 +22,15 @@ from pydantic_settings import (
 
 from kernel.topology import WORK_QUEUES
 
-# Defaults per work queue, in seconds. Builds and remediation may run for an hour; attestation is
-# a burst of short verifications.
+# Defaults per work queue, in seconds. Builds, remediation and workflow steps may run for an hour;
+# attestation is a burst of short verifications.
 DEFAULT_TIME_LIMITS: dict[str, int] = {
     "builds": 3600,
     "pushes": 1800,
     "attestation": 300,
     "remediation": 3600,
     "evaluation": 3600,
+    "workflows": 3600,
 }
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WORK_QUEUES: tuple[str, ...] = ("builds", "pushes", "attestation", "remediation", "evaluation")
+WORK_QUEUES: tuple[str, ...] = (
+    "builds",
+    "pushes",
+    "attestation",
+    "remediation",
+    "evaluation",
+    "workflows",
+)
 DEAD_LETTER_QUEUE = "dead_letter"
 ALL_QUEUES: tuple[str, ...] = (*WORK_QUEUES, DEAD_LETTER_QUEUE)
 
@@ -33,6 +40,8 @@ QUEUE_PROFILES: dict[str, QueueProfile] = {
     "attestation": QueueProfile(prefetch_multiplier=4, long_running=False),
     "remediation": QueueProfile(prefetch_multiplier=1, long_running=True),
     "evaluation": QueueProfile(prefetch_multiplier=1, long_running=True),
+    # Workflow steps: containers and agents on a project's workspace, each up to an hour.
+    "workflows": QueueProfile(prefetch_multiplier=1, long_running=True),
 }
 
 

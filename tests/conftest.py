@@ -30,7 +30,7 @@ from kernel.topology import WORK_QUEUES
 # The session worker serves every queue but this one: tests that start and kill their own
 # workers use it, so the session worker can never take their jobs.
 PRIVATE_QUEUE = "remediation"
-SHARED_QUEUES = "builds,pushes,attestation,evaluation"
+SHARED_QUEUES = "builds,pushes,attestation,evaluation,workflows"
 # Builds and pushes talk to a Docker engine, buildah and a registry: more room than the rest.
 TEST_TIME_LIMIT = 8
 TEST_BUILD_TIME_LIMIT = 30
