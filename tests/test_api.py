@@ -24,14 +24,20 @@ def api(fleet: WorkerProcess) -> Iterator[TestClient]:
         yield client
 
 
-def make_token(name: str, *scopes: str) -> str:
+def make_token(name: str, *scopes: str, tenant: str | None = None) -> str:
+    """A new token's plaintext: an operator's, or bound to ``tenant``."""
     from catalog import CATALOG
     from models import tokens
     from models.db import session_scope
 
     with session_scope() as session:
         _, plaintext = tokens.create_token(
-            session, name=name, scopes=list(scopes), known_tasks=CATALOG, created_by="test"
+            session,
+            name=name,
+            scopes=list(scopes),
+            known_tasks=CATALOG,
+            created_by="test",
+            tenant=tenant,
         )
     return plaintext
 

@@ -25,20 +25,7 @@ def api(fleet: WorkerProcess) -> Iterator[TestClient]:
 
 
 def tenant_token(name: str, tenant: str, *scopes: str) -> str:
-    from catalog import CATALOG
-    from models import tokens
-    from models.db import session_scope
-
-    with session_scope() as session:
-        _, plaintext = tokens.create_token(
-            session,
-            name=name,
-            scopes=list(scopes),
-            known_tasks=CATALOG,
-            created_by="test",
-            tenant=tenant,
-        )
-    return plaintext
+    return make_token(name, *scopes, tenant=tenant)
 
 
 def test_assets_are_listed_and_read_within_the_tokens_tenant(api: TestClient) -> None:

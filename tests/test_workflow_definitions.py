@@ -359,20 +359,9 @@ def test_definitions_become_versions_from_the_cli(empty_store: None, tmp_path: P
 
 
 def _token(name: str, tenant: str | None, *scopes: str) -> dict[str, str]:
-    from catalog import CATALOG
-    from models import tokens
-    from models.db import session_scope
+    from tests.test_api import bearer, make_token
 
-    with session_scope() as session:
-        _, plaintext = tokens.create_token(
-            session,
-            name=name,
-            scopes=list(scopes),
-            known_tasks=CATALOG,
-            created_by="test",
-            tenant=tenant,
-        )
-    return {"Authorization": f"Bearer {plaintext}"}
+    return bearer(make_token(name, *scopes, tenant=tenant))
 
 
 def test_workflows_over_http_per_tenant(empty_store: None) -> None:
