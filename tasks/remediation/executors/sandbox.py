@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from adapters import docker_engine
+from adapters import container_run, docker_engine
+from adapters.container_run import ContainerLimits, ContainerRequest
 from adapters.docker_engine import DockerEngineUnavailableError
 from kernel.errors import DrydockError
 from kernel.settings import get_settings
@@ -130,8 +131,6 @@ class _DockerSandboxExecutor:
             client.close()
 
     def _run_step(self, client: Any, sandbox: _Sandbox, step: _Step, run: RunContext) -> StepResult:
-        import docker.errors
-
         started_at = utcnow()
 
         def failed(error: str, **fields: Any) -> StepResult:
@@ -147,77 +146,57 @@ class _DockerSandboxExecutor:
         if run.remaining() <= 0:
             return failed(run.timeout_message(), timed_out=True)
         limits = sandbox.limits
+        request = ContainerRequest(
+            image=sandbox.image,
+            command=step.command,
+            limits=ContainerLimits(memory_mb=limits.memory_mb, cpus=limits.cpus, pids=limits.pids),
+            deadline=run.deadline,
+            user=sandbox.user,
+            environment=sandbox.environment,
+            labels={
+                **sandbox.labels,
+                STEP_LABEL: step.name,
+                STEP_INDEX_LABEL: str(step.index),
+            },
+            working_dir=SCRATCH_DIR,
+            network_mode="none",
+            read_only_root=True,
+            tmpfs={
+                SCRATCH_DIR: f"size={limits.scratch_mb}m,mode=1777",
+                "/tmp": f"size={TMP_SIZE_MB}m,mode=1777",
+            },
+            # All of the output: the run's artifacts scrub and cap it (artifacts.kept_step).
+            capture_bytes=None,
+            removal_log_action="remediation.sandbox.remove_failed",
+            removal_message="a remediation sandbox container could not be removed",
+        )
         try:
-            container = client.containers.create(
-                sandbox.image,
-                command=step.command,
-                user=sandbox.user,
-                environment=sandbox.environment,
-                labels={
-                    **sandbox.labels,
-                    STEP_LABEL: step.name,
-                    STEP_INDEX_LABEL: str(step.index),
-                },
-                working_dir=SCRATCH_DIR,
-                network_mode="none",
-                ipc_mode="none",
-                read_only=True,
-                tmpfs={
-                    SCRATCH_DIR: f"size={limits.scratch_mb}m,mode=1777",
-                    "/tmp": f"size={TMP_SIZE_MB}m,mode=1777",
-                },
-                mem_limit=f"{limits.memory_mb}m",
-                # Equal to mem_limit: no swap on top of the memory limit.
-                memswap_limit=f"{limits.memory_mb}m",
-                nano_cpus=round(limits.cpus * 1e9),
-                pids_limit=limits.pids,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                # The output is read back from the logs: json-file, whatever the engine's
-                # default driver (syslog, none) is, as those cannot be read back.
-                log_config={"type": "json-file", "config": {}},
-            )
-        except docker.errors.ImageNotFound:
+            result = container_run.run_container(client, request, engine=self.engine_address)
+        except container_run.ImageMissingError:
             return failed(sandbox.missing_image_hint)
-        except docker.errors.APIError as exc:
-            return failed(
-                f"the Docker engine refused the step's container: {docker_engine.explain(exc)}"
-            )
-        try:
-            try:
-                container.start()
-            except docker.errors.APIError as exc:
-                # E.g. the program is not in the image ("executable file not found").
-                return failed(f"the step's container did not start: {docker_engine.explain(exc)}")
-            exit_code = docker_engine.wait_for_exit(container, run.deadline)
-            if exit_code is None:
-                docker_engine.kill_container(container)
-            stdout = docker_engine.decode(container.logs(stdout=True, stderr=False))
-            stderr = docker_engine.decode(container.logs(stdout=False, stderr=True))
-            if exit_code is None:
-                return failed(run.timeout_message(), timed_out=True, stdout=stdout, stderr=stderr)
-            error = None
-            if exit_code != 0:
-                container.reload()
-                error = _exit_error(exit_code, container.attrs, limits)
-            return StepResult(
-                name=step.name,
-                ok=exit_code == 0,
-                started_at=started_at,
-                finished_at=utcnow(),
-                exit_code=exit_code,
-                stdout=stdout,
-                stderr=stderr,
-                outputs=parse_outputs(stdout),
-                error=error,
-            )
-        finally:
-            docker_engine.remove_container(
-                container,
-                log_action="remediation.sandbox.remove_failed",
-                message="a remediation sandbox container could not be removed",
-                engine=self.engine_address,
-            )
+        except container_run.ContainerRefusedError as exc:
+            return failed(f"the Docker engine refused the step's container: {exc.explanation}")
+        except container_run.ContainerStartError as exc:
+            # E.g. the program is not in the image ("executable file not found").
+            return failed(f"the step's container did not start: {exc.explanation}")
+        stdout = result.stdout.text()
+        stderr = result.stderr.text()
+        if result.exit_code is None:
+            return failed(run.timeout_message(), timed_out=True, stdout=stdout, stderr=stderr)
+        error = None
+        if result.exit_code != 0:
+            error = _exit_error(result.exit_code, result.oom_killed, limits)
+        return StepResult(
+            name=step.name,
+            ok=result.exit_code == 0,
+            started_at=started_at,
+            finished_at=utcnow(),
+            exit_code=result.exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            outputs=parse_outputs(stdout),
+            error=error,
+        )
 
     def _labels(self, target: Target, run: RunContext) -> dict[str, str]:
         return {
@@ -309,8 +288,8 @@ def _missing_image_hint(image: str, engine: str) -> str:
     )
 
 
-def _exit_error(exit_code: int, attrs: Mapping[str, Any], limits: SandboxLimits) -> str:
-    if attrs.get("State", {}).get("OOMKilled"):
+def _exit_error(exit_code: int, oom_killed: bool, limits: SandboxLimits) -> str:
+    if oom_killed:
         return (
             f"exit code {exit_code}: killed for going over its memory limit of "
             f"{limits.memory_mb} MiB"
