@@ -29,6 +29,7 @@ from catalog.pushes import (
     RotateCredentialsPayload,
 )
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from catalog.workflows import RunStepPayload, StartRunPayload
 from kernel.errors import UnknownTaskError
 from kernel.payload import Payload
 from kernel.topology import WORK_QUEUES, queue_for_task
@@ -131,6 +132,22 @@ def _specs() -> list[TaskSpec]:
                 "Run a remediation run's playbook against its quarantined asset (with the run's "
                 "approval token when it needs one), keep every step's artifacts, and send the "
                 "asset to pending_attestation on success or back to quarantined on failure."
+            ),
+        ),
+        TaskSpec(
+            name="workflows.start_run",
+            payload=StartRunPayload,
+            summary=(
+                "Start a run of a tenant's workflow (its newest version, or the one named): its "
+                "steps as rows, the first ones sent; the run's id is this job's."
+            ),
+        ),
+        TaskSpec(
+            name="workflows.run_step",
+            payload=RunStepPayload,
+            summary=(
+                "Run one step of a workflow run (once: a finished step is never run again), "
+                "record it, and send the steps it unblocks."
             ),
         ),
         TaskSpec(

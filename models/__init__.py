@@ -13,9 +13,11 @@ from models import (  # noqa: F401
     evaluation,
     jobs,
     policy,
+    projects,
     remediation,
     stream,
     tokens,
     trust,
+    workflow_runs,
     workflows,
 )

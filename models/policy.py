@@ -78,6 +78,8 @@ class PolicyDecisionKind(StrEnum):
     EVALUATION_HOST = "evaluation_host"
     # A waiting job cancelled because its target asset was quarantined.
     PREEMPTION = "preemption"
+    # May this commit be pushed to a protected branch of a project's remote?
+    PUSH = "push"
 
 
 class PolicyDecision(Base):

@@ -23,6 +23,7 @@ TASK_MODULES = [
     "tasks.attestation.celery_tasks",
     "tasks.remediation.celery_tasks",
     "tasks.evaluation.celery_tasks",
+    "tasks.workflows.celery_tasks",
 ]
 
 

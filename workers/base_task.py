@@ -21,7 +21,7 @@ import os
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -150,6 +150,9 @@ class DrydockTask(Task[..., Any]):
     handler: Handler
     on_retry_scheduled: RetryListener | None = None
     on_dead_lettered: DeadLetterListener | None = None
+    # The job's own attempt budget, read from its arguments (a workflow step's retries); None
+    # or absent: the settings' DRYDOCK_RETRY_MAX_ATTEMPTS.
+    attempt_budget: Callable[[Mapping[str, Any]], int | None] | None = None
 
     def execute(self, kwargs: dict[str, Any]) -> Any:
         try:
@@ -205,8 +208,11 @@ class DrydockTask(Task[..., Any]):
         log = log.bind(attempt=attempt)
         log.info("job.started", action="started")
         started = time.monotonic()
+        budget = self.attempt_budget(kwargs) if self.attempt_budget is not None else None
         policy = RetryPolicy(
-            settings.retry_max_attempts, settings.retry_base_seconds, settings.retry_max_seconds
+            budget or settings.retry_max_attempts,
+            settings.retry_base_seconds,
+            settings.retry_max_seconds,
         )
 
         def dead_letter_job(error: BaseException, reason: str, tb: str | None) -> DeadLetteredError:
@@ -461,6 +467,7 @@ def drydock_task(
     on_retry_scheduled: RetryListener | None = None,
     on_dead_lettered: DeadLetterListener | None = None,
     chord_member: bool = False,
+    attempt_budget: Callable[[Mapping[str, Any]], int | None] | None = None,
 ) -> Callable[[Handler], DrydockTask]:
     """Register ``handler`` as the Celery task ``name`` (which must be in ``catalog``).
 
@@ -488,6 +495,7 @@ def drydock_task(
             on_dead_lettered=(
                 staticmethod(on_dead_lettered) if on_dead_lettered is not None else None
             ),
+            attempt_budget=staticmethod(attempt_budget) if attempt_budget is not None else None,
             ignore_result=not chord_member,
             time_limit=hard_limit,
             soft_time_limit=soft_limit,

@@ -23,6 +23,7 @@ from drydock.api import (
     openapi,
     policy,
     remediation,
+    remotes,
     stream,
     trust,
     workflows,
@@ -65,6 +66,7 @@ def create_app() -> FastAPI:
     jobs.install(app)
     dead_letters.install(app)
     health.install(app)
+    app.include_router(remotes.router)
 
     # OpenAPI: exact, with every task's payload schema (drydock.api.openapi).
     def exact_openapi() -> dict[str, Any]:

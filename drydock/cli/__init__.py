@@ -20,9 +20,11 @@ from drydock.cli import (
     fleet,
     jobs,
     probes,
+    projects,
     remediation,
     tokens,
     trust,
+    workflow_runs,  # noqa: F401 (imported for its commands, on workflows_app)
     workflows,
 )
 from drydock.cli.text import CliError
@@ -62,6 +64,8 @@ app.add_typer(evaluation.admission_app, name="admission")
 app.add_typer(remediation.remediation_app, name="remediation")
 app.add_typer(probes.probe_app, name="probe")
 app.add_typer(workflows.workflows_app, name="workflows")
+app.add_typer(projects.projects_app, name="projects")
+app.add_typer(projects.remotes_app, name="remotes")
 
 err = Console(stderr=True)
 

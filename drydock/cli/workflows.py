@@ -19,7 +19,8 @@ from drydock.cli.text import current_operator
 from kernel.errors import DrydockError, field_problems
 
 workflows_app = typer.Typer(
-    help="Workflows: definitions (create a new version, list, show).", no_args_is_help=True
+    help="Workflows: definitions (create, list, show) and runs (run, runs, status, cancel, retry).",
+    no_args_is_help=True,
 )
 
 out = Console()

@@ -1,0 +1,136 @@
+"""``drydock workflows run|runs|status|cancel|retry``: runs of workflows, from the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+
+import typer
+
+from drydock.cli.text import CliError, current_operator
+from drydock.cli.workflows import say, workflows_app
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _run_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise CliError(f"RUN {text!r}: expected a run id (a UUID)") from None
+
+
+@workflows_app.command("run")
+def run_workflow(
+    name: str = typer.Argument(..., help="The workflow's name."),
+    tenant: str = typer.Option(..., "--tenant", help="The workflow's tenant."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Default: the newest."),
+    reason: str = typer.Option("", "--reason", help="Why: kept with the run."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the run until it finishes."),
+) -> None:
+    """Start a run; prints its id (and with --wait each step as it finishes; exit 1 unless
+    the run succeeded)."""
+    from tasks.workflows import runs
+
+    run_id = runs.request_run(
+        tenant=tenant,
+        workflow=name,
+        version=version,
+        reason=reason,
+        requested_by=f"operator:{current_operator()}",
+    )
+    say(f"run {run_id} of {tenant}/{name} started")
+    if wait:
+        state = _follow(run_id, tenant)
+        if state != "succeeded":
+            raise typer.Exit(1)
+
+
+def _follow(run_id: uuid.UUID, tenant: str | None) -> str:
+    from models.workflow_runs import RunNotFoundError
+    from tasks.workflows import runs
+
+    told: dict[str, str] = {}
+    while True:
+        try:
+            view = runs.run_view(run_id, tenant)
+        except RunNotFoundError:
+            time.sleep(0.5)  # the start job has not written the run yet
+            continue
+        for step in view["steps"]:
+            if told.get(step["name"]) != step["state"]:
+                told[step["name"]] = step["state"]
+                tail = f": {step['error']}" if step["error"] else ""
+                say(f"  {step['name']:<20} {step['state']}{tail}")
+        if view["state"] in FINISHED:
+            say(f"run {run_id} {view['state']}" + (f": {view['error']}" if view["error"] else ""))
+            return str(view["state"])
+        time.sleep(0.5)
+
+
+@workflows_app.command("runs")
+def list_runs(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's runs."),
+    limit: int = typer.Option(20, "--limit", min=1, max=500),
+) -> None:
+    """Runs, newest first."""
+    from models import workflow_runs
+    from models.db import session_scope
+
+    with session_scope() as session:
+        for run in workflow_runs.list_runs(session, tenant, limit):
+            say(
+                f"{run.id}  {run.tenant}/{run.workflow_name} v{run.workflow_version}  "
+                f"{run.state}  {run.created_at:%Y-%m-%d %H:%M:%S}Z"
+            )
+
+
+@workflows_app.command("status")
+def run_status(
+    run: str = typer.Argument(..., metavar="RUN", help="The run's id."),
+    tenant: str | None = typer.Option(None, "--tenant"),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """A run and every step: state, attempts, timing, error."""
+    from tasks.workflows import runs
+
+    view = runs.run_view(_run_id(run), tenant)
+    if as_json:
+        sys.stdout.write(json.dumps(view, indent=2) + "\n")
+        return
+    say(f"run {view['id']} {view['tenant']}/{view['workflow']} v{view['version']}: {view['state']}")
+    if view["error"]:
+        say(f"  error: {view['error']}")
+    for step in view["steps"]:
+        took = f" {step['duration_ms'] / 1000:.1f}s" if step["duration_ms"] is not None else ""
+        tail = f"  {step['error']}" if step["error"] else ""
+        say(
+            f"  {step['name']:<20} {step['state']:<10} attempts {step['attempts']}"
+            f" failures {step['failures']}{took}{tail}"
+        )
+
+
+@workflows_app.command("cancel")
+def cancel(
+    run: str = typer.Argument(..., metavar="RUN"),
+    tenant: str | None = typer.Option(None, "--tenant"),
+) -> None:
+    """Stop a run: steps not started never start; a running step stops within a second."""
+    from tasks.workflows import runs
+
+    state = runs.cancel_run(_run_id(run), tenant=tenant, actor=f"operator:{current_operator()}")
+    say(f"run {run}: cancel requested ({state})")
+
+
+@workflows_app.command("retry")
+def retry(
+    run: str = typer.Argument(..., metavar="RUN"),
+    tenant: str | None = typer.Option(None, "--tenant"),
+) -> None:
+    """Resume a failed or cancelled run from its failed steps; succeeded steps are kept."""
+    from tasks.workflows import runs
+
+    sent = runs.retry_run(_run_id(run), tenant=tenant, actor=f"operator:{current_operator()}")
+    say(f"run {run} resumed: {', '.join(sent) or 'nothing to send yet'}")
