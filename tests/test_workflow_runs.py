@@ -9,6 +9,8 @@ consuming ``workflows`` for these tests), so a test can kill the worker running 
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -246,3 +248,34 @@ def test_a_workflow_this_fleet_cannot_run_is_refused_at_the_edge(clean_state: No
         runs.request_run(
             tenant="other", workflow="shell", version=None, reason="", requested_by="test"
         )
+
+
+def test_operators_run_follow_and_inspect_runs_from_the_cli(
+    workflow_workers: Callable[[str], WorkerProcess],
+) -> None:
+    from typer.testing import CliRunner
+
+    from drydock.cli import app as cli_app
+
+    workflow_workers("wf-cli")
+    define("pair", [canary_step("one"), canary_step("two", "one")])
+    runner = CliRunner()
+    ran = runner.invoke(cli_app, ["workflows", "run", "pair", "--tenant", TENANT, "--wait"])
+    assert ran.exit_code == 0, ran.output
+    started = re.search(r"run (\S+) of acme/pair started", ran.stdout)
+    assert started is not None, ran.stdout
+    run_id = started.group(1)
+    assert f"run {run_id} succeeded" in ran.stdout
+    assert re.search(r"two +succeeded", ran.stdout)
+
+    status = runner.invoke(cli_app, ["workflows", "status", run_id, "--json"])
+    assert status.exit_code == 0, status.output
+    assert [s["state"] for s in json.loads(status.stdout)["steps"]] == ["succeeded"] * 2
+    listed = runner.invoke(cli_app, ["workflows", "runs", "--tenant", TENANT])
+    assert run_id in listed.output and "succeeded" in listed.output
+    # Cancelling a finished run, or another tenant's, is refused; nothing changes.
+    assert runner.invoke(cli_app, ["workflows", "cancel", run_id]).exit_code != 0
+    other = runner.invoke(cli_app, ["workflows", "status", run_id, "--tenant", "globex"])
+    assert other.exit_code != 0
+    unknown = runner.invoke(cli_app, ["workflows", "run", "nope", "--tenant", TENANT])
+    assert unknown.exit_code != 0

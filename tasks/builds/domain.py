@@ -121,13 +121,17 @@ def build_image(
         )
     )
     work_dir = work_dir_for(settings, ctx.job_id, ctx.attempt)
+    # A build argument's secret value can appear in an error (a failed RUN step echoing it):
+    # the run's stored error is scrubbed of them, as its logs are.
+    _, secrets = split_secrets(dict(payload.build_args), ctx.secret_names)
+    scrub = secret_strings(secrets)
     try:
         result = _build(payload, ctx, backend, platforms, run_id, work_dir, settings)
     except TransientError as exc:
-        ledger.update_run(run_id, error=str(exc)[:4000])
+        ledger.update_run(run_id, error=scrub_text(str(exc), scrub)[:4000])
         raise
     except Exception as exc:
-        ledger.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        ledger.fail_run(run_id, scrub_text(f"{type(exc).__name__}: {exc}", scrub))
         raise
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
