@@ -279,3 +279,51 @@ def test_operators_run_follow_and_inspect_runs_from_the_cli(
     assert other.exit_code != 0
     unknown = runner.invoke(cli_app, ["workflows", "run", "nope", "--tenant", TENANT])
     assert unknown.exit_code != 0
+
+
+def test_runs_over_http_per_tenant(workflow_workers: Callable[[str], WorkerProcess]) -> None:
+    from fastapi.testclient import TestClient
+
+    from drydock.api import app
+    from tests.test_api import bearer, make_token
+
+    workflow_workers("wf-api")
+    define("pair", [canary_step("one"), canary_step("two", "one")])
+    define(
+        "boxed",
+        [{"name": "box", "kind": "container", "image": "registry.local/x:1", "command": ["true"]}],
+    )
+    operator = bearer(make_token("ops", "workflows.*"))
+    acme = bearer(make_token("acme-wf", "workflows.*", tenant=TENANT))
+    globex = bearer(make_token("globex-wf", "workflows.*", tenant="globex"))
+    reader = bearer(make_token("reader", "workflows.read", tenant=TENANT))
+    with TestClient(app) as api:
+        started = api.post("/v1/workflows/pair/runs", json={"reason": "ship"}, headers=acme)
+        assert started.status_code == 202, started.text
+        run_url = started.headers["Location"]
+        assert run_url == started.json()["url"]
+        run_id = uuid.UUID(started.json()["run_id"])
+        wait_for_run(run_id, "succeeded", "failed")
+        shown = api.get(run_url, headers=reader)
+        assert shown.status_code == 200
+        body = shown.json()
+        assert body["state"] == "succeeded" and body["reason"] == "ship"
+        assert [s["name"] for s in body["steps"]] == ["one", "two"]
+        assert [r["id"] for r in api.get("/v1/workflows/runs", headers=acme).json()] == [
+            str(run_id)
+        ]
+
+        # Another tenant's run is not there; reading does not let one start or cancel.
+        assert api.get(run_url, headers=globex).status_code == 404
+        assert api.get("/v1/workflows/runs", headers=globex).json() == []
+        assert api.post("/v1/workflows/pair/runs", headers=reader).status_code == 403
+        assert api.post(f"{run_url}/cancel", headers=reader).status_code == 403
+        # An operator names the tenant; a finished run has nothing to cancel.
+        assert api.post("/v1/workflows/pair/runs", headers=operator).status_code == 403
+        assert api.post(f"{run_url}/cancel", headers=operator).status_code == 409
+        assert api.post("/v1/workflows/nope/runs", headers=acme).status_code == 404
+        boxed = api.post("/v1/workflows/boxed/runs", headers=acme)
+        assert boxed.status_code == 409 and "container step" in boxed.json()["detail"]
+        again = api.post("/v1/workflows/pair/runs", params={"tenant": TENANT}, headers=operator)
+        assert again.status_code == 202
+        wait_for_run(uuid.UUID(again.json()["run_id"]), "succeeded", "failed")

@@ -26,6 +26,7 @@ from drydock.api import (
     remotes,
     stream,
     trust,
+    workflow_runs,
     workflows,
 )
 from drydock.api.edge import EdgeMiddleware
@@ -60,6 +61,8 @@ def create_app() -> FastAPI:
     app.include_router(trust.router)
     app.include_router(builds.router)
     app.include_router(stream.router)
+    # Before the definitions' routes: /v1/workflows/runs is not a workflow's name.
+    app.include_router(workflow_runs.router)
     app.include_router(workflows.router)
     # The app's own routes, as app.routes lists them (an included router's are listed as one).
     enqueue.install(app)

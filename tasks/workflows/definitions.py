@@ -251,6 +251,9 @@ Step = Annotated[
 ]
 
 
+RESERVED_NAMES = frozenset({"runs"})
+
+
 class WorkflowDefinition(BaseModel):
     """What `drydock workflows create` reads (YAML or JSON) and POST /v1/workflows accepts."""
 
@@ -265,6 +268,14 @@ class WorkflowDefinition(BaseModel):
         max_length=MAX_STEPS,
         description="The DAG: each step starts when every step it needs has succeeded.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        # /v1/workflows/runs lists runs: a workflow of that name could not be read over HTTP.
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved (the API's /v1/workflows/{name}); pick another")
+        return name
 
     @model_validator(mode="wrap")
     @classmethod

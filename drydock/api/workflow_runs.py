@@ -1,0 +1,178 @@
+"""``/v1/workflows/{name}/runs`` and ``/v1/workflows/runs``: starting, reading, cancelling and
+resuming workflow runs over HTTP.
+
+Tenancy as for the definitions: a tenant token starts and sees its own tenant's runs only
+(another tenant's run is 404); an operator token names the tenant to start one and reads every
+tenant's. Permissions: starting, cancelling and resuming need the ``workflows.start_run`` scope
+(the task that starts a run); reading needs ``workflows.read``.
+
+Included before the definitions' routes: ``/v1/workflows/runs`` is this module's, so ``runs``
+is not a workflow name (definitions refuse it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
+from drydock.api.auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
+from drydock.api.errors import ErrorBody
+from drydock.api.inputs import (
+    MAX_PAGE,
+    IdempotencyKeyHeader,
+    JSONBody,
+    ReasonText,
+    TenantName,
+    TenantQuery,
+)
+from drydock.api.workflows import WorkflowName
+from models import workflow_runs
+from models.db import session_scope
+from tasks.workflows import runs
+
+router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+
+_FORBIDDEN = "The token lacks the scope, or acts for another tenant than the one named."
+
+
+class RunRequestBody(JSONBody):
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="Default: the newest.")
+    reason: ReasonText = Field("", description="Why: kept with the run.")
+    tenant: TenantName | None = Field(None, description="Operator tokens: the workflow's tenant.")
+
+
+class RunStartedBody(BaseModel):
+    run_id: uuid.UUID = Field(description="Also the id of the job that starts it.")
+    url: str
+
+
+class StepBody(BaseModel):
+    name: str
+    kind: str
+    needs: list[str]
+    state: workflow_runs.StepState
+    attempts: int
+    failures: int
+    job_id: uuid.UUID | None
+    child_job_id: uuid.UUID | None
+    result: dict[str, Any] | None
+    error: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_ms: float | None
+
+
+class RunBody(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    workflow: str
+    version: int
+    state: workflow_runs.RunState
+    reason: str
+    error: str | None
+    cancel_requested: bool
+    created_at: str
+    finished_at: str | None
+    steps: list[StepBody]
+
+
+class RunSummaryBody(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    workflow: str
+    version: int
+    state: workflow_runs.RunState
+    created_at: str
+
+
+class ResumedBody(BaseModel):
+    run_id: uuid.UUID
+    sent: list[str] = Field(description="The steps sent again.")
+
+
+_RUN_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": _FORBIDDEN},
+    404: {"model": ErrorBody, "description": "No such run, or one of another tenant."},
+}
+
+
+@router.get("/runs", response_model=list[RunSummaryBody], responses=_RUN_ERRORS)
+def list_runs(
+    caller: Caller,
+    tenant: TenantQuery = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> list[RunSummaryBody]:
+    """Runs, newest first."""
+    require_scope(caller, "workflows.read")
+    with session_scope() as session:
+        rows = workflow_runs.list_runs(session, tenant_to_read(caller, tenant), limit)
+        return [
+            RunSummaryBody(
+                id=row.id,
+                tenant=row.tenant,
+                workflow=row.workflow_name,
+                version=row.workflow_version,
+                state=workflow_runs.RunState(row.state),
+                created_at=row.created_at.isoformat(),
+            )
+            for row in rows
+        ]
+
+
+@router.get("/runs/{run_id}", response_model=RunBody, responses=_RUN_ERRORS)
+def show_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
+    """A run with every step: state, attempts, failures, result, timing, error."""
+    require_scope(caller, "workflows.read")
+    return RunBody.model_validate(runs.run_view(run_id, tenant_to_read(caller, None)))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunBody, responses=_RUN_ERRORS)
+def cancel_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
+    """Stop the run: steps not started never start; a running step stops within a second."""
+    require_scope(caller, "workflows.start_run")
+    scoped = tenant_to_read(caller, None)
+    runs.cancel_run(run_id, tenant=scoped, actor=actor_of(caller))
+    return RunBody.model_validate(runs.run_view(run_id, scoped))
+
+
+@router.post("/runs/{run_id}/retry", response_model=ResumedBody, responses=_RUN_ERRORS)
+def retry_run(run_id: uuid.UUID, caller: Caller) -> ResumedBody:
+    """Resume a failed or cancelled run from its failed steps; succeeded steps are kept."""
+    require_scope(caller, "workflows.start_run")
+    sent = runs.retry_run(run_id, tenant=tenant_to_read(caller, None), actor=actor_of(caller))
+    return ResumedBody(run_id=run_id, sent=sent)
+
+
+@router.post(
+    "/{name}/runs",
+    status_code=202,
+    response_model=RunStartedBody,
+    responses={**_RUN_ERRORS, 404: {"model": ErrorBody, "description": "No such workflow."}},
+)
+def start_run(
+    name: WorkflowName,
+    caller: Caller,
+    response: Response,
+    body: RunRequestBody | None = None,
+    tenant: TenantQuery = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> RunStartedBody:
+    """Start a run of the workflow (202: it runs on the workflows queue). A workflow with
+    steps this fleet cannot run yet is refused (409), naming them."""
+    require_scope(caller, "workflows.start_run")
+    request = body or RunRequestBody()
+    acting = tenant_to_write(caller, tenant or request.tenant)
+    run_id = runs.request_run(
+        tenant=acting,
+        workflow=name,
+        version=request.version,
+        reason=request.reason,
+        requested_by=actor_of(caller),
+        idempotency_key=idempotency_key,
+    )
+    url = f"/v1/workflows/runs/{run_id}"
+    response.headers["Location"] = url
+    return RunStartedBody(run_id=run_id, url=url)
