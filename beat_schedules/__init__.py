@@ -17,6 +17,23 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         **remediation_upkeep(settings),
         **evaluation_upkeep(settings),
         **credential_upkeep(settings),
+        **workflow_upkeep(settings),
+    }
+
+
+def workflow_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.workflow_sweep_interval_seconds
+    if not interval:
+        return {}
+    # Runs with no step in flight are moved on (a step's job never sent, or lost at a hard
+    # time limit): a run never waits on something that will not come.
+    return {
+        "workflow-sweep": {
+            "task": "workflows.sweep_runs",
+            "schedule": float(interval),
+            "kwargs": {},
+            "options": {"queue": "workflows", "expires": float(interval)},
+        }
     }
 
 

@@ -29,7 +29,7 @@ from catalog.pushes import (
     RotateCredentialsPayload,
 )
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
-from catalog.workflows import RunStepPayload, StartRunPayload
+from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRunsPayload
 from kernel.errors import UnknownTaskError
 from kernel.payload import Payload
 from kernel.topology import WORK_QUEUES, queue_for_task
@@ -148,6 +148,14 @@ def _specs() -> list[TaskSpec]:
             summary=(
                 "Run one step of a workflow run (once: a finished step is never run again), "
                 "record it, and send the steps it unblocks."
+            ),
+        ),
+        TaskSpec(
+            name="workflows.sweep_runs",
+            payload=SweepWorkflowRunsPayload,
+            summary=(
+                "Move on the workflow runs nothing is moving: a step whose job was never sent, "
+                "or whose job ended without the run hearing of it (Beat runs it)."
             ),
         ),
         TaskSpec(

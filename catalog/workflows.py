@@ -24,6 +24,10 @@ class StartRunPayload(Payload):
     reason: str = Field("", max_length=2000, description="Why: kept with the run.")
 
 
+class SweepWorkflowRunsPayload(Payload):
+    limit: int = Field(500, ge=1, le=10_000, description="Runs moved on per sweep, at most.")
+
+
 class RunStepPayload(Payload):
     run_id: uuid.UUID = Field(description="The workflow run.")
     step: str = Field(pattern=STEP_NAME_PATTERN, description="The step of the run to execute.")

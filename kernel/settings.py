@@ -362,6 +362,13 @@ class Settings(BaseSettings):
             "playbook; 0 turns the entry off."
         ),
     )
+    workflow_sweep_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        30.0,
+        description=(
+            "How often Beat moves on workflow runs that nothing is moving: a step whose job was "
+            "never sent, or was lost without an outcome the run heard of; 0 turns it off."
+        ),
+    )
     evaluation_host_asset: str | None = Field(
         None,
         description=(

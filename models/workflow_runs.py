@@ -27,6 +27,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.errors import NotFoundError
 from models.base import Base, sql_in_list
+from models.jobs import TERMINAL_STATUSES, Job
 
 
 class RunState(StrEnum):
@@ -158,6 +159,46 @@ def list_runs(session: Session, tenant: str | None, limit: int = 50) -> list[Wor
     if tenant is not None:
         query = query.where(WorkflowRun.tenant == tenant)
     return list(session.scalars(query))
+
+
+def runs_not_in_flight(session: Session, limit: int) -> list[uuid.UUID]:
+    """Running runs with no step in flight (queued or running on a job that has not ended):
+    nothing will move them but an advance."""
+    in_flight = (
+        select(WorkflowStep.id)
+        .join(Job, Job.id == WorkflowStep.job_id)
+        .where(
+            WorkflowStep.run_id == WorkflowRun.id,
+            WorkflowStep.state.in_([StepState.QUEUED.value, StepState.RUNNING.value]),
+            Job.status.not_in([s.value for s in TERMINAL_STATUSES]),
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(WorkflowRun.id)
+            .where(WorkflowRun.state == RunState.RUNNING.value, ~in_flight)
+            .order_by(WorkflowRun.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def running_steps_whose_job_ended(session: Session, run_id: uuid.UUID) -> list[WorkflowStep]:
+    """Steps still marked running though their job has an outcome (killed at a hard time
+    limit: the run never heard of it)."""
+    return list(
+        session.scalars(
+            select(WorkflowStep)
+            .join(Job, Job.id == WorkflowStep.job_id)
+            .where(
+                WorkflowStep.run_id == run_id,
+                WorkflowStep.state == StepState.RUNNING.value,
+                Job.status.in_([s.value for s in TERMINAL_STATUSES]),
+            )
+            .with_for_update(of=WorkflowStep)
+        )
+    )
 
 
 def step_of_job(session: Session, job_id: uuid.UUID) -> WorkflowStep | None:

@@ -327,3 +327,59 @@ def test_runs_over_http_per_tenant(workflow_workers: Callable[[str], WorkerProce
         again = api.post("/v1/workflows/pair/runs", params={"tenant": TENANT}, headers=operator)
         assert again.status_code == 202
         wait_for_run(uuid.UUID(again.json()["run_id"]), "succeeded", "failed")
+
+
+def test_the_sweep_moves_on_a_run_that_nothing_is_moving(
+    workflow_workers: Callable[[str], WorkerProcess],
+) -> None:
+    """An advance that died between marking a step queued and sending it, and a step's job that
+    ended at a hard time limit without telling the run: the sweep recovers both."""
+    from dispatch.enqueue import enqueue
+    from models import workflows as definitions
+    from models.db import session_scope
+    from models.workflow_runs import StepState, WorkflowRun, WorkflowStep
+    from tasks.workflows import runs
+
+    workflow_workers("wf-sweep")
+    define("lonely", [canary_step("only")])
+    # A job that has ended (dead-lettered), standing for one killed at its hard time limit.
+    lost_job = enqueue("remediation.canary", {"fail_permanently": True}).id
+    wait_for_job(lost_job, ("dead_lettered",))
+    with session_scope() as session:
+        version = definitions.get_definition(session, TENANT, "lonely")
+        stuck, lost = uuid.uuid4(), uuid.uuid4()
+        for run_id in (stuck, lost):
+            session.add(
+                WorkflowRun(
+                    id=run_id,
+                    tenant=TENANT,
+                    workflow_id=version.id,
+                    workflow_name="lonely",
+                    workflow_version=version.version,
+                    state="running",
+                    reason="",
+                    requested_by="test",
+                )
+            )
+        session.flush()
+        spec = version.definition["steps"][0]
+        # Marked queued with the id of a job that was never sent.
+        session.add(
+            WorkflowStep(
+                run_id=stuck, name="only", kind="job", needs=[], spec=spec,
+                state=StepState.QUEUED.value, attempts=0, failures=0, job_id=uuid.uuid4(),
+            )
+        )  # fmt: skip
+        # Marked running on a job that has ended.
+        session.add(
+            WorkflowStep(
+                run_id=lost, name="only", kind="job", needs=[], spec=spec,
+                state=StepState.RUNNING.value, attempts=1, failures=0, job_id=lost_job,
+            )
+        )  # fmt: skip
+    assert runs.sweep_runs(100) == {"runs": 2, "steps_lost": 1}
+    assert wait_for_run(stuck, "succeeded", "failed")["state"] == "succeeded"
+    failed = wait_for_run(lost, "failed", "succeeded")
+    assert "ended without finishing" in (steps(failed)["only"]["error"] or "")
+    # Runs with a step in flight are left alone.
+    assert runs.sweep_runs(100) == {"runs": 0, "steps_lost": 0}

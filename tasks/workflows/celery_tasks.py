@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from catalog.workflows import RunStepPayload, StartRunPayload
+from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRunsPayload
 from kernel.context import JobContext
 from kernel.errors import BrokerUnavailableError
 from tasks.workflows import runs
@@ -18,6 +18,10 @@ def start_run(payload: StartRunPayload, ctx: JobContext) -> dict[str, Any]:
 
 def run_step(payload: RunStepPayload, ctx: JobContext) -> dict[str, Any]:
     return runs.run_step(payload, ctx)
+
+
+def sweep_runs(payload: SweepWorkflowRunsPayload, ctx: JobContext) -> dict[str, Any]:
+    return runs.sweep_runs(payload.limit)
 
 
 def step_deliveries(arguments: Mapping[str, Any]) -> int | None:
@@ -39,3 +43,7 @@ RUN_STEP: DrydockTask = drydock_task(
     on_dead_lettered=runs.step_job_lost,
     attempt_budget=step_deliveries,
 )(run_step)
+
+SWEEP_RUNS: DrydockTask = drydock_task("workflows.sweep_runs", transient=(BrokerUnavailableError,))(
+    sweep_runs
+)

@@ -366,6 +366,29 @@ def _run_job_step(
         time.sleep(POLL_SECONDS)
 
 
+# ---- upkeep ---------------------------------------------------------------------------------
+
+
+def sweep_runs(limit: int) -> dict[str, Any]:
+    """Move on every running run that nothing is moving (Beat's ``workflow-sweep``): a step
+    whose job ended without the run hearing of it fails with that job's error; then the run
+    advances, which sends a step marked queued whose job was never sent, and the steps (or the
+    outcome) the finished ones call for."""
+    with session_scope() as session:
+        due = store.runs_not_in_flight(session, limit)
+    lost = 0
+    for run_id in due:
+        with session_scope() as session:
+            for step in store.running_steps_whose_job_ended(session, run_id):
+                job = job_reads.get_job(session, step.job_id) if step.job_id else None
+                step.state = StepState.FAILED.value
+                step.error = f"its job ended without finishing the step: {job.error if job else ''}"
+                step.finished_at = _now()
+                lost += 1
+        advance(run_id)
+    return {"runs": len(due), "steps_lost": lost}
+
+
 # ---- operators: cancel and retry -----------------------------------------------------------
 
 
