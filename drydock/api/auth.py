@@ -33,6 +33,19 @@ def current_caller(
 Caller = Annotated[tokens.Caller, Depends(current_caller)]
 
 
+def presented_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The bearer token as presented (after ``Caller`` has checked it): for a long request
+    that checks it again as it runs."""
+    if credentials is None:
+        raise _unauthorized("missing bearer token (Authorization: Bearer ddk_…)")
+    return credentials.credentials
+
+
+PresentedToken = Annotated[str, Depends(presented_token)]
+
+
 def require_scope(caller: tokens.Caller, scope: str) -> None:
     if not caller.may_use(scope):
         raise HTTPException(

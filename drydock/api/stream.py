@@ -22,11 +22,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from drydock.api.auth import Caller, tenant_to_read
+from drydock.api.auth import Caller, PresentedToken, tenant_to_read
 from drydock.api.errors import ErrorBody, InputProblem
 from drydock.api.inputs import TenantQuery
 from kernel.settings import get_settings
@@ -136,8 +136,8 @@ def _still_valid(token: str) -> bool:
     },
 )
 async def event_stream(
-    request: Request,
     caller: Caller,
+    token: PresentedToken,
     tenant: TenantQuery = None,
     kind: Annotated[
         list[StreamEventKind] | None,
@@ -172,7 +172,6 @@ async def event_stream(
         after = _event_id(last_event_id_query, ("query", "last_event_id"))
     else:
         after = await anyio.to_thread.run_sync(_start_after)
-    token = request.headers["authorization"].split(" ", 1)[1].strip()
     settings = get_settings()
 
     async def events() -> AsyncIterator[ServerSentEvent]:
