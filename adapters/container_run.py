@@ -146,6 +146,8 @@ class ContainerResult:
     oom_killed: bool
     started_at: datetime
     finished_at: datetime
+    # The id (sha256:…) of the image the container ran: what the reference resolved to.
+    image_id: str | None = None
 
     @property
     def duration_seconds(self) -> float:
@@ -257,6 +259,7 @@ def _run(client: Any, request: ContainerRequest, engine: str) -> ContainerResult
             oom_killed=oom_killed,
             started_at=started_at,
             finished_at=datetime.now(UTC),
+            image_id=str(container.attrs.get("Image") or "") or None,
         )
     finally:
         docker_engine.remove_container(

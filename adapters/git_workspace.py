@@ -399,6 +399,134 @@ def _find_in(repo: Path, ref: str, run_id: str, step: str, timeout_seconds: floa
     return None
 
 
+class RebaseConflictError(GitWorkspaceError):
+    """The workspace's commits do not apply on the branch as it is now."""
+
+    def __init__(self, upstream: str, files: Sequence[str]) -> None:
+        shown = ", ".join(files[:20]) + (f", and {len(files) - 20} more" if len(files) > 20 else "")
+        super().__init__(
+            f"the step's commit conflicts with commits made on the branch since it started "
+            f"(now at {upstream[:12]}): {shown or 'no file named'}"
+        )
+        self.files = list(files)
+
+
+_FULL_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def resolve_revision(
+    url: str,
+    revision: str,
+    *,
+    allowed_schemes: Sequence[str],
+    credential: GitCredential | None = None,
+    timeout_seconds: float = 60.0,
+) -> str | None:
+    """The commit ``revision`` names on ``url``: a branch's tip or a tag's commit, asked with
+    ``ls-remote`` (nothing is fetched); a full commit id is taken as it is (cloning checks it).
+    None when the remote has no such branch or tag."""
+    check_remote_url(url, allowed_schemes)
+    check_revision(revision)
+    if _FULL_COMMIT_ID.fullmatch(revision):
+        return revision
+    with tempfile.TemporaryDirectory(prefix="drydock-resolve-") as directory:
+        listed = _check(
+            _git(
+                [
+                    "ls-remote",
+                    "--",
+                    url,
+                    f"refs/heads/{revision}",
+                    f"refs/tags/{revision}",
+                    f"refs/tags/{revision}^{{}}",
+                ],
+                cwd=Path(directory),
+                allowed_schemes=allowed_schemes,
+                timeout_seconds=timeout_seconds,
+                credential=credential,
+            ),
+            f"asking {redact_url(url)} for {revision}",
+            url,
+            credential,
+        )
+    refs: dict[str, str] = {}
+    for line in listed.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref:
+            refs[ref] = sha
+    # A branch before a tag of the same name (as clone_workspace reads them); a tag's peeled
+    # commit before the tag object.
+    for ref in (f"refs/heads/{revision}", f"refs/tags/{revision}^{{}}", f"refs/tags/{revision}"):
+        if ref in refs:
+            return refs[ref]
+    return None
+
+
+def fetch_branch(
+    workspace: Path,
+    url: str,
+    branch: str,
+    *,
+    allowed_schemes: Sequence[str],
+    credential: GitCredential | None = None,
+    timeout_seconds: float = 120.0,
+) -> str | None:
+    """Fetch ``branch`` of ``url`` into the workspace; its tip, or None when the remote has no
+    such branch (yet)."""
+    check_remote_url(url, allowed_schemes)
+    check_revision(branch)
+    run = _Runner(workspace, tuple(allowed_schemes), timeout_seconds)
+    fetched = run(
+        ["fetch", "--quiet", "--no-tags", "--", url, f"+refs/heads/{branch}:refs/drydock/upstream"],
+        credential=credential,
+    )
+    if fetched.returncode != 0:
+        if "couldn't find remote ref" in fetched.stderr:
+            return None
+        _check(fetched, f"fetching {branch} of {redact_url(url)}", url, credential)
+    return _check(run(["rev-parse", "--verify", "refs/drydock/upstream"]), "reading the fetch")
+
+
+def check_out(workspace: Path, branch: str, commit: str, *, timeout_seconds: float = 120.0) -> None:
+    """Put ``branch`` at ``commit`` and check it out (the workspace's files follow)."""
+    run = _Runner(workspace, (), timeout_seconds)
+    _check(run(["checkout", "--quiet", "--force", "-B", branch, commit]), f"checking out {branch}")
+
+
+def head_commit(workspace: Path, *, timeout_seconds: float = 60.0) -> str:
+    return _check(
+        _Runner(workspace, (), timeout_seconds)(["rev-parse", "--verify", "HEAD"]), "HEAD"
+    )
+
+
+def is_ancestor(
+    workspace: Path, ancestor: str, commit: str, *, timeout_seconds: float = 60.0
+) -> bool:
+    run = _Runner(workspace, (), timeout_seconds)
+    return run(["merge-base", "--is-ancestor", ancestor, commit]).returncode == 0
+
+
+def rebase_onto(
+    workspace: Path,
+    upstream: str,
+    author_name: str,
+    author_email: str,
+    *,
+    timeout_seconds: float = 120.0,
+) -> str:
+    """Replay the workspace's commits that ``upstream`` lacks onto it (parallel steps' commits
+    made one line); the new HEAD. RebaseConflictError, the workspace as it was, when they do
+    not apply."""
+    run = _Runner(workspace, (), timeout_seconds)
+    identity = {"GIT_COMMITTER_NAME": author_name, "GIT_COMMITTER_EMAIL": author_email}
+    rebased = run(["rebase", "--quiet", "--no-autostash", upstream], extra_env=identity)
+    if rebased.returncode != 0:
+        conflicted = run(["diff", "--name-only", "--diff-filter=U"]).stdout.split()
+        run(["rebase", "--abort"])
+        raise RebaseConflictError(upstream, conflicted)
+    return head_commit(workspace, timeout_seconds=timeout_seconds)
+
+
 # ---- push and ls-remote --------------------------------------------------------------------
 
 

@@ -6,11 +6,13 @@ import uuid
 
 from pydantic import Field
 
+from catalog.remediation import APPROVAL_TOKEN_PATTERN
 from kernel.payload import Payload
 
 # Step names as workflow definitions allow them (tasks.workflows.definitions).
 STEP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 WORKFLOW_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 # A step's retries (0 to 10) plus room for deliveries lost with their workers.
 MAX_STEP_DELIVERIES = 21
 
@@ -22,6 +24,34 @@ class StartRunPayload(Payload):
         None, ge=1, le=2**31 - 1, description="Its version; none: the newest."
     )
     reason: str = Field("", max_length=2000, description="Why: kept with the run.")
+    project: str | None = Field(
+        None,
+        pattern=PROJECT_NAME_PATTERN,
+        description=(
+            "The tenant's project whose code the run works on: its container and agent steps "
+            "get a workspace cloned from the project's repository, and every step's commit is "
+            "pushed to each of its remotes. Needed by a workflow with such steps."
+        ),
+    )
+    revision: str | None = Field(
+        None,
+        max_length=255,
+        description="Branch, tag or commit the workspace starts from; none: the default branch.",
+    )
+    branch: str | None = Field(
+        None,
+        max_length=255,
+        description="The branch the run commits and pushes to; none: drydock/runs/<run id>.",
+    )
+    approval_token: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=APPROVAL_TOKEN_PATTERN,
+        description=(
+            "An admission approval token for git.push:<project>/<remote>/<branch>, needed when "
+            "the branch is protected on a remote (`drydock admission approve`)."
+        ),
+    )
 
 
 class SweepWorkflowRunsPayload(Payload):

@@ -369,6 +369,53 @@ class Settings(BaseSettings):
             "never sent, or was lost without an outcome the run heard of; 0 turns it off."
         ),
     )
+    workflow_workspace_root: str | None = Field(
+        None,
+        description=(
+            "Directory each workflow step's workspace is cloned under (removed when the step "
+            "ends); unset: the system's temporary directory. The Docker engine running the "
+            "steps must see the same path (it bind-mounts the workspace)."
+        ),
+    )
+    workflow_step_network: str | None = Field(
+        None,
+        description=(
+            "Engine network a workflow step that asks for network access joins (`host` on an "
+            "engine without a bridge); unset: no step gets a network, and one asking fails."
+        ),
+    )
+    workflow_secrets_dir: str | None = Field(
+        None,
+        description=(
+            "Directory of workflow secrets, one file per secret at `<tenant>/<name>` (a mounted "
+            "Kubernetes secret, say); a step's `{secret: name}` reads its tenant's file."
+        ),
+    )
+    workflow_runner_name: str = Field(
+        "Drydock Runner", max_length=200, description="Author and committer of step commits."
+    )
+    workflow_runner_email: str = Field(
+        "runner@drydock.invalid", max_length=200, description="Their e-mail address."
+    )
+    workflow_remote_check_timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        10.0,
+        description="How long a run's start waits for each remote to answer `ls-remote`.",
+    )
+    workflow_agent_providers_file: str | None = Field(
+        None,
+        description=(
+            "YAML or JSON file of the agent providers workflow `agent` steps may name; a "
+            "worker serving `workflows` validates each at start and refuses to start on one "
+            "that is not usable. Unset: no providers (agent steps fail)."
+        ),
+    )
+    workflow_provenance_key_file: str | None = Field(
+        None,
+        description=(
+            "PEM Ed25519 private key signing workflow runs' provenance (DSSE); unset: derived "
+            "from DRYDOCK_SECRET_KEY."
+        ),
+    )
     evaluation_host_asset: str | None = Field(
         None,
         description=(

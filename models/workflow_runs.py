@@ -72,6 +72,19 @@ class WorkflowRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_by: Mapped[str | None] = mapped_column(String(200))
+    # A run on a project's code: its workspace is cloned from the project's repository at
+    # ``revision`` (resolved to ``base_commit`` when the run starts) onto ``branch``, which
+    # every step's commit is pushed to on each of the project's remotes. None: no workspace.
+    project: Mapped[str | None] = mapped_column(String(100))
+    revision: Mapped[str | None] = mapped_column(String(255))
+    branch: Mapped[str | None] = mapped_column(String(255))
+    base_commit: Mapped[str | None] = mapped_column(String(64))
+    # The run branch's newest commit, as pushed to every remote (base_commit before any).
+    head_commit: Mapped[str | None] = mapped_column(String(64))
+    # The recorded decision allowing pushes to a protected branch (None: not protected).
+    push_decision_id: Mapped[int | None] = mapped_column(Integer)
+    # The run's in-toto Statement signed as a DSSE envelope, made when the run finishes.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -102,6 +115,16 @@ class WorkflowStep(Base):
     # The job executing it (workflows.run_step), and a job step's child job.
     job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     child_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # The commit the step made (None: it changed nothing, or made none yet) and its pushes,
+    # one entry per remote: {remote, status, failure, error, attempts}.
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    pushes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # The worker running it (hostname) and when it last said it was alive.
+    runner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The step's provenance log (tasks.workflows.provenance.step_provenance), made when it
+    # finishes; the run's signed Statement names it by digest.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -12,6 +12,7 @@ enqueue claims it: two pushes racing with one token push once.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jwt
@@ -48,26 +49,29 @@ def protected_push_decision(
     session: Session,
     tenant: str,
     project: Project,
-    remote: ProjectRemote,
+    remotes: Sequence[ProjectRemote],
     branch: str,
     approval_token: str | None,
     actor: str,
 ) -> PushDecision:
-    """May the run push to ``branch`` of ``remote``? An unprotected branch: yes, nothing
-    recorded. A protected one: only with a valid, unused approval token covering this push,
-    claimed here; allowed or refused, the decision is recorded in the caller's transaction
-    (commit it, even on a refusal, to keep the record)."""
-    if not is_protected(remote, branch):
+    """May a run push to ``branch`` of ``remotes``? No remote protects it: yes, nothing
+    recorded. Some do: only with one valid, unused approval token covering the push to each of
+    them, claimed here (once, for all); allowed or refused, the decision is recorded in the
+    caller's transaction (commit it, even on a refusal, to keep the record)."""
+    protected = [remote for remote in remotes if is_protected(remote, branch)]
+    if not protected:
         return PushDecision(True, "the branch is not protected", None, None)
-    task = push_task_name(project.name, remote.name, branch)
-    token_id, problem = _check_token(approval_token, tenant=tenant, task=task)
+    tasks = [push_task_name(project.name, remote.name, branch) for remote in protected]
+    token_id, problem = None, ""
+    for task in tasks:
+        token_id, problem = _check_token(approval_token, tenant=tenant, task=task)
+        if problem:
+            break
     if not problem and token_id is not None:
         problem = token_store.claim_use(session, token_id, None) or ""
     if problem:
-        reason = (
-            f"branch {branch} of remote {remote.name} is protected "
-            f"({', '.join(remote.protected_branches)}): {problem}"
-        )
+        rules = "; ".join(f"{r.name}: {', '.join(r.protected_branches)}" for r in protected)
+        reason = f"branch {branch} is protected ({rules}): {problem}"
     else:
         reason = f"approved by token {token_id}"
     decision = Decision.of([Gate(GateName.PROTECTED_TARGET, not problem, reason)])
@@ -76,9 +80,9 @@ def protected_push_decision(
         PolicyDecisionKind.PUSH,
         decision,
         request={
-            "task_name": task,
+            "task_name": tasks[0] if len(tasks) == 1 else tasks,
             "project": project.name,
-            "remote": remote.name,
+            "remotes": [remote.name for remote in protected],
             "branch": branch,
             "approval_token": (
                 {"id": token_id} if token_id else "presented" if approval_token else None

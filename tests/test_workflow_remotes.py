@@ -505,9 +505,9 @@ def test_a_protected_branch_needs_an_approval_token(project: str) -> None:
     with session_scope() as session:
         row = projects.get_project(session, "acme", project)
         origin = next(r for r in row.remotes if r.name == "origin")
-        free = protected_push_decision(session, "acme", row, origin, "run-1", None, "runner")
+        free = protected_push_decision(session, "acme", row, [origin], "run-1", None, "runner")
         assert free.allowed and free.decision_id is None
-        refused = protected_push_decision(session, "acme", row, origin, "main", None, "runner")
+        refused = protected_push_decision(session, "acme", row, [origin], "main", None, "runner")
         assert not refused.allowed and "needs an approval token for git.push:web/origin/main" in (
             refused.reason
         )
@@ -522,12 +522,12 @@ def test_a_protected_branch_needs_an_approval_token(project: str) -> None:
         origin = next(r for r in row.remotes if r.name == "origin")
         mirror = next(r for r in row.remotes if r.name == "mirror")
         wrong_remote = protected_push_decision(
-            session, "acme", row, mirror, "release/1", token.token, "runner"
+            session, "acme", row, [mirror], "release/1", token.token, "runner"
         )
         assert not wrong_remote.allowed and "approves git.push:web/origin/*" in wrong_remote.reason
-        allowed = protected_push_decision(session, "acme", row, origin, "main", token.token, "r")
+        allowed = protected_push_decision(session, "acme", row, [origin], "main", token.token, "r")
         assert allowed.allowed and allowed.token_id == token.id
-        again = protected_push_decision(session, "acme", row, origin, "main", token.token, "r")
+        again = protected_push_decision(session, "acme", row, [origin], "main", token.token, "r")
         assert not again.allowed and "already used" in again.reason
 
     with session_scope() as session:

@@ -61,17 +61,17 @@ def canary_step(name: str, *needs: str, sleep: float = 0.2, **payload: Any) -> d
 
 
 def start(name: str) -> uuid.UUID:
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
-    return runs.request_run(
+    return run_operations.request_run(
         tenant=TENANT, workflow=name, version=None, reason="test", requested_by="test"
     )
 
 
 def view(run_id: uuid.UUID) -> dict[str, Any]:
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
-    return runs.run_view(run_id)
+    return run_operations.run_view(run_id)
 
 
 def wait_for_run(run_id: uuid.UUID, *states: str, timeout: float = 60) -> dict[str, Any]:
@@ -200,11 +200,11 @@ def test_a_step_retries_within_its_budget_then_the_run_fails_and_resumes(
 
     # Retry resumes from the failed step; the succeeded one is kept, not run again.
     from kernel.errors import DrydockError
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
     with pytest.raises(DrydockError, match="nothing to cancel"):
-        runs.cancel_run(run_id, tenant=None, actor="test")
-    sent = runs.retry_run(run_id, tenant=TENANT, actor="test")
+        run_operations.cancel_run(run_id, tenant=None, actor="test")
+    sent = run_operations.retry_run(run_id, tenant=TENANT, actor="test")
     assert sent == ["flaky"]
     again = wait_for_run(run_id, "failed", "succeeded")
     assert again["state"] == "failed"  # it fails every time: but only it ran again
@@ -212,14 +212,14 @@ def test_a_step_retries_within_its_budget_then_the_run_fails_and_resumes(
 
 
 def test_cancel_stops_a_run_mid_step(workflow_workers: Callable[[str], WorkerProcess]) -> None:
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
     workflow_workers("wf-cancel")
     define("slow", [canary_step("wait", sleep=6), canary_step("never", "wait")])
     run_id = start("slow")
     poll(lambda: step_state(run_id, "wait") == "running", 30, "the step to run")
     asked = time.monotonic()
-    runs.cancel_run(run_id, tenant=TENANT, actor="ops")
+    run_operations.cancel_run(run_id, tenant=TENANT, actor="ops")
     run = wait_for_run(run_id, "cancelled", "succeeded", "failed", timeout=30)
     assert run["state"] == "cancelled"
     assert time.monotonic() - asked < 5, "the running step did not stop within seconds"
@@ -229,7 +229,7 @@ def test_cancel_stops_a_run_mid_step(workflow_workers: Callable[[str], WorkerPro
 
 
 def test_a_workflow_this_fleet_cannot_run_is_refused_at_the_edge(clean_state: None) -> None:
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations, runs
 
     define(
         "shell",
@@ -245,7 +245,7 @@ def test_a_workflow_this_fleet_cannot_run_is_refused_at_the_edge(clean_state: No
     with pytest.raises(runs.NotRunnableError, match="step build is a container step"):
         start("shell")
     with pytest.raises(Exception, match="no workflow"):
-        runs.request_run(
+        run_operations.request_run(
             tenant="other", workflow="shell", version=None, reason="", requested_by="test"
         )
 

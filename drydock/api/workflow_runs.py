@@ -18,6 +18,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
+from catalog.remediation import APPROVAL_TOKEN_PATTERN
+from catalog.workflows import PROJECT_NAME_PATTERN
 from drydock.api.auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
 from drydock.api.errors import ErrorBody
 from drydock.api.inputs import (
@@ -31,7 +33,7 @@ from drydock.api.inputs import (
 from drydock.api.workflows import WorkflowName
 from models import workflow_runs
 from models.db import session_scope
-from tasks.workflows import runs
+from tasks.workflows import run_operations
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
@@ -42,6 +44,33 @@ class RunRequestBody(JSONBody):
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="Default: the newest.")
     reason: ReasonText = Field("", description="Why: kept with the run.")
     tenant: TenantName | None = Field(None, description="Operator tokens: the workflow's tenant.")
+    project: str | None = Field(
+        None,
+        pattern=PROJECT_NAME_PATTERN,
+        description=(
+            "The tenant's project the run works on (needed by container and agent steps): "
+            "each step gets a workspace cloned from its repository, and each step's commit is "
+            "pushed to every remote of it."
+        ),
+    )
+    revision: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Branch, tag or commit to start from; default branch.",
+    )
+    branch: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Branch to commit and push to; drydock/runs/<run id>.",
+    )
+    approval_token: str | None = Field(
+        None,
+        max_length=4096,
+        pattern=APPROVAL_TOKEN_PATTERN,
+        description="Approval for git.push:<project>/<remote>/<branch> on a protected branch.",
+    )
 
 
 class RunStartedBody(BaseModel):
@@ -58,6 +87,10 @@ class StepBody(BaseModel):
     failures: int
     job_id: uuid.UUID | None
     child_job_id: uuid.UUID | None
+    commit: str | None = Field(description="The commit the step made; none: no change.")
+    pushes: list[dict[str, Any]] | None = Field(description="Each remote's push of it.")
+    runner: str | None = Field(description="The worker that ran it last.")
+    heartbeat_at: str | None = Field(description="When that worker last said it was alive.")
     result: dict[str, Any] | None
     error: str | None
     started_at: str | None
@@ -74,6 +107,12 @@ class RunBody(BaseModel):
     reason: str
     error: str | None
     cancel_requested: bool
+    project: str | None
+    revision: str | None
+    branch: str | None
+    base_commit: str | None
+    head_commit: str | None
+    signed: bool = Field(description="Whether the run's provenance is signed (when it ends).")
     created_at: str
     finished_at: str | None
     steps: list[StepBody]
@@ -126,7 +165,7 @@ def list_runs(
 def show_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
     """A run with every step: state, attempts, failures, result, timing, error."""
     require_scope(caller, "workflows.read")
-    return RunBody.model_validate(runs.run_view(run_id, tenant_to_read(caller, None)))
+    return RunBody.model_validate(run_operations.run_view(run_id, tenant_to_read(caller, None)))
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunBody, responses=_RUN_ERRORS)
@@ -134,15 +173,17 @@ def cancel_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
     """Stop the run: steps not started never start; a running step stops within a second."""
     require_scope(caller, "workflows.start_run")
     scoped = tenant_to_read(caller, None)
-    runs.cancel_run(run_id, tenant=scoped, actor=actor_of(caller))
-    return RunBody.model_validate(runs.run_view(run_id, scoped))
+    run_operations.cancel_run(run_id, tenant=scoped, actor=actor_of(caller))
+    return RunBody.model_validate(run_operations.run_view(run_id, scoped))
 
 
 @router.post("/runs/{run_id}/retry", response_model=ResumedBody, responses=_RUN_ERRORS)
 def retry_run(run_id: uuid.UUID, caller: Caller) -> ResumedBody:
     """Resume a failed or cancelled run from its failed steps; succeeded steps are kept."""
     require_scope(caller, "workflows.start_run")
-    sent = runs.retry_run(run_id, tenant=tenant_to_read(caller, None), actor=actor_of(caller))
+    sent = run_operations.retry_run(
+        run_id, tenant=tenant_to_read(caller, None), actor=actor_of(caller)
+    )
     return ResumedBody(run_id=run_id, sent=sent)
 
 
@@ -150,7 +191,17 @@ def retry_run(run_id: uuid.UUID, caller: Caller) -> ResumedBody:
     "/{name}/runs",
     status_code=202,
     response_model=RunStartedBody,
-    responses={**_RUN_ERRORS, 404: {"model": ErrorBody, "description": "No such workflow."}},
+    responses={
+        **_RUN_ERRORS,
+        404: {"model": ErrorBody, "description": "No such workflow, or no such project."},
+        409: {
+            "model": ErrorBody,
+            "description": (
+                "The run cannot start as asked: steps this fleet cannot run, a workspace step "
+                "without a project, a revision or branch git cannot name."
+            ),
+        },
+    },
 )
 def start_run(
     name: WorkflowName,
@@ -165,13 +216,17 @@ def start_run(
     require_scope(caller, "workflows.start_run")
     request = body or RunRequestBody()
     acting = tenant_to_write(caller, tenant or request.tenant)
-    run_id = runs.request_run(
+    run_id = run_operations.request_run(
         tenant=acting,
         workflow=name,
         version=request.version,
         reason=request.reason,
         requested_by=actor_of(caller),
         idempotency_key=idempotency_key,
+        project=request.project,
+        revision=request.revision,
+        branch=request.branch,
+        approval_token=request.approval_token,
     )
     url = f"/v1/workflows/runs/{run_id}"
     response.headers["Location"] = url

@@ -28,18 +28,37 @@ def run_workflow(
     tenant: str = typer.Option(..., "--tenant", help="The workflow's tenant."),
     version: int | None = typer.Option(None, "--version", min=1, help="Default: the newest."),
     reason: str = typer.Option("", "--reason", help="Why: kept with the run."),
+    project: str | None = typer.Option(
+        None, "--project", help="The project whose code it works on (container, agent steps)."
+    ),
+    revision: str | None = typer.Option(
+        None, "--revision", help="Branch, tag or commit to start from; default: default branch."
+    ),
+    branch: str | None = typer.Option(
+        None, "--branch", help="Branch to commit and push to; default: drydock/runs/<run id>."
+    ),
+    approval_token: str | None = typer.Option(
+        None,
+        "--approval-token",
+        envvar="DRYDOCK_APPROVAL_TOKEN",
+        help="Approval for git.push:<project>/<remote>/<branch> (a protected branch).",
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow the run until it finishes."),
 ) -> None:
     """Start a run; prints its id (and with --wait each step as it finishes; exit 1 unless
     the run succeeded)."""
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
-    run_id = runs.request_run(
+    run_id = run_operations.request_run(
         tenant=tenant,
         workflow=name,
         version=version,
         reason=reason,
         requested_by=f"operator:{current_operator()}",
+        project=project,
+        revision=revision,
+        branch=branch,
+        approval_token=approval_token,
     )
     say(f"run {run_id} of {tenant}/{name} started")
     if wait:
@@ -50,12 +69,12 @@ def run_workflow(
 
 def _follow(run_id: uuid.UUID, tenant: str | None) -> str:
     from models.workflow_runs import RunNotFoundError
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
     told: dict[str, str] = {}
     while True:
         try:
-            view = runs.run_view(run_id, tenant)
+            view = run_operations.run_view(run_id, tenant)
         except RunNotFoundError:
             time.sleep(0.5)  # the start job has not written the run yet
             continue
@@ -94,9 +113,9 @@ def run_status(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """A run and every step: state, attempts, timing, error."""
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
-    view = runs.run_view(_run_id(run), tenant)
+    view = run_operations.run_view(_run_id(run), tenant)
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2) + "\n")
         return
@@ -118,9 +137,11 @@ def cancel(
     tenant: str | None = typer.Option(None, "--tenant"),
 ) -> None:
     """Stop a run: steps not started never start; a running step stops within a second."""
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
-    state = runs.cancel_run(_run_id(run), tenant=tenant, actor=f"operator:{current_operator()}")
+    state = run_operations.cancel_run(
+        _run_id(run), tenant=tenant, actor=f"operator:{current_operator()}"
+    )
     say(f"run {run}: cancel requested ({state})")
 
 
@@ -130,7 +151,9 @@ def retry(
     tenant: str | None = typer.Option(None, "--tenant"),
 ) -> None:
     """Resume a failed or cancelled run from its failed steps; succeeded steps are kept."""
-    from tasks.workflows import runs
+    from tasks.workflows import run_operations
 
-    sent = runs.retry_run(_run_id(run), tenant=tenant, actor=f"operator:{current_operator()}")
+    sent = run_operations.retry_run(
+        _run_id(run), tenant=tenant, actor=f"operator:{current_operator()}"
+    )
     say(f"run {run} resumed: {', '.join(sent) or 'nothing to send yet'}")

@@ -9,6 +9,7 @@ from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRuns
 from kernel.context import JobContext
 from kernel.errors import BrokerUnavailableError
 from tasks.workflows import runs
+from tasks.workflows.step_errors import StepAttemptFailedError
 from workers.base_task import DrydockTask, drydock_task
 
 
@@ -39,7 +40,7 @@ START_RUN: DrydockTask = drydock_task("workflows.start_run", transient=(BrokerUn
 
 RUN_STEP: DrydockTask = drydock_task(
     "workflows.run_step",
-    transient=(BrokerUnavailableError, runs.StepAttemptFailedError),
+    transient=(BrokerUnavailableError, StepAttemptFailedError),
     on_dead_lettered=runs.step_job_lost,
     attempt_budget=step_deliveries,
 )(run_step)

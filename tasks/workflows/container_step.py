@@ -87,6 +87,8 @@ class StepOutcome:
     oom_killed: bool
     started_at: datetime
     finished_at: datetime
+    # sha256:… of the image the step ran (the tag as resolved then); None: not reported.
+    image_digest: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -191,21 +193,23 @@ def run_container_step(
         oom_killed=result.oom_killed,
         started_at=result.started_at,
         finished_at=result.finished_at,
+        image_digest=result.image_id,
     )
 
 
 def remove_orphaned_step_containers(
-    run_id: uuid.UUID | str, *, engine_address: str | None = None
+    run_id: uuid.UUID | str, *, step_name: str | None = None, engine_address: str | None = None
 ) -> int:
-    """Remove every step container of ``run_id`` (running ones are killed): what a dead worker
-    left behind. How many were removed."""
+    """Remove every step container of ``run_id`` (of its step ``step_name`` only, when given;
+    running ones are killed): what a dead worker left behind. How many were removed."""
     address = docker_engine.engine_address(engine_address)
     client = docker_engine.connect(address)
+    labels = {STEP_CONTAINER_LABEL: "true", RUN_ID_LABEL: str(run_id)}
+    if step_name is not None:
+        labels[STEP_LABEL] = step_name
     try:
         return container_run.remove_labelled_containers(
-            client,
-            {STEP_CONTAINER_LABEL: "true", RUN_ID_LABEL: str(run_id)},
-            engine=address or "the default socket",
+            client, labels, engine=address or "the default socket"
         )
     finally:
         client.close()
