@@ -168,6 +168,35 @@ def show_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
     return RunBody.model_validate(run_operations.run_view(run_id, tenant_to_read(caller, None)))
 
 
+class ProvenanceBody(BaseModel):
+    run_id: uuid.UUID
+    state: workflow_runs.RunState
+    envelope: dict[str, Any] | None = Field(
+        description="The run's in-toto Statement as a DSSE envelope; none until the run ends."
+    )
+    steps: dict[str, dict[str, Any]] = Field(description="Each step's provenance log, by name.")
+    public_key: str = Field(description="The fleet's Ed25519 public key (PEM) to verify with.")
+    verification: dict[str, Any] | None = Field(
+        None, description="With ?verify=true: ok, the key id and every problem found."
+    )
+
+
+@router.get("/runs/{run_id}/provenance", response_model=ProvenanceBody, responses=_RUN_ERRORS)
+def run_provenance(
+    run_id: uuid.UUID, caller: Caller, verify: Annotated[bool, Query()] = False
+) -> ProvenanceBody:
+    """The run's signed provenance and its steps' logs (and, asked, whether they verify)."""
+    from tasks.workflows.run_provenance import run_provenance as read_provenance
+    from tasks.workflows.run_provenance import verify_run
+
+    require_scope(caller, "workflows.read")
+    provenance = read_provenance(run_id, tenant_to_read(caller, None))
+    body = ProvenanceBody.model_validate(provenance.as_dict())
+    if verify:
+        body.verification = verify_run(provenance).as_dict()
+    return body
+
+
 @router.post("/runs/{run_id}/cancel", response_model=RunBody, responses=_RUN_ERRORS)
 def cancel_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
     """Stop the run: steps not started never start; a running step stops within a second."""

@@ -157,3 +157,29 @@ def retry(
         _run_id(run), tenant=tenant, actor=f"operator:{current_operator()}"
     )
     say(f"run {run} resumed: {', '.join(sent) or 'nothing to send yet'}")
+
+
+@workflows_app.command("provenance")
+def provenance(
+    run: str = typer.Argument(..., metavar="RUN"),
+    tenant: str | None = typer.Option(None, "--tenant"),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check the signature and every step log; exit 1 on a problem."
+    ),
+) -> None:
+    """Print the run's signed provenance (a DSSE envelope) and its steps' logs as JSON; with
+    --verify, check them against the fleet's key instead and name every problem."""
+    from tasks.workflows.run_provenance import run_provenance, verify_run
+
+    found = run_provenance(_run_id(run), tenant)
+    if not verify:
+        sys.stdout.write(json.dumps(found.as_dict(), indent=2) + "\n")
+        return
+    checked = verify_run(found)
+    if checked.ok:
+        say(f"run {run}: provenance verified (key {checked.keyid}, {len(found.step_logs)} steps)")
+        return
+    for problem in checked.problems:
+        where = f" step {problem.step}:" if problem.step else ""
+        say(f"run {run}: {problem.kind.value}:{where} {problem.message}")
+    raise typer.Exit(1)
