@@ -369,6 +369,13 @@ class Settings(BaseSettings):
             "never sent, or was lost without an outcome the run heard of; 0 turns it off."
         ),
     )
+    workflow_stuck_after_seconds: Annotated[float, Field(gt=0)] = Field(
+        120.0,
+        description=(
+            "A running workflow step whose runner has not beaten its heartbeat (every 5 s) for "
+            "this long is reported stuck by /health/workflows."
+        ),
+    )
     workflow_workspace_root: str | None = Field(
         None,
         description=(

@@ -18,6 +18,7 @@ from models import (  # noqa: F401
     stream,
     tokens,
     trust,
+    workflow_events,
     workflow_runs,
     workflows,
 )

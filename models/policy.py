@@ -45,7 +45,7 @@ from kernel.decisions import (
     TenantRules,
 )
 from kernel.errors import NotFoundError
-from models import anomaly, evaluation, notices, stream, trust
+from models import anomaly, evaluation, notices, stream, trust, workflow_events
 from models.base import Base, sql_in_list
 from models.remediation import ACTIVE_RUN_STATES, RemediationRun
 from models.trust import TrustAsset
@@ -354,12 +354,15 @@ class Announcement:
 def watch(
     *, tenant: str | None = None, on_ready: Callable[[], None] | None = None
 ) -> Iterator[Announcement]:
-    """Decisions and trust transitions as they commit, forever (the caller stops)."""
-    for notice in notices.pg_listen([PG_CHANNEL, trust.PG_CHANNEL], on_ready=on_ready):
+    """Decisions, trust transitions and workflow run events as they commit, forever (the
+    caller stops)."""
+    channels = [PG_CHANNEL, trust.PG_CHANNEL, workflow_events.PG_CHANNEL]
+    kinds = {PG_CHANNEL: "decision", trust.PG_CHANNEL: "transition"}
+    for notice in notices.pg_listen(channels, on_ready=on_ready):
         data = json.loads(notice.payload)
         if tenant is not None and data.get("tenant") != tenant:
             continue
-        kind = "decision" if notice.channel == PG_CHANNEL else "transition"
+        kind = kinds.get(notice.channel, "workflow")
         yield Announcement(kind, data)
 
 

@@ -48,6 +48,7 @@ class StreamEventKind(StrEnum):
     TRUST_TRANSITION = "trust.transition"
     POLICY_DECISION = "policy.decision"
     REMEDIATION_UPDATE = "remediation.update"
+    WORKFLOW_EVENT = "workflow.event"
 
 
 class StreamEvent(Base):

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Uuid,
     func,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -241,3 +242,45 @@ def stop_reason(session: Session, run: WorkflowRun) -> str | None:
         .limit(1)
     )
     return None if failed is None else f"step {failed} failed"
+
+
+def stale_running_steps(
+    session: Session, older_than: datetime, limit: int = 100
+) -> list[WorkflowStep]:
+    """Steps marked running whose runner has not beaten their heartbeat since ``older_than``
+    (or, never having beaten it, that started before): stuck, or their worker gone."""
+    last_sign = func.coalesce(WorkflowStep.heartbeat_at, WorkflowStep.started_at)
+    return list(
+        session.scalars(
+            select(WorkflowStep)
+            .join(WorkflowRun, WorkflowRun.id == WorkflowStep.run_id)
+            .where(
+                WorkflowRun.state == RunState.RUNNING.value,
+                WorkflowStep.state == StepState.RUNNING.value,
+                last_sign < older_than,
+            )
+            .order_by(last_sign)
+            .limit(limit)
+        )
+    )
+
+
+def runner_heartbeats(session: Session, since: datetime) -> list[tuple[str, datetime]]:
+    """Each runner that beat a step's heartbeat since ``since``, with its last beat."""
+    last = func.max(WorkflowStep.heartbeat_at)
+    rows = session.execute(
+        select(WorkflowStep.runner, last)
+        .where(WorkflowStep.runner.is_not(None), WorkflowStep.heartbeat_at >= since)
+        .group_by(WorkflowStep.runner)
+        .order_by(last.desc())
+    ).all()
+    return [(str(runner), beat) for runner, beat in rows if beat is not None]
+
+
+def beat_heartbeat(session: Session, run_id: uuid.UUID, name: str, runner: str) -> None:
+    """The step's runner is alive and still on it."""
+    session.execute(
+        update(WorkflowStep)
+        .where(WorkflowStep.run_id == run_id, WorkflowStep.name == name)
+        .values(heartbeat_at=func.now(), runner=runner[:200])
+    )

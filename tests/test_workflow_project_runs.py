@@ -369,3 +369,85 @@ def test_the_cli_refuses_a_workspace_workflow_without_a_project(clean_state: Non
     # What `drydock` prints for it, in one line.
     assert "step only is a container step" in str(_explain(result.exception))
     assert "needs a project (--project)" in str(_explain(result.exception))
+
+
+def test_operators_follow_the_timeline_and_see_runners_and_stuck_runs(
+    runners: Callable[[str], WorkerProcess], remotes: Remotes, git_schemes: None, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func, select, update
+
+    from drydock.api import app
+    from drydock.cli import app as cli_app
+    from models.stream import StreamEvent
+    from models.workflow_runs import WorkflowStep
+    from tests.test_api import bearer, make_token
+
+    make_project(remotes, tmp_path)
+    worker = runners("wf-project-ops")
+    define("one", [shell_step("touch", "echo hi > hi.txt")])
+    run_id = start("one")
+    followed = CliRunner().invoke(cli_app, ["workflows", "follow", str(run_id)])
+    assert followed.exit_code == 0, followed.output
+    lines = followed.output.splitlines()
+    assert any(f"step.started touch on {worker.hostname}" in line for line in lines), lines
+    assert any("step.commit touch" in line for line in lines)
+    assert any("step.push touch mirror pushed" in line for line in lines)
+    assert any(line.startswith("[1/1] run.succeeded") for line in lines)
+    assert lines[-1] == f"run {run_id} succeeded"
+
+    reader = bearer(make_token("reader", "workflows.read", tenant=TENANT))
+    with TestClient(app) as api:
+        timeline = api.get(f"/v1/workflows/runs/{run_id}/timeline", headers=reader).json()
+        kinds = [event["type"] for event in timeline]
+        assert kinds[0] == "run.started" and kinds[-1] == "run.succeeded"
+        assert kinds.count("step.push") == 2
+        # The step's audit row: its runner and the policy it ran under.
+        audit = next(event for event in timeline if event["type"] == "step.succeeded")
+        assert audit["runner"] == worker.hostname
+        assert audit["policy"]["project"] == PROJECT
+        assert audit["policy"]["branch"] == f"drydock/runs/{run_id}"
+        assert audit["commit"] == steps(_view(run_id))["touch"]["commit"]
+        later = api.get(
+            f"/v1/workflows/runs/{run_id}/timeline",
+            params={"after": timeline[-2]["id"]},
+            headers=reader,
+        ).json()
+        assert [event["type"] for event in later] == ["run.succeeded"]
+        provenance = api.get(
+            f"/v1/workflows/runs/{run_id}/provenance", params={"verify": True}, headers=reader
+        ).json()
+        assert provenance["verification"]["ok"] is True
+        assert "BEGIN PUBLIC KEY" in provenance["public_key"]
+
+        health = api.get("/health/workflows")
+        assert health.status_code == 200, health.text
+        assert health.json()["queue_depth"] == 0
+        assert worker.hostname in [r["runner"] for r in health.json()["runners"]]
+
+        # A step marked running whose runner went silent long ago: the run is reported stuck.
+        from models.workflow_runs import WorkflowRun
+
+        with session_scope() as session:
+            session.execute(
+                update(WorkflowRun).where(WorkflowRun.id == run_id).values(state="running")
+            )
+            session.execute(
+                update(WorkflowStep)
+                .where(WorkflowStep.run_id == run_id)
+                .values(state="running", heartbeat_at=func.now() - func.make_interval(0, 0, 0, 1))
+            )
+        stuck = api.get("/health/workflows")
+        assert stuck.status_code == 503
+        assert [(s["run_id"], s["step"]) for s in stuck.json()["stuck"]] == [(str(run_id), "touch")]
+    # The same events are on the event stream, for `drydock policy watch` and GET /v1/stream.
+    with session_scope() as session:
+        streamed = session.scalar(
+            select(func.count())
+            .select_from(StreamEvent)
+            .where(
+                StreamEvent.kind == "workflow.event",
+                StreamEvent.data["run_id"].astext == str(run_id),
+            )
+        )
+    assert streamed == len(timeline)

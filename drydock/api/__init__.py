@@ -26,6 +26,7 @@ from drydock.api import (
     remotes,
     stream,
     trust,
+    workflow_health,
     workflow_runs,
     workflows,
 )
@@ -70,6 +71,7 @@ def create_app() -> FastAPI:
     dead_letters.install(app)
     health.install(app)
     app.include_router(remotes.router)
+    app.include_router(workflow_health.router)
 
     # OpenAPI: exact, with every task's payload schema (drydock.api.openapi).
     def exact_openapi() -> dict[str, Any]:

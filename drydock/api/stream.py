@@ -40,6 +40,7 @@ KIND_SCOPES: dict[StreamEventKind, str] = {
     StreamEventKind.TRUST_TRANSITION: "trust.read",
     StreamEventKind.POLICY_DECISION: "policy.decide",
     StreamEventKind.REMEDIATION_UPDATE: "remediation.run_playbook",
+    StreamEventKind.WORKFLOW_EVENT: "workflows.read",
 }
 # Events read per query: a client far behind catches up in pages of this many.
 PAGE = 200

@@ -168,6 +168,31 @@ def show_run(run_id: uuid.UUID, caller: Caller) -> RunBody:
     return RunBody.model_validate(run_operations.run_view(run_id, tenant_to_read(caller, None)))
 
 
+class TimelineEventBody(BaseModel):
+    id: int = Field(description="Pass the last one seen as ?after= to read on.")
+    run_id: uuid.UUID
+    type: str = Field(description="run.started, step.started, step.commit, step.push, ...")
+    step: str | None
+    runner: str | None
+    at: str | None
+    model_config = {"extra": "allow"}
+
+
+@router.get(
+    "/runs/{run_id}/timeline", response_model=list[TimelineEventBody], responses=_RUN_ERRORS
+)
+def run_timeline(
+    run_id: uuid.UUID,
+    caller: Caller,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+) -> list[TimelineEventBody]:
+    """The run's events after ``after``, oldest first (at most 1000): its start, each step's
+    start, commit, pushes and outcome (with the runner and the policy context), its end."""
+    require_scope(caller, "workflows.read")
+    rows = run_operations.run_timeline(run_id, tenant_to_read(caller, None), after)
+    return [TimelineEventBody.model_validate(row) for row in rows]
+
+
 class ProvenanceBody(BaseModel):
     run_id: uuid.UUID
     state: workflow_runs.RunState

@@ -337,7 +337,8 @@ def policy_watch(
     tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Stream decisions and trust transitions as they commit, until interrupted."""
+    """Stream decisions, trust transitions and workflow run events (step, commit, push) as
+    they commit, until interrupted."""
     from models import policy as policy_store
     from models.trust import TransitionRecord
 
@@ -351,6 +352,10 @@ def policy_watch(
                 line = json.dumps({"type": item.kind, **item.data}, separators=(",", ":"))
             elif item.kind == "transition":
                 line = "transition " + TransitionRecord.from_message(json.dumps(item.data)).line()
+            elif item.kind == "workflow":
+                from drydock.cli.workflow_runs import event_line
+
+                line = f"workflow run {item.data['run_id']} " + event_line(item.data)
             else:
                 data = item.data
                 failing = [g for g in data["gates"] if not g["passed"]]

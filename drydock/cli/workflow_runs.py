@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import uuid
+from typing import Any
 
 import typer
 
@@ -67,26 +68,64 @@ def run_workflow(
             raise typer.Exit(1)
 
 
-def _follow(run_id: uuid.UUID, tenant: str | None) -> str:
+def _follow(run_id: uuid.UUID, tenant: str | None, *, as_json: bool = False) -> str:
+    """Print the run's timeline as it happens, each line with the steps done so far; the
+    run's final state."""
     from models.workflow_runs import RunNotFoundError
     from tasks.workflows import run_operations
 
-    told: dict[str, str] = {}
+    seen = 0
     while True:
         try:
             view = run_operations.run_view(run_id, tenant)
+            events = run_operations.run_timeline(run_id, tenant, seen)
         except RunNotFoundError:
             time.sleep(0.5)  # the start job has not written the run yet
             continue
-        for step in view["steps"]:
-            if told.get(step["name"]) != step["state"]:
-                told[step["name"]] = step["state"]
-                tail = f": {step['error']}" if step["error"] else ""
-                say(f"  {step['name']:<20} {step['state']}{tail}")
-        if view["state"] in FINISHED:
-            say(f"run {run_id} {view['state']}" + (f": {view['error']}" if view["error"] else ""))
+        total = len(view["steps"])
+        done = sum(1 for step in view["steps"] if step["state"] in FINISHED)
+        for event in events:
+            seen = event["id"]
+            if as_json:
+                sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+            else:
+                say(f"[{done}/{total}] {event_line(event)}")
+        if view["state"] in FINISHED and not events:
+            if not as_json:
+                tail = f": {view['error']}" if view["error"] else ""
+                say(f"run {run_id} {view['state']}{tail}")
             return str(view["state"])
         time.sleep(0.5)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    kind = str(event["type"])
+    step = f" {event['step']}" if event.get("step") else ""
+    detail = ""
+    if kind == "step.push":
+        detail = f" {event.get('remote')} {event.get('status')}"
+        if event.get("failure"):
+            detail += f" ({event['failure']})"
+    elif event.get("commit") and kind in ("step.commit", "step.succeeded"):
+        detail = f" {str(event['commit'])[:12]}"
+    elif kind == "run.succeeded" and event.get("head_commit"):
+        detail = f" at {str(event['head_commit'])[:12]}"
+    if event.get("error"):
+        detail += f": {event['error']}"
+    runner = f" on {event['runner']}" if event.get("runner") and kind == "step.started" else ""
+    return f"{kind}{step}{detail}{runner}"
+
+
+@workflows_app.command("follow")
+def follow(
+    run: str = typer.Argument(..., metavar="RUN"),
+    tenant: str | None = typer.Option(None, "--tenant"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON event per line."),
+) -> None:
+    """Follow a run's timeline (each step's start, commit, pushes and outcome, with the steps
+    done so far) until it ends; exit 1 unless it succeeded."""
+    if _follow(_run_id(run), tenant, as_json=as_json) != "succeeded":
+        raise typer.Exit(1)
 
 
 @workflows_app.command("runs")

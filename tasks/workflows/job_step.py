@@ -74,5 +74,7 @@ def run_job_step(
             )
         if time.monotonic() - told >= PROGRESS_EVERY_SECONDS:
             ctx.progress(None, f"step {name}: waiting for {task} job {child.id} ({status})")
+            with session_scope() as session:
+                store.beat_heartbeat(session, run_id, name, ctx.who.hostname)
             told = time.monotonic()
         time.sleep(POLL_SECONDS)

@@ -11,6 +11,7 @@ from adapters.git_inputs import check_revision
 from dispatch.enqueue import enqueue
 from kernel.errors import DrydockError
 from models import projects as project_store
+from models import workflow_events as events
 from models import workflow_runs as store
 from models import workflows as definitions_store
 from models.db import session_scope
@@ -175,3 +176,13 @@ def run_view(run_id: uuid.UUID, tenant: str | None = None) -> dict[str, Any]:
                 for step in store.steps_of(session, run_id)
             ],
         }
+
+
+def run_timeline(
+    run_id: uuid.UUID, tenant: str | None = None, after: int = 0
+) -> list[dict[str, Any]]:
+    """The run's events after event ``after``, oldest first: started, each step's start,
+    commit, pushes and outcome (with its runner and policy context), the run's end."""
+    with session_scope() as session:
+        store.get_run(session, run_id, tenant)
+        return [events.event_json(row) for row in events.events_of(session, run_id, after)]

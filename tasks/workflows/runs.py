@@ -43,6 +43,7 @@ from kernel.errors import DrydockError
 from kernel.settings import get_settings
 from models import job_reads
 from models import projects as project_store
+from models import workflow_events as events
 from models import workflow_runs as store
 from models import workflows as definitions_store
 from models.db import session_scope
@@ -182,6 +183,19 @@ def _write_run(
             run.finished_at = _now()
         session.add(run)
         session.flush()
+        events.record(
+            session,
+            run_id,
+            payload.tenant,
+            "run.failed" if problem else "run.started",
+            workflow=version.name,
+            version=version.version,
+            project=payload.project,
+            branch=branch,
+            base_commit=run.base_commit,
+            push_decision_id=run.push_decision_id,
+            error=run.error,
+        )
         for step in definition.steps:
             session.add(
                 WorkflowStep(
@@ -233,11 +247,13 @@ def advance(run_id: uuid.UUID) -> list[str]:
                 run.error = f"step {failed[0].name} failed: {failed[0].error}" if failed else None
                 run.finished_at = _now()
                 seal_run(session, run, steps)
+                events.record(session, run_id, run.tenant, f"run.{run.state}", error=run.error)
             return []
         if all(s.state == StepState.SUCCEEDED for s in steps):
             run.state = RunState.SUCCEEDED.value
             run.finished_at = _now()
             seal_run(session, run, steps)
+            events.record(session, run_id, run.tenant, "run.succeeded", head_commit=run.head_commit)
             return []
         for step in steps:
             ready = step.state == StepState.PENDING and all(
@@ -290,6 +306,15 @@ def run_step(payload: RunStepPayload, ctx: JobContext) -> dict[str, Any]:
             step.job_id = ctx.job_id
             step.runner = ctx.who.hostname[:200]
             step.started_at = step.started_at or _now()
+            events.record(
+                session,
+                run_id,
+                run.tenant,
+                "step.started",
+                step=name,
+                runner=step.runner,
+                attempt=step.attempts,
+            )
         tenant, spec, failures, attempts = run.tenant, dict(step.spec), step.failures, step.attempts
         project = run_project(session, run) if step.kind in WORKSPACE_KINDS else None
     if done is not None:
@@ -356,6 +381,32 @@ def _finish(
             step.commit_sha = done.commit_sha
             step.pushes = done.pushes
             step.provenance = done.provenance
+        _audit(session, step, f"step.{state.value}", error=error)
+
+
+def _audit(session: Any, step: WorkflowStep, type_: str, **data: Any) -> None:
+    """The step's audit row: who ran it, under which policy, with what outcome."""
+    run = store.get_run(session, step.run_id)
+    events.record(
+        session,
+        step.run_id,
+        run.tenant,
+        type_,
+        step=step.name,
+        runner=step.runner,
+        attempts=step.attempts,
+        failures=step.failures,
+        commit=step.commit_sha,
+        duration_ms=step.duration_ms,
+        policy={
+            "tenant": run.tenant,
+            "project": run.project,
+            "branch": run.branch,
+            "push_decision_id": run.push_decision_id,
+            "requested_by": run.requested_by,
+        },
+        **data,
+    )
 
 
 def _count_failure(run_id: uuid.UUID, name: str, error: str, started: float, retries: int) -> bool:
@@ -369,6 +420,7 @@ def _count_failure(run_id: uuid.UUID, name: str, error: str, started: float, ret
             step.state = StepState.FAILED.value
             step.finished_at = _now()
             step.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        _audit(session, step, "step.failed" if spent else "step.attempt_failed", error=error)
         return spent
 
 
@@ -383,6 +435,7 @@ def step_job_lost(error: BaseException, ctx: JobContext, reason: str) -> None:
         step.error = f"{reason}: {error}"[:4000]
         step.finished_at = _now()
         run_id = step.run_id
+        _audit(session, step, "step.failed", error=step.error)
     advance(run_id)
 
 
@@ -404,6 +457,7 @@ def sweep_runs(limit: int) -> dict[str, Any]:
                 step.state = StepState.FAILED.value
                 step.error = f"its job ended without finishing the step: {job.error if job else ''}"
                 step.finished_at = _now()
+                _audit(session, step, "step.failed", error=step.error)
                 lost += 1
         advance(run_id)
     return {"runs": len(due), "steps_lost": lost}

@@ -59,6 +59,7 @@ from adapters.git_workspace import (
 )
 from kernel.context import JobContext
 from kernel.settings import get_settings
+from models import workflow_events as events
 from models import workflow_runs as store
 from models.db import session_scope
 from models.workflow_runs import WorkflowRun
@@ -138,6 +139,7 @@ def run_workspace_step(
                 f"workflow {project.workflow} run {project.run_id}: step {name}",
                 step_trailers(str(project.run_id), name),
             )
+            _event(project, name, ctx, "step.skipped" if commit is None else "step.commit", commit)
             if commit is None:
                 ctx.progress(None, f"step {name} changed nothing: no commit, no push")
                 return _succeeded(project, name, spec, attempt, attempts, started_at, ctx, None, [])
@@ -260,11 +262,7 @@ def watching(run_id: uuid.UUID, name: str, ctx: JobContext) -> Iterator[Watch]:
 
     def beat() -> None:
         with session_scope() as session:
-            session.execute(
-                update(store.WorkflowStep)
-                .where(store.WorkflowStep.run_id == run_id, store.WorkflowStep.name == name)
-                .values(heartbeat_at=datetime.now(UTC), runner=ctx.who.hostname[:200])
-            )
+            store.beat_heartbeat(session, run_id, name, ctx.who.hostname)
 
     def loop() -> None:
         last_beat = 0.0
@@ -354,6 +352,16 @@ def _publish(
                     outcome.attempts,
                 )
             )
+            events.record(
+                session,
+                project.run_id,
+                project.tenant,
+                "step.push",
+                step=name,
+                runner=ctx.who.hostname[:200],
+                commit=sha,
+                **pushes[-1],
+            )
             ctx.progress(
                 None,
                 f"step {name}: push to {remote.name} {outcome.status.value}",
@@ -379,6 +387,19 @@ def _publish(
     if failure is not None:
         raise StepAttemptFailedError(failure[0], final=failure[1])
     return sha, pushes
+
+
+def _event(project: RunProject, name: str, ctx: JobContext, type_: str, commit: str | None) -> None:
+    with session_scope() as session:
+        events.record(
+            session,
+            project.run_id,
+            project.tenant,
+            type_,
+            step=name,
+            runner=ctx.who.hostname[:200],
+            commit=commit,
+        )
 
 
 def _push_entry(
