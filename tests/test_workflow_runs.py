@@ -266,7 +266,10 @@ def test_operators_run_follow_and_inspect_runs_from_the_cli(
     assert started is not None, ran.stdout
     run_id = started.group(1)
     assert f"run {run_id} succeeded" in ran.stdout
-    assert re.search(r"two +succeeded", ran.stdout)
+    # The timeline as it happened, with the steps done so far.
+    assert "[0/2] run.started" in ran.stdout
+    assert re.search(r"\[1/2\] step.started two on wf-cli@", ran.stdout)
+    assert "[2/2] step.succeeded two" in ran.stdout
 
     status = runner.invoke(cli_app, ["workflows", "status", run_id, "--json"])
     assert status.exit_code == 0, status.output
