@@ -493,6 +493,13 @@ def check_out(workspace: Path, branch: str, commit: str, *, timeout_seconds: flo
     _check(run(["checkout", "--quiet", "--force", "-B", branch, commit]), f"checking out {branch}")
 
 
+def reset_workspace(workspace: Path, *, timeout_seconds: float = 120.0) -> None:
+    """Put the workspace's files back as HEAD has them: changes undone, new files removed."""
+    run = _Runner(workspace, (), timeout_seconds)
+    _check(run(["reset", "--quiet", "--hard", "HEAD"]), "resetting the workspace")
+    _check(run(["clean", "-ffdxq"]), "cleaning the workspace")
+
+
 def head_commit(workspace: Path, *, timeout_seconds: float = 60.0) -> str:
     return _check(
         _Runner(workspace, (), timeout_seconds)(["rev-parse", "--verify", "HEAD"]), "HEAD"

@@ -35,6 +35,14 @@ def worker(
     except ValueError as exc:
         raise CliError(str(exc)) from None
     settings = get_settings()
+    # A workflows worker that cannot run an agent step's provider refuses to start, in one
+    # line, instead of failing every such step later.
+    from tasks.workflows.providers import ProviderConfigError, check_worker_providers
+
+    try:
+        check_worker_providers(names, settings)
+    except ProviderConfigError as exc:
+        raise CliError(str(exc)) from None
     argv = [
         "worker",
         f"--queues={','.join(names)}",

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -135,6 +135,7 @@ def run_container_step(
     network: str | None = None,
     limits: ContainerLimits = DEFAULT_LIMITS,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    extra_binds: Sequence[BindMount] = (),
 ) -> StepOutcome:
     """Run ``step`` with ``workspace`` at /workspace; see the module's docstring.
 
@@ -164,7 +165,7 @@ def run_container_step(
         network_mode=network if step.network and network is not None else "none",
         read_only_root=True,
         tmpfs={"/tmp": f"size={TMP_SIZE_MB}m,mode=1777"},
-        binds=[BindMount(workspace.resolve(), WORKSPACE_DIR)],
+        binds=[BindMount(workspace.resolve(), WORKSPACE_DIR), *extra_binds],
         cancel=cancel,
         # The head and the tail of the cap, and room for a secret cut at either edge.
         capture_bytes=max_output_bytes + max((len(v.encode()) for v in secret_values), default=0),

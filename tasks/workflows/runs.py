@@ -72,7 +72,7 @@ from tasks.workflows.step_errors import StepAttemptFailedError, StepFailedError,
 from tasks.workflows.workspace_steps import WorkspaceStepResult, run_workspace_step
 
 # Kinds a run can execute so far (see the module's doc).
-RUNNABLE_KINDS = frozenset({"job", "container"})
+RUNNABLE_KINDS = frozenset({"job", "container", "agent"})
 
 
 class NotRunnableError(DrydockError):

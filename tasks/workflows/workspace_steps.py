@@ -28,12 +28,10 @@ The workspace is removed however the attempt ends.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import shutil
 import tempfile
-import threading
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +53,7 @@ from adapters.git_workspace import (
     is_ancestor,
     push,
     rebase_onto,
+    reset_workspace,
     step_trailers,
 )
 from kernel.context import JobContext
@@ -63,20 +62,30 @@ from models import workflow_events as events
 from models import workflow_runs as store
 from models.db import session_scope
 from models.workflow_runs import WorkflowRun
+from tasks.workflows.agent_step import (
+    AgentOutcome,
+    AgentStepError,
+    provider_chain,
+    render_prompt,
+    run_agent_step,
+)
 from tasks.workflows.container_step import (
     ContainerStepError,
     StepOutcome,
     remove_orphaned_step_containers,
     run_container_step,
 )
-from tasks.workflows.definitions import WorkflowContainerStep, WorkflowSecretRef
+from tasks.workflows.definitions import (
+    WorkflowAgentStep,
+    WorkflowContainerStep,
+)
 from tasks.workflows.provenance import step_provenance
+from tasks.workflows.providers import AgentProvider, ProviderConfigError, configured_providers
 from tasks.workflows.run_project import RunProject
 from tasks.workflows.step_errors import StepAttemptFailedError, StepStoppedError
+from tasks.workflows.step_secrets import read_secret, resolve_step_secrets
+from tasks.workflows.step_watch import watching
 
-# How often the watcher looks for a stop, and how often it beats the step's heartbeat.
-WATCH_SECONDS = 0.5
-HEARTBEAT_SECONDS = 5.0
 # Per stream, kept in the step's row (the container's own cap is larger; the sizes say so).
 KEPT_OUTPUT_BYTES = 64 * 1024
 PUSH_LOCK_PREFIX = "workflow-run-push:"
@@ -100,6 +109,7 @@ class _Attempt:
     outcome: StepOutcome | None = None
     secrets: list[str] = field(default_factory=list)
     resumed_commit: str | None = None
+    agent: AgentOutcome | None = None
 
 
 def run_workspace_step(
@@ -128,10 +138,15 @@ def run_workspace_step(
             workspace, str(project.run_id), name, branch=project.branch
         )
         if attempt.resumed_commit is None:
-            step = WorkflowContainerStep.model_validate(dict(spec))
-            env_secrets = resolve_step_secrets(project.tenant, step)
-            attempt.secrets = list(env_secrets.values())
-            attempt.outcome = _run_container(project, name, step, workspace, env_secrets, ctx)
+            if spec.get("kind") == "agent":
+                agent = _run_agent(project, name, spec, workspace, ctx)
+                attempt.agent, attempt.outcome = agent, agent.outcome
+                attempt.secrets = list(agent.token_values)
+            else:
+                step = WorkflowContainerStep.model_validate(dict(spec))
+                env_secrets = resolve_step_secrets(project.tenant, step)
+                attempt.secrets = list(env_secrets.values())
+                attempt.outcome = _run_container(project, name, step, workspace, env_secrets, ctx)
             commit = commit_all(
                 workspace,
                 settings.workflow_runner_name,
@@ -184,35 +199,6 @@ def _prepare(project: RunProject, dest: Path) -> Path:
     return dest
 
 
-def resolve_step_secrets(tenant: str, step: WorkflowContainerStep) -> dict[str, str]:
-    """The values of the step's secret references, by secret name, read from
-    ``DRYDOCK_WORKFLOW_SECRETS_DIR/<tenant>/<name>``. A missing one fails the step at once,
-    named (never its value)."""
-    names = sorted({v.secret for v in step.env.values() if isinstance(v, WorkflowSecretRef)})
-    if not names:
-        return {}
-    directory = get_settings().workflow_secrets_dir
-    if not directory:
-        raise StepAttemptFailedError(
-            f"step {step.name} needs secrets ({', '.join(names)}) and "
-            "DRYDOCK_WORKFLOW_SECRETS_DIR is not set on this worker",
-            final=True,
-        )
-    if "/" in tenant or tenant in (".", ".."):
-        raise StepAttemptFailedError(f"tenant {tenant!r} has no secrets directory", final=True)
-    values: dict[str, str] = {}
-    for name in names:
-        path = Path(directory) / tenant / name
-        try:
-            values[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError:
-            raise StepAttemptFailedError(
-                f"step {step.name}: tenant {tenant} has no secret {name!r} (no readable {path})",
-                final=True,
-            ) from None
-    return values
-
-
 # ---- running the container -----------------------------------------------------------------
 
 
@@ -247,50 +233,65 @@ def _run_container(
     return outcome
 
 
-@dataclass
-class Watch:
-    cancel: threading.Event = field(default_factory=threading.Event)
-    reason: str | None = None
-
-
-@contextlib.contextmanager
-def watching(run_id: uuid.UUID, name: str, ctx: JobContext) -> Iterator[Watch]:
-    """While the body runs: set ``cancel`` as soon as the run is stopping, and beat the step's
-    heartbeat (its runner named) every HEARTBEAT_SECONDS."""
-    watch = Watch()
-    done = threading.Event()
-
-    def beat() -> None:
-        with session_scope() as session:
-            store.beat_heartbeat(session, run_id, name, ctx.who.hostname)
-
-    def loop() -> None:
-        last_beat = 0.0
-        ticks = 0
-        while not done.wait(WATCH_SECONDS):
-            ticks += 1
-            try:
-                with session_scope() as session:
-                    reason = store.stop_reason(session, store.get_run(session, run_id))
-                if reason is not None:
-                    watch.reason = reason
-                    watch.cancel.set()
-                    return
-                if ticks * WATCH_SECONDS - last_beat >= HEARTBEAT_SECONDS:
-                    beat()
-                    last_beat = ticks * WATCH_SECONDS
-            # The database away a moment: look again next tick.
-            except Exception:
-                continue
-
-    beat()
-    thread = threading.Thread(target=loop, name=f"drydock-step-watch-{name}", daemon=True)
-    thread.start()
+def _run_agent(
+    project: RunProject, name: str, spec: Mapping[str, Any], workspace: Path, ctx: JobContext
+) -> AgentOutcome:
+    settings = get_settings()
+    step = WorkflowAgentStep.model_validate(dict(spec))
     try:
-        yield watch
-    finally:
-        done.set()
-        thread.join(timeout=5)
+        providers = configured_providers(settings)
+        chain = provider_chain(step, providers)
+    except (ProviderConfigError, AgentStepError) as exc:
+        raise StepAttemptFailedError(str(exc), final=True) from None
+    tokens = {
+        provider.name: token
+        for provider, _ in chain
+        if (token := _provider_token(provider, project.tenant)) is not None
+    }
+    prompt = render_prompt(step, _prompt_variables(project, name))
+    remove_orphaned_step_containers(project.run_id, step_name=name)
+    with watching(project.run_id, name, ctx) as watch:
+        agent = run_agent_step(
+            step,
+            prompt=prompt,
+            providers=providers,
+            workspace=workspace,
+            run_id=project.run_id,
+            tokens=tokens,
+            cancel=watch.cancel,
+            network=settings.workflow_step_network,
+            reset_workspace=lambda: reset_workspace(workspace),
+        )
+    outcome = agent.outcome
+    if outcome.cancelled:
+        raise StepStoppedError(watch.reason or "the run is stopping")
+    if not outcome.ok:
+        tried = ", ".join(f"{a.provider} ({a.error})" for a in agent.attempts)
+        raise StepAttemptFailedError(f"step {name}: every provider failed: {tried}")
+    return agent
+
+
+def _provider_token(provider: AgentProvider, tenant: str) -> str | None:
+    if provider.token_env:
+        return os.environ.get(provider.token_env) or None
+    if provider.token_secret:
+        return read_secret(tenant, provider.token_secret, f"provider {provider.name}")
+    return None
+
+
+def _prompt_variables(project: RunProject, name: str) -> dict[str, Any]:
+    with session_scope() as session:
+        steps = {
+            row.name: {"state": row.state, "commit": row.commit_sha, "result": row.result}
+            for row in store.steps_of(session, project.run_id)
+        }
+    return {
+        "workflow": {"name": project.workflow},
+        "run": {"id": str(project.run_id), "branch": project.branch, "project": project.project},
+        "step": {"name": name},
+        "steps": steps,
+        "workspace": "/workspace",
+    }
 
 
 # ---- commit and push -----------------------------------------------------------------------
@@ -446,6 +447,9 @@ def _succeeded(
             stderr_bytes=outcome.stderr_bytes,
             duration_seconds=round(outcome.duration_seconds, 3),
         )
+    if attempt.agent is not None:
+        # The agent's stream is the step's log; its stdout is that stream again.
+        result.update(agent=attempt.agent.metadata(), log=attempt.agent.events, stdout=None)
     log = step_provenance(
         run_id=str(project.run_id),
         step=name,
@@ -454,6 +458,7 @@ def _succeeded(
         secrets=attempt.secrets,
         image_digest=outcome.image_digest if outcome else None,
         env_names=[*dict(spec.get("env") or {}), "HOME"],
+        agent=attempt.agent.metadata() if attempt.agent else None,
         exit_code=outcome.exit_code if outcome else None,
         stdout=outcome.stdout if outcome else None,
         stderr=outcome.stderr if outcome else None,
