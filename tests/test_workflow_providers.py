@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from tasks.workflows.agent_step import AgentStepError, parse_events, run_agent_step
@@ -29,14 +28,15 @@ from tasks.workflows.providers import (
     parse_providers,
     provider_problems,
 )
-from testkit.docker_engine import DockerEngine
 from tests import test_workflow_project_runs as project_runs
 
-IMAGE = "registry.example.com/tools/busybox:1"
+IMAGE = project_runs.STEP_IMAGE
 TOKEN = "sk-agent-token-4e1d0c9b7a"
 # The project runs' git remotes and edge settings, shared.
 remotes = project_runs.remotes
 git_schemes = project_runs.git_schemes
+# The busybox step image, tagged as IMAGE.
+agent_image = project_runs.step_image
 PATCH = """Make the greeting friendlier.
 ```diff
 --- a/greeting.txt
@@ -46,14 +46,6 @@ PATCH = """Make the greeting friendlier.
 +hello, world
 ```
 """
-
-
-@pytest.fixture(scope="module")
-def agent_image(sandbox_image: str, docker_engine: DockerEngine) -> Iterator[str]:
-    client = docker.DockerClient(base_url=docker_engine.url)
-    client.images.get(sandbox_image).tag(IMAGE)
-    yield IMAGE
-    client.close()
 
 
 @pytest.fixture
