@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -386,6 +389,15 @@ def test_operators_follow_the_timeline_and_see_runners_and_stuck_runs(
     make_project(remotes, tmp_path)
     worker = runners("wf-project-ops")
     define("one", [shell_step("touch", "echo hi > hi.txt")])
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "drydock.cli", "policy", "watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+        text=True,
+    )
+    assert watcher.stderr is not None and watcher.stdout is not None
+    assert "watching" in watcher.stderr.readline()
     run_id = start("one")
     followed = CliRunner().invoke(cli_app, ["workflows", "follow", str(run_id)])
     assert followed.exit_code == 0, followed.output
@@ -395,6 +407,17 @@ def test_operators_follow_the_timeline_and_see_runners_and_stuck_runs(
     assert any("step.push touch mirror pushed" in line for line in lines)
     assert any(line.startswith("[1/1] run.succeeded") for line in lines)
     assert lines[-1] == f"run {run_id} succeeded"
+    # `drydock policy watch` showed the run's events as they committed.
+    watched: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("run.succeeded" in w for w in watched):
+            watched.append(watcher.stdout.readline().strip())
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+    assert f"workflow run {run_id} step.push touch mirror pushed" in watched
+    assert f"workflow run {run_id} run.succeeded" in " ".join(watched)
 
     reader = bearer(make_token("reader", "workflows.read", tenant=TENANT))
     with TestClient(app) as api:
