@@ -29,6 +29,7 @@ from catalog.pushes import (
     RotateCredentialsPayload,
 )
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from catalog.runtime import LaunchPayload, StopPayload
 from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRunsPayload
 from kernel.errors import UnknownTaskError
 from kernel.payload import Payload
@@ -191,6 +192,21 @@ def _specs() -> list[TaskSpec]:
                 "Recompute per-repository capability scores from the build ledger: build "
                 "latency spikes, credential churn, missing architectures (Beat runs it)."
             ),
+        ),
+        TaskSpec(
+            name="runtime.launch",
+            payload=LaunchPayload,
+            summary=(
+                "Launch a server's release where policy allows: a target chosen by capability "
+                "and judged by the placement gates (one recorded decision), the image pulled "
+                "by digest and run locked down, running once its probe answers; blocked with "
+                "the failing gates when denied."
+            ),
+        ),
+        TaskSpec(
+            name="runtime.stop",
+            payload=StopPayload,
+            summary="Drain and stop an instance, keeping the end of its output (redacted).",
         ),
     ]
     return specs

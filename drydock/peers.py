@@ -46,12 +46,12 @@ from models.credentials import RegistryCredentialRow, SecretKeyRequiredError
 
 PeerKind = Literal["docker_engine", "registry", "libvirt", "kubernetes"]
 
-# The queues whose tasks talk to each kind of peer: builds, evaluation suites, workflow steps and
-# remediation's sandboxes run on the engine; pushes reach registries; attestation's inventory and
-# libvirt playbooks open libvirt; kubernetes playbooks and credential rotation (on pushes) call
-# the API.
+# The queues whose tasks talk to each kind of peer: builds, evaluation suites, workflow steps,
+# remediation's sandboxes and the runtime's servers run on the engine; pushes reach registries;
+# attestation's inventory and libvirt playbooks open libvirt; kubernetes playbooks and
+# credential rotation (on pushes) call the API.
 PEER_QUEUES: dict[PeerKind, tuple[str, ...]] = {
-    "docker_engine": ("builds", "evaluation", "remediation", "workflows"),
+    "docker_engine": ("builds", "evaluation", "remediation", "workflows", "runtime"),
     "registry": ("pushes",),
     "libvirt": ("attestation", "remediation"),
     "kubernetes": ("remediation", "pushes"),

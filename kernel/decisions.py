@@ -24,6 +24,7 @@ class GateName(StrEnum):
     TARGET_TRUST = "target_trust"
     PROTECTED_TARGET = "protected_target"
     HOST_TRUST = "host_trust"
+    BACKEND_CAPABILITY = "backend_capability"
 
 
 @dataclass(frozen=True)

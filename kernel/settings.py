@@ -31,6 +31,7 @@ DEFAULT_TIME_LIMITS: dict[str, int] = {
     "remediation": 3600,
     "evaluation": 3600,
     "workflows": 3600,
+    "runtime": 900,
 }
 
 
@@ -422,6 +423,22 @@ class Settings(BaseSettings):
             "PEM Ed25519 private key signing workflow runs' provenance (DSSE); unset: derived "
             "from DRYDOCK_SECRET_KEY."
         ),
+    )
+    runtime_probe_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = Field(
+        60.0,
+        description=(
+            "How long a launched MCP server has to answer its probe (the MCP `initialize` call "
+            "or an HTTP GET) before the launch fails it."
+        ),
+    )
+    runtime_memory_mb: Annotated[int, Field(ge=16, le=262_144)] = Field(
+        512, description="Memory limit of each server container the runtime launches (MiB)."
+    )
+    runtime_cpus: Annotated[float, Field(gt=0, le=64)] = Field(
+        1.0, description="CPU limit of each server container the runtime launches."
+    )
+    runtime_pids: Annotated[int, Field(ge=8, le=65_536)] = Field(
+        256, description="Process limit of each server container the runtime launches."
     )
     evaluation_host_asset: str | None = Field(
         None,

@@ -15,6 +15,7 @@ WORK_QUEUES: tuple[str, ...] = (
     "remediation",
     "evaluation",
     "workflows",
+    "runtime",
 )
 DEAD_LETTER_QUEUE = "dead_letter"
 ALL_QUEUES: tuple[str, ...] = (*WORK_QUEUES, DEAD_LETTER_QUEUE)
@@ -42,6 +43,8 @@ QUEUE_PROFILES: dict[str, QueueProfile] = {
     "evaluation": QueueProfile(prefetch_multiplier=1, long_running=True),
     # Workflow steps: containers and agents on a project's workspace, each up to an hour.
     "workflows": QueueProfile(prefetch_multiplier=1, long_running=True),
+    # Launches pull an image and wait for its probe; stops drain. Minutes, not hours.
+    "runtime": QueueProfile(prefetch_multiplier=1, long_running=True),
 }
 
 

@@ -15,6 +15,7 @@ from models import (  # noqa: F401
     policy,
     projects,
     remediation,
+    runtime,
     stream,
     tokens,
     trust,

@@ -49,6 +49,7 @@ class StreamEventKind(StrEnum):
     POLICY_DECISION = "policy.decision"
     REMEDIATION_UPDATE = "remediation.update"
     WORKFLOW_EVENT = "workflow.event"
+    RUNTIME_INSTANCE = "runtime.instance"
 
 
 class StreamEvent(Base):

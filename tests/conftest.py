@@ -30,7 +30,7 @@ from kernel.topology import WORK_QUEUES
 # The session worker serves every queue but this one: tests that start and kill their own
 # workers use it, so the session worker can never take their jobs.
 PRIVATE_QUEUE = "remediation"
-SHARED_QUEUES = "builds,pushes,attestation,evaluation,workflows"
+SHARED_QUEUES = "builds,pushes,attestation,evaluation,workflows,runtime"
 # Builds and pushes talk to a Docker engine, buildah and a registry: more room than the rest.
 TEST_TIME_LIMIT = 8
 TEST_BUILD_TIME_LIMIT = 30
@@ -128,6 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
             # The evaluation workers' host, as registered (and made trusted) by the tests that
             # run suites; absent, every refresh is refused by the host-trust gate.
             "DRYDOCK_EVALUATION_HOST_ASSET": "fleet/evaluation-host",
+            # Runtime: a launched server has 4 s to answer its probe (inside the 8 s limit).
+            "DRYDOCK_RUNTIME_PROBE_TIMEOUT_SECONDS": "4",
         }
     )
 

@@ -24,6 +24,7 @@ TASK_MODULES = [
     "tasks.remediation.celery_tasks",
     "tasks.evaluation.celery_tasks",
     "tasks.workflows.celery_tasks",
+    "tasks.runtime.celery_tasks",
 ]
 
 

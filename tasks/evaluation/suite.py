@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import tarfile
 import time
 from collections import Counter, deque
@@ -46,10 +45,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from adapters import docker_engine
-from adapters.credentials import RegistryCredential, engine_auth_config
+from adapters import docker_engine, image_pull
+from adapters.credentials import RegistryCredential
 from adapters.docker_engine import DockerEngineUnavailableError
-from adapters.registry_errors import PushErrorKind, classify_push_failure
 from kernel.errors import DrydockError, TransientError
 from tasks.evaluation.results import (
     CHECK_STATUSES,
@@ -70,7 +68,6 @@ LABEL_PREFIX = "io.drydock.evaluation."
 SUITE_LABEL = LABEL_PREFIX + "suite"
 IMAGE_LABEL = LABEL_PREFIX + "image"
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NO_ENV: Mapping[str, str] = MappingProxyType({})
 
 
@@ -172,13 +169,15 @@ def run_suite(
     """Run ``suite`` in the image ``image_ref`` (``host/repository@sha256:...``) on the Docker
     engine at ``docker_host`` (unset: DRYDOCK_DOCKER_HOST, else DOCKER_HOST, else the default
     socket), pulling it with ``credential`` when the engine does not have it."""
-    repository, digest = _split_reference(image_ref)
+    with _evaluation_pull_errors():
+        image_pull.split_digest_reference(image_ref)
     address = docker_engine.engine_address(docker_host)
     with _evaluation_engine_errors():
         client = docker_engine.connect(address)
     try:
         with _evaluation_engine_errors(), docker_engine.engine_errors(address):
-            image_id = _image_id(client, image_ref, repository, digest, credential)
+            with _evaluation_pull_errors():
+                image_id = image_pull.ensure_image(client, image_ref, credential)
             environment = {**suite.env, **extra_env}
             return _run_container(client, image_id, image_ref, suite, environment)
     finally:
@@ -195,75 +194,15 @@ def _evaluation_engine_errors() -> Iterator[None]:
         raise EvaluationEngineUnavailableError(str(exc)) from None
 
 
-def _split_reference(image_ref: str) -> tuple[str, str]:
-    """``host/repository@sha256:...`` -> (``host/repository``, ``sha256:...``)."""
-    repository, at, digest = image_ref.rpartition("@")
-    if not at or not repository or not _DIGEST.fullmatch(digest) or "/" not in repository:
-        raise EvaluationImageUnavailableError(
-            f"{image_ref!r} is not an image by digest (host/repository@sha256:<64 hex digits>)"
-        )
-    return repository, digest
-
-
-# Pull failures a later attempt may not meet (adapters.registry_errors reads registry answers
-# the same way for pushes and pulls); every other kind (not found, refused, denied) is permanent.
-_RETRYABLE_PULL_KINDS = frozenset({"rate_limited", "server_error", "network_or_timeout"})
-
-
-def _pull_failure(
-    image_ref: str, message: str, *, status: int | None, had_credentials: bool
-) -> DrydockError:
-    failure = classify_push_failure(message, had_credentials=had_credentials, status=status)
-    if failure.kind.value in _RETRYABLE_PULL_KINDS:
-        return EvaluationRegistryUnavailableError(
-            f"the registry could not serve {image_ref} now: {failure.detail}"
-        )
-    if failure.kind in (PushErrorKind.AUTH_REQUIRED, PushErrorKind.AUTH_EXPIRED):
-        said = "refused the credentials given" if had_credentials else "needs credentials"
-        return EvaluationImageUnavailableError(
-            f"cannot pull {image_ref}: the registry {said} ({failure.detail})"
-        )
-    return EvaluationImageUnavailableError(f"cannot pull {image_ref}: {failure.detail}")
-
-
-def _image_id(
-    client: Any,
-    image_ref: str,
-    repository: str,
-    digest: str,
-    credential: RegistryCredential | None,
-) -> str:
-    """The id of the engine's image of ``image_ref``, pulled first when the engine has none."""
-    import docker.errors
-
-    with contextlib.suppress(docker.errors.ImageNotFound):
-        return str(client.images.get(image_ref).id)
-    registry = repository.split("/", 1)[0]
-    auth = engine_auth_config(credential, registry)
-    had_credentials = credential is not None
+@contextlib.contextmanager
+def _evaluation_pull_errors() -> Iterator[None]:
+    """The pull's errors, as the evaluation's: retried like an unreachable engine, or permanent."""
     try:
-        stream = client.api.pull(repository, tag=digest, stream=True, decode=True, auth_config=auth)
-        for chunk in stream:
-            if "error" in chunk or "errorDetail" in chunk:
-                detail = chunk.get("errorDetail") or {}
-                message = str(detail.get("message") or chunk.get("error") or "unknown error")
-                raise _pull_failure(
-                    image_ref, message, status=None, had_credentials=had_credentials
-                )
-    except docker.errors.APIError as exc:
-        status = getattr(exc, "status_code", None)
-        raise _pull_failure(
-            image_ref,
-            docker_engine.explain(exc),
-            status=status if isinstance(status, int) else None,
-            had_credentials=had_credentials,
-        ) from None
-    try:
-        return str(client.images.get(image_ref).id)
-    except docker.errors.ImageNotFound:
-        raise EvaluationImageUnavailableError(
-            f"the engine pulled {image_ref} but has no image by that digest afterwards"
-        ) from None
+        yield
+    except image_pull.RegistryUnavailableError as exc:
+        raise EvaluationRegistryUnavailableError(str(exc)) from None
+    except image_pull.ImageUnavailableError as exc:
+        raise EvaluationImageUnavailableError(str(exc)) from None
 
 
 def _suite_archive(files: Mapping[str, str]) -> bytes:

@@ -1,0 +1,1 @@
+"""The runtime queue: MCP servers launched where policy allows, probed, stopped."""

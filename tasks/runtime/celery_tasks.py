@@ -1,0 +1,29 @@
+"""The runtime queue's Celery tasks: thin wrappers over ``tasks.runtime.lifecycle``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.docker_engine import DockerEngineUnavailableError
+from adapters.image_pull import RegistryUnavailableError
+from catalog.runtime import LaunchPayload, StopPayload
+from kernel.context import JobContext
+from tasks.runtime import lifecycle
+from workers.base_task import DrydockTask, drydock_task
+
+
+def launch(payload: LaunchPayload, ctx: JobContext) -> dict[str, Any]:
+    return lifecycle.launch(payload, ctx)
+
+
+def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
+    return lifecycle.stop(payload, ctx)
+
+
+# Retried with backoff while the engine or the registry cannot answer (the instance stays
+# starting, or draining, and the next attempt picks up from its saved handle); a launch that
+# ran to a failed instance is dead-lettered with it.
+_TRANSIENT = (DockerEngineUnavailableError, RegistryUnavailableError)
+
+LAUNCH: DrydockTask = drydock_task("runtime.launch", transient=_TRANSIENT)(launch)
+STOP: DrydockTask = drydock_task("runtime.stop", transient=_TRANSIENT)(stop)
