@@ -30,7 +30,6 @@ from models.policy import (
     record_decision,
 )
 from models.runtime import ISOLATION_RANK, Isolation, RuntimeTarget
-from models.trust import TrustAsset
 from policy import engine
 
 
@@ -150,7 +149,6 @@ def _request(
     tier: str,
     needs: ServerNeeds,
 ) -> PlacementRequest:
-    asset = session.get(TrustAsset, target.asset_id)
     accelerators: tuple[str, ...] = ()
     if needs.accelerator is not None:
         name = _accelerator(target, needs.accelerator)
@@ -158,8 +156,8 @@ def _request(
     return PlacementRequest(
         digest=digest,
         tier=tier,
-        # By tenant/name, so another tenant's asset reads as none of this tenant's.
-        asset=f"{asset.tenant}/{asset.name}" if asset is not None else str(target.asset_id),
+        # By id: another tenant's asset is found, and refused by the tenant_rules gate.
+        asset=str(target.asset_id),
         tenant=tenant,
         accelerators=accelerators,
     )
