@@ -245,7 +245,11 @@ def test_an_mcp_server_is_pulled_run_locked_down_and_answers_its_probe_then_stop
     job = launch(runtime_world.good)
     assert job.status == "succeeded", job.error
     instance = instance_of(job)
-    assert (instance.state, instance.target, instance.backend) == ("running", "docker-1", "docker"), instance.reason
+    assert (instance.state, instance.target, instance.backend) == (
+        "running",
+        "docker-1",
+        "docker",
+    ), instance.reason
     assert instance.health is not None and instance.health["ok"]
     assert "server echo-mcp 1.0" in instance.health["detail"]
     assert instance.endpoint is not None and instance.endpoint.startswith("http://127.0.0.1:")
@@ -410,3 +414,51 @@ def test_two_racing_launches_of_one_release_make_one_instance(runtime_world: Mcp
         instances = session.scalars(select(RuntimeInstance)).all()
         assert len(instances) == 1
         assert instances[0].state == "running"
+
+
+def test_the_cli_adds_a_server_and_release_launches_it_shows_its_history_and_stops_it(
+    fleet: WorkerProcess, mcp_images: McpImages, registry_server: RegistryServer
+) -> None:
+    from tests.test_cli import assert_one_line_error, drydock
+
+    with session_scope() as session:
+        credentials.store_static(
+            session, registry_server.host, registry_server.username, registry_server.password
+        )
+    asset_in(TrustState.TRUSTED, TENANT, "docker-host-2")
+    put_tier("standard", "true")
+    seed_ledger(mcp_images.good)
+    certify(mcp_images.good, "standard", mcp_images, evaluated_at=datetime.now(UTC))
+    steps = [
+        ("runtime", "targets", "add", "docker-2", "--backend", "docker", "--asset",
+         f"{TENANT}/docker-host-2", "--platform", "linux/amd64"),
+        ("servers", "add", "echo", "--tenant", TENANT, "--repository", mcp_images.repository,
+         "--probe-path", PROBE_PATH),
+        ("releases", "add", "echo", mcp_images.good, "--tier", "standard", "--tenant", TENANT),
+    ]  # fmt: skip
+    for args in steps:
+        done = drydock(*args)
+        assert done.returncode == 0, done.stderr
+
+    # Bad input: one line naming what is wrong, nothing stored.
+    refused = drydock("releases", "add", "echo", "sha256:" + "0" * 64, "--tier", "standard",
+                      "--tenant", TENANT)  # fmt: skip
+    assert_one_line_error(refused, "is not in the artifact ledger")
+    refused = drydock("servers", "add", "Bad Name", "--tenant", TENANT, "--repository", "x")
+    assert_one_line_error(refused, "name 'Bad Name'", "repository 'x'")
+
+    launched = drydock("runtime", "launch", "echo", mcp_images.good, "--tenant", TENANT, "--wait")
+    assert launched.returncode == 0, launched.stderr
+    assert " running on docker-2 at http://127.0.0.1:" in launched.stdout
+    instance_id = launched.stdout.split("instance ", 1)[1].split()[0]
+
+    shown = drydock("runtime", "show", instance_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "pending -> starting (placed: on docker-2 (docker))" in shown.stdout
+    assert "starting -> running (probe_passed: MCP 2025-06-18, server echo-mcp 1.0)" in shown.stdout
+
+    stopped = drydock("runtime", "stop", instance_id, "--reason", "done", "--wait")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"instance {instance_id} stopped" in stopped.stdout
+    with session_scope() as session:
+        credentials.remove(session, registry_server.host)

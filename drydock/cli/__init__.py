@@ -22,6 +22,7 @@ from drydock.cli import (
     probes,
     projects,
     remediation,
+    runtime,
     tokens,
     trust,
     workflow_runs,  # noqa: F401 (imported for its commands, on workflows_app)
@@ -66,6 +67,9 @@ app.add_typer(probes.probe_app, name="probe")
 app.add_typer(workflows.workflows_app, name="workflows")
 app.add_typer(projects.projects_app, name="projects")
 app.add_typer(projects.remotes_app, name="remotes")
+app.add_typer(runtime.servers_app, name="servers")
+app.add_typer(runtime.releases_app, name="releases")
+app.add_typer(runtime.runtime_app, name="runtime")
 
 err = Console(stderr=True)
 

@@ -267,3 +267,44 @@ def instance_json(instance: RuntimeInstance) -> dict[str, Any]:
 
 def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.astimezone(UTC).isoformat()
+
+
+def list_servers(*, tenant: str | None, limit: int = 200) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        query = select(RuntimeServer)
+        if tenant is not None:
+            query = query.where(RuntimeServer.tenant == tenant)
+        rows = session.scalars(
+            query.order_by(RuntimeServer.tenant, RuntimeServer.name).limit(limit)
+        )
+        return [server_json(row) for row in rows]
+
+
+def describe_server(ref: str, tenant: str | None) -> dict[str, Any]:
+    """A server with its releases and its newest instances."""
+    with session_scope() as session:
+        server = runtime.find_server(session, ref, tenant)
+        releases = session.scalars(
+            select(RuntimeRelease)
+            .where(RuntimeRelease.server_id == server.id)
+            .order_by(RuntimeRelease.created_at)
+        )
+        instances = session.scalars(
+            select(RuntimeInstance)
+            .where(RuntimeInstance.server_id == server.id)
+            .order_by(RuntimeInstance.created_at.desc())
+            .limit(50)
+        )
+        return {
+            **server_json(server),
+            "releases": [release_json(r) for r in releases],
+            "instances": [instance_json(i) for i in instances],
+        }
+
+
+def list_targets() -> list[dict[str, Any]]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(RuntimeTarget).order_by(RuntimeTarget.priority, RuntimeTarget.name)
+        )
+        return [target_json(row) for row in rows]
