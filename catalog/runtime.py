@@ -11,6 +11,9 @@ from kernel.payload import Payload
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 TIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# host[:port]/path, as images are named (the registry host first, then lower-case path parts).
+REPOSITORY_PATTERN = r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$"
+PROBE_PATH_PATTERN = r"^/[^\s]{0,199}$"
 
 
 class LaunchPayload(Payload):

@@ -82,6 +82,8 @@ PERMISSIONS: dict[str, str] = {
     "trust.transition": "move trust assets by hand (quarantine, attest again)",
     "workflows.define": "create workflow definitions (new versions)",
     "workflows.read": "read workflow definitions",
+    "runtime.servers": "add MCP servers and their releases",
+    "runtime.read": "read MCP servers, their releases and instances",
 }
 
 

@@ -462,3 +462,69 @@ def test_the_cli_adds_a_server_and_release_launches_it_shows_its_history_and_sto
     assert f"instance {instance_id} stopped" in stopped.stdout
     with session_scope() as session:
         credentials.remove(session, registry_server.host)
+
+
+def test_the_api_adds_servers_and_releases_for_a_tenant_launches_and_reads_instances(
+    fleet: WorkerProcess, mcp_images: McpImages, registry_server: RegistryServer
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from drydock.api import app
+    from tests.test_api import bearer, make_token
+
+    with session_scope() as session:
+        credentials.store_static(
+            session, registry_server.host, registry_server.username, registry_server.password
+        )
+    asset_in(TrustState.TRUSTED, TENANT, "docker-host-3")
+    servers.put_target(name="docker-3", backend="docker", asset=f"{TENANT}/docker-host-3",
+                       platforms=["linux/amd64"], actor="test")  # fmt: skip
+    put_tier("standard", "true")
+    seed_ledger(mcp_images.good)
+    certify(mcp_images.good, "standard", mcp_images, evaluated_at=datetime.now(UTC))
+    api = TestClient(app)
+    acme = bearer(make_token("acme-ops", "runtime.*", tenant=TENANT))
+    other = bearer(make_token("globex-ops", "runtime.*", tenant="globex"))
+
+    bad = api.post("/v1/servers", json={"name": "echo", "repository": "not a repo"}, headers=acme)
+    assert bad.status_code == 422, bad.text
+    assert [p["loc"] for p in bad.json()["detail"]] == [["body", "repository"]]
+    made = api.post(
+        "/v1/servers",
+        json={"name": "echo", "repository": mcp_images.repository, "probe_path": PROBE_PATH},
+        headers=acme,
+    )
+    assert made.status_code == 201, made.text
+    server_id = made.json()["id"]
+    releases = f"/v1/servers/{server_id}/releases"
+    unknown_digest = {"digest": "sha256:" + "1" * 64, "tier": "standard"}
+    unknown = api.post(releases, json=unknown_digest, headers=acme)
+    assert unknown.status_code == 409 and "not in the artifact ledger" in unknown.text
+    good = {"digest": mcp_images.good, "tier": "standard"}
+    released = api.post(releases, json=good, headers=acme)
+    assert released.status_code == 201, released.text
+    assert released.json()["platforms"] == ["linux/amd64"]
+    assert api.get(f"/v1/servers/{server_id}", headers=other).status_code == 404
+
+    sent = api.post(
+        "/v1/jobs/runtime.launch",
+        json={"tenant": TENANT, "server": "echo", "digest": mcp_images.good},
+        headers=acme,
+    )
+    assert sent.status_code == 202, sent.text
+    job = wait_for_job(uuid.UUID(sent.json()["id"]), timeout=60)
+    assert job.status == "succeeded", job.error
+    instance_id = job.result["instance_id"]
+    shown = api.get(f"/v1/instances/{instance_id}", headers=acme)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["state"] == "running"
+    assert [m["to_state"] for m in shown.json()["history"]] == ["pending", "starting", "running"]
+    assert api.get(f"/v1/instances/{instance_id}", headers=other).status_code == 404
+    detail = api.get("/v1/servers/echo", headers=acme).json()
+    assert [i["id"] for i in detail["instances"]] == [instance_id]
+
+    stopped = api.post("/v1/jobs/runtime.stop", json={"instance_id": instance_id}, headers=acme)
+    assert stopped.status_code == 202, stopped.text
+    assert wait_for_job(uuid.UUID(stopped.json()["id"]), timeout=60).status == "succeeded"
+    with session_scope() as session:
+        credentials.remove(session, registry_server.host)

@@ -24,6 +24,7 @@ from drydock.api import (
     policy,
     remediation,
     remotes,
+    servers,
     stream,
     trust,
     workflow_health,
@@ -72,6 +73,7 @@ def create_app() -> FastAPI:
     health.install(app)
     app.include_router(remotes.router)
     app.include_router(workflow_health.router)
+    app.include_router(servers.router)
 
     # OpenAPI: exact, with every task's payload schema (drydock.api.openapi).
     def exact_openapi() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from catalog.runtime import PROBE_PATH_PATTERN, REPOSITORY_PATTERN, SERVER_NAME_PATTERN
 from kernel.errors import DrydockError
 from models import runtime, trust
 from models.db import session_scope
@@ -24,18 +25,24 @@ from models.runtime import (
     RuntimeTarget,
 )
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
-REPOSITORY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+$")
+NAME = re.compile(SERVER_NAME_PATTERN)
+REPOSITORY = re.compile(REPOSITORY_PATTERN)
+PROBE_PATH = re.compile(PROBE_PATH_PATTERN)
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9]+(/[a-z0-9]+)?$")
 
 
 class RuntimeInputError(DrydockError):
-    """What an operator asked for cannot be stored as given (each problem named)."""
+    """What an operator asked for is malformed (each problem named)."""
 
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = list(problems)
+
+
+class RuntimeConflictError(DrydockError):
+    """Well formed, but the store says no: the server exists, the digest is not the ledger's,
+    the asset is unknown."""
 
 
 def add_server(
@@ -58,7 +65,7 @@ def add_server(
         problems.append(f"repository {repository!r}: host[:port]/path, as images are named")
     if probe_kind not in {k.value for k in ProbeKind}:
         problems.append(f"probe {probe_kind!r}: one of {', '.join(k.value for k in ProbeKind)}")
-    if not probe_path.startswith("/") or len(probe_path) > 200:
+    if not PROBE_PATH.fullmatch(probe_path):
         problems.append(f"probe path {probe_path!r}: an absolute path of at most 200 characters")
     if isolation not in {i.value for i in Isolation}:
         problems.append(f"isolation {isolation!r}: one of {', '.join(i.value for i in Isolation)}")
@@ -69,7 +76,7 @@ def add_server(
             select(RuntimeServer).where(RuntimeServer.tenant == tenant, RuntimeServer.name == name)
         )
         if existing is not None:
-            raise RuntimeInputError([f"server {tenant}/{name} exists"])
+            raise RuntimeConflictError(f"server {tenant}/{name} exists")
         server = RuntimeServer(
             tenant=tenant,
             name=name,
@@ -97,11 +104,9 @@ def add_release(
         found = runtime.find_server(session, server, tenant)
         platforms = runtime.ledger_platforms(session, digest)
         if platforms is None:
-            raise RuntimeInputError(
-                [
-                    f"{digest} is not in the artifact ledger: only images Drydock built "
-                    "(builds.build_image, pushed) can be released"
-                ]
+            raise RuntimeConflictError(
+                f"{digest} is not in the artifact ledger: only images Drydock built "
+                "(builds.build_image, pushed) can be released"
             )
         release = session.scalar(
             select(RuntimeRelease).where(
@@ -150,7 +155,7 @@ def put_target(
         try:
             found = trust.find_asset(session, asset)
         except trust.AssetNotFoundError:
-            raise RuntimeInputError([f"no trust asset {asset}"]) from None
+            raise RuntimeConflictError(f"no trust asset {asset}") from None
         target = session.get(RuntimeTarget, name)
         if target is None:
             target = RuntimeTarget(name=name)
