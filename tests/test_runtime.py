@@ -113,11 +113,7 @@ def runtime_world(
 ) -> Iterator[McpImages]:
     """A trusted host with a docker target on it, the registry login, a tier, the ledger's
     rows for both digests, and the echo-mcp server with a release of each."""
-    with session_scope() as session:
-        credentials.store_static(
-            session, registry_server.host, registry_server.username, registry_server.password
-        )
-    asset_in(TrustState.TRUSTED, TENANT, "docker-host-1")
+    trusted_host_with_login(registry_server, "docker-host-1")
     servers.put_target(
         name="docker-1",
         backend="docker",
@@ -151,6 +147,22 @@ def runtime_world(
         engine.close()
     with session_scope() as session:
         credentials.remove(session, registry_server.host)
+
+
+def trusted_host_with_login(registry_server: RegistryServer, host: str) -> None:
+    """The registry login stored in Drydock, a trusted host asset of the tenant, a tier."""
+    with session_scope() as session:
+        credentials.store_static(
+            session, registry_server.host, registry_server.username, registry_server.password
+        )
+    asset_in(TrustState.TRUSTED, TENANT, host)
+
+
+def released_by_the_ledger(images: McpImages) -> None:
+    """The good digest built (in the ledger) and freshly certified at the tier."""
+    put_tier("standard", "true")
+    seed_ledger(images.good)
+    certify(images.good, "standard", images, evaluated_at=datetime.now(UTC))
 
 
 def fleet_docker_host() -> str:
@@ -421,14 +433,8 @@ def test_the_cli_adds_a_server_and_release_launches_it_shows_its_history_and_sto
 ) -> None:
     from tests.test_cli import assert_one_line_error, drydock
 
-    with session_scope() as session:
-        credentials.store_static(
-            session, registry_server.host, registry_server.username, registry_server.password
-        )
-    asset_in(TrustState.TRUSTED, TENANT, "docker-host-2")
-    put_tier("standard", "true")
-    seed_ledger(mcp_images.good)
-    certify(mcp_images.good, "standard", mcp_images, evaluated_at=datetime.now(UTC))
+    trusted_host_with_login(registry_server, "docker-host-2")
+    released_by_the_ledger(mcp_images)
     steps = [
         ("runtime", "targets", "add", "docker-2", "--backend", "docker", "--asset",
          f"{TENANT}/docker-host-2", "--platform", "linux/amd64"),
@@ -472,16 +478,10 @@ def test_the_api_adds_servers_and_releases_for_a_tenant_launches_and_reads_insta
     from drydock.api import app
     from tests.test_api import bearer, make_token
 
-    with session_scope() as session:
-        credentials.store_static(
-            session, registry_server.host, registry_server.username, registry_server.password
-        )
-    asset_in(TrustState.TRUSTED, TENANT, "docker-host-3")
+    trusted_host_with_login(registry_server, "docker-host-3")
     servers.put_target(name="docker-3", backend="docker", asset=f"{TENANT}/docker-host-3",
                        platforms=["linux/amd64"], actor="test")  # fmt: skip
-    put_tier("standard", "true")
-    seed_ledger(mcp_images.good)
-    certify(mcp_images.good, "standard", mcp_images, evaluated_at=datetime.now(UTC))
+    released_by_the_ledger(mcp_images)
     api = TestClient(app)
     acme = bearer(make_token("acme-ops", "runtime.*", tenant=TENANT))
     other = bearer(make_token("globex-ops", "runtime.*", tenant="globex"))
