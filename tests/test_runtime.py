@@ -150,7 +150,7 @@ def runtime_world(
 
 
 def trusted_host_with_login(registry_server: RegistryServer, host: str) -> None:
-    """The registry login stored in Drydock, a trusted host asset of the tenant, a tier."""
+    """The registry login stored in Drydock and a trusted host asset of the tenant."""
     with session_scope() as session:
         credentials.store_static(
             session, registry_server.host, registry_server.username, registry_server.password
