@@ -177,6 +177,15 @@ class RolloutStatus:
         }
 
 
+@dataclass(frozen=True)
+class ProxiedAnswer:
+    """What came back through an API server proxy: the status, content type and body."""
+
+    status: int
+    content_type: str
+    text: str
+
+
 class KubernetesAdapter:
     """The Kubernetes API, as Drydock uses it. ``request`` is the one way out; the methods
     above it are the operations playbooks (and image-pull secrets) need.
@@ -263,6 +272,47 @@ class KubernetesAdapter:
     ) -> dict[str, Any]:
         """One API request; the response's JSON object. Raises ``KubernetesApiError`` for a
         refusal (4xx), ``KubernetesUnavailableError`` when the API cannot answer."""
+        response = self._call(method, path, query=query, body=body, content_type=content_type)
+        return response if isinstance(response, dict) else {}
+
+    def proxy(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = 256 * 1024,
+    ) -> ProxiedAnswer:
+        """A request through one of the API server's proxy subresources (``.../proxy/...``):
+        whatever status it brings back is the answer (the API's own refusals included), read up
+        to ``max_bytes``. Raises ``KubernetesUnavailableError`` when the API cannot answer."""
+        response = self._call(
+            method,
+            path,
+            body=body,
+            content_type=(headers or {}).get("Content-Type", "application/json"),
+            accept=(headers or {}).get("Accept", "*/*"),
+            raw=True,
+        )
+        try:
+            data = response.read(max_bytes)
+        finally:
+            response.release_conn()
+        content_type = str(response.headers.get("Content-Type") or "").split(";")[0].strip()
+        return ProxiedAnswer(int(response.status), content_type, data.decode("utf-8", "replace"))
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        raw: bool = False,
+    ) -> Any:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -273,15 +323,17 @@ class KubernetesAdapter:
             if timeout <= 0:
                 raise KubernetesTimeoutError(f"{what}: the deadline passed before it was sent")
         try:
-            response = self._api_client.call_api(
+            return self._api_client.call_api(
                 path,
                 method,
                 query_params=list((query or {}).items()),
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params={"Accept": accept, "Content-Type": content_type},
                 body=body,
                 response_types_map={200: "object", 201: "object", 202: "object"},
                 auth_settings=["BearerToken"],
                 _return_http_data_only=True,
+                # Unread (raw): the caller reads the body and judges the status itself.
+                _preload_content=not raw,
                 _request_timeout=timeout,
             )
         except ApiException as exc:
@@ -294,7 +346,6 @@ class KubernetesAdapter:
             raise KubernetesUnavailableError(
                 f"the Kubernetes API at {self.server} is unreachable ({what}): {reason}"
             ) from exc
-        return response if isinstance(response, dict) else {}
 
     def _refusal(self, what: str, exc: Any) -> Exception:
         status = int(exc.status or 0)

@@ -47,6 +47,7 @@ pytest_plugins = [
     "tests.sandbox_image",
     "tests.kube_standin",
     "tests.evaluation_images",
+    "tests.runtime_world",
 ]
 
 

@@ -11,13 +11,20 @@ strategic merge or JSON merge patch, a POST or PUT JSON; anything else is a 415)
 - ``GET``/``PATCH /api/v1/nodes/{name}``
 - ``GET /api/v1/pods?fieldSelector=spec.nodeName={node}``
 - ``POST /api/v1/namespaces/{ns}/pods/{name}/eviction`` (a ``policy/v1`` Eviction)
-- ``GET``/``PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}``
+- ``GET``/``PATCH``/``DELETE /apis/apps/v1/namespaces/{ns}/deployments/{name}`` and ``POST``
+  to the collection (201, or 409 when it exists), a new Deployment checked against the
+  Kubernetes 1.30 OpenAPI schema (``kubernetes_validate``, strict: an unknown field is a 422)
+- ``POST /api/v1/namespaces/{ns}/services``, ``GET``/``DELETE .../services/{name}`` (checked the
+  same way), and ``.../services/{name}:{port}/proxy/{path}``: the API server's proxy to the
+  Service's pods, answered by ``pod_backend`` (a URL the test serves) once a Deployment whose pods
+  the Service selects has an available replica, else a 503 as kube-apiserver gives
 - ``POST /api/v1/namespaces/{ns}/secrets`` (create: 201, or 409 when it exists) and
-  ``GET``/``PUT /api/v1/namespaces/{ns}/secrets/{name}`` (replace: 200, or 404 when there is
-  none, as for Secrets a PUT never creates); validated as kube-apiserver does: a ``v1`` Secret
-  whose name and namespace match the URL, ``data`` values in base64, a
+  ``GET``/``PUT``/``DELETE /api/v1/namespaces/{ns}/secrets/{name}`` (replace: 200, or 404 when
+  there is none, as for Secrets a PUT never creates); validated as kube-apiserver does: a
+  ``v1`` Secret whose name and namespace match the URL, ``data`` values in base64, a
   ``kubernetes.io/dockerconfigjson`` Secret holding a ``.dockerconfigjson`` key of JSON, the
   type immutable on replace (422), a stale ``resourceVersion`` refused (409)
+- every ``DELETE`` answers 200 with the object (its ``propagationPolicy`` recorded in the query)
 
 It serves TLS with a CA of its own, and accepts one bearer token: the kubeconfig the
 ``kubeconfig_file`` fixture writes carries both, so the client's TLS and authentication are used
@@ -26,9 +33,10 @@ as against a real cluster. Every request is recorded (method, path, query, conte
 What it simplifies, so that no test relies on it:
 - patches are applied as JSON merge patches (RFC 7386); a strategic merge patch holding a list
   is refused, because list merge keys are not implemented (the adapter's patches hold none);
-- the deployment controller is simulated: a change to ``spec.template`` bumps
-  ``metadata.generation`` and finishes the rollout at once, unless ``rollout_outcome`` says it
-  gets stuck or exceeds its progress deadline;
+- the deployment controller is simulated: a new Deployment, or a change to ``spec.template``
+  (which bumps ``metadata.generation``), finishes its rollout at once, unless ``rollout_outcome``
+  says it gets stuck or exceeds its progress deadline; no ReplicaSets or pods are made for a
+  created Deployment (the proxy stands for them);
 - an eviction deletes the pod at once (the grace period is recorded, not waited for), unless
   ``pods_linger`` is set: then the pod stays, terminating, as one that never stops would;
 - no resourceVersion conflicts (but on Secrets), watches, pagination, RBAC or admission;
@@ -53,7 +61,9 @@ import secrets
 import ssl
 import sys
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,6 +71,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import kubernetes_validate
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -87,6 +98,9 @@ _REASONS = {
     500: "InternalError",
     503: "ServiceUnavailable",
 }
+
+# The Kubernetes version whose OpenAPI schema created objects are checked against.
+SCHEMA_VERSION = "1.30"
 
 RolloutOutcome = Literal["complete", "stuck", "progress_deadline_exceeded"]
 
@@ -145,6 +159,25 @@ class _Refusal:
     budget: str
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """An answer passed through as it came (the service proxy's)."""
+
+    content_type: str
+    body: bytes
+
+
+def _schema_problems(manifest: dict[str, Any]) -> list[str]:
+    """Where ``manifest`` breaks the Kubernetes OpenAPI schema, as kube-apiserver's strict
+    field validation refuses it ([] when it is valid)."""
+    try:
+        kubernetes_validate.validate(manifest, SCHEMA_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return [f"{where}: {exc.message}"]
+    return []
+
+
 def _merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
@@ -175,7 +208,10 @@ class KubeStandIn:
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
+    # Where the pods behind every Service answer (the proxy forwards there); None: nowhere.
+    pod_backend: str | None = None
     pods_linger: bool = False
     rollout_outcome: RolloutOutcome = "complete"
 
@@ -393,7 +429,7 @@ class KubeStandIn:
     def _next_version(self) -> str:
         return str(next(self._versions))
 
-    def _answer(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
+    def _answer(self, request: RecordedRequest) -> tuple[int, Any]:
         """The status and JSON body for one request (the lock is held)."""
         if request.authorization != f"Bearer {self.token}":
             raise ApiStatus(401, "Unauthorized")
@@ -414,8 +450,19 @@ class KubeStandIn:
             case ["api", "v1", "namespaces", namespace, "pods", name, "eviction"]:
                 self._allow(request, "POST")
                 return self._evict(request, namespace, name)
+            case ["apis", "apps", "v1", "namespaces", namespace, "deployments"]:
+                self._allow(request, "POST")
+                return self._create(request, namespace, self.deployments, "deployments", "apps")
             case ["apis", "apps", "v1", "namespaces", namespace, "deployments", name]:
                 return self._deployment_request(request, namespace, name)
+            case ["api", "v1", "namespaces", namespace, "services"]:
+                self._allow(request, "POST")
+                return self._create(request, namespace, self.services, "services")
+            case ["api", "v1", "namespaces", namespace, "services", service, "proxy", *rest]:
+                return self._proxy(request, namespace, service, "/".join(rest))
+            case ["api", "v1", "namespaces", namespace, "services", name]:
+                self._allow(request, "GET", "DELETE")
+                return self._get_or_delete(request, self.services, namespace, name, "services")
             case ["api", "v1", "namespaces", namespace, "secrets"]:
                 self._allow(request, "POST")
                 return self._create_secret(request, namespace)
@@ -510,10 +557,12 @@ class KubeStandIn:
     def _deployment_request(
         self, request: RecordedRequest, namespace: str, name: str
     ) -> tuple[int, dict[str, Any]]:
-        self._allow(request, "GET", "PATCH")
+        self._allow(request, "GET", "PATCH", "DELETE")
         deployment = self.deployments.get((namespace, name))
         if deployment is None:
             raise _not_found("deployments", name, group="apps")
+        if request.method == "DELETE":
+            return 200, self.deployments.pop((namespace, name))
         if request.method == "PATCH":
             patched = _merge_patch(deployment, self._patch_body(request))
             patched["metadata"]["resourceVersion"] = self._next_version()
@@ -522,6 +571,105 @@ class KubeStandIn:
                 self._roll_out(patched, self.rollout_outcome)
             self.deployments[(namespace, name)] = deployment = patched
         return 200, deployment
+
+    def _create(
+        self,
+        request: RecordedRequest,
+        namespace: str,
+        store: dict[tuple[str, str], dict[str, Any]],
+        plural: str,
+        group: str = "",
+    ) -> tuple[int, dict[str, Any]]:
+        """A create of a Deployment or Service: validated, 409 when the name is taken."""
+        made: dict[str, Any] = copy.deepcopy(request.body)
+        metadata = made.setdefault("metadata", {})
+        if metadata.get("namespace", namespace) != namespace:
+            raise ApiStatus(
+                400,
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request",
+            )
+        metadata["namespace"] = namespace
+        problems = _schema_problems(made)
+        kind = str(made.get("kind"))
+        name = str(metadata.get("name") or "")
+        if problems:
+            raise ApiStatus(
+                422,
+                f'{kind} "{name}" is invalid: {"; ".join(problems)}',
+                {"name": name, "kind": kind, "causes": [{"message": p} for p in problems]},
+                reason="Invalid",
+            )
+        resource = f"{plural}.{group}" if group else plural
+        if (namespace, name) in store:
+            raise ApiStatus(
+                409,
+                f'{resource} "{name}" already exists',
+                {"name": name, "kind": plural, **({"group": group} if group else {})},
+                reason="AlreadyExists",
+            )
+        metadata.update(
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._next_version(),
+            creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        if kind == "Deployment":
+            metadata["generation"] = 1
+            self._roll_out(made, self.rollout_outcome, first=True)
+        store[(namespace, name)] = made
+        return 201, made
+
+    def _get_or_delete(
+        self,
+        request: RecordedRequest,
+        store: dict[tuple[str, str], dict[str, Any]],
+        namespace: str,
+        name: str,
+        plural: str,
+    ) -> tuple[int, dict[str, Any]]:
+        found = store.get((namespace, name))
+        if found is None:
+            raise _not_found(plural, name)
+        if request.method == "DELETE":
+            del store[(namespace, name)]
+        return 200, found
+
+    def _proxy(
+        self, request: RecordedRequest, namespace: str, service_ref: str, path: str
+    ) -> tuple[int, Any]:
+        """kube-apiserver's service proxy: to the Service's ready pods, or a 503."""
+        name, _, port = service_ref.partition(":")
+        service = self.services.get((namespace, name))
+        if service is None:
+            raise _not_found("services", name)
+        if port and port not in {p.get("name") for p in service["spec"].get("ports", [])}:
+            raise ApiStatus(
+                503, f'no endpoints available for service "{name}:{port}" (no such port)'
+            )
+        selector = service["spec"].get("selector") or {}
+        ready = any(
+            selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            and d["status"].get("availableReplicas", 0) > 0
+            for (ns, _), d in self.deployments.items()
+            if ns == namespace
+        )
+        if not ready:
+            raise ApiStatus(503, f'no endpoints available for service "{name}"')
+        if self.pod_backend is None:
+            raise ApiStatus(
+                503, f"error trying to reach service: dial tcp 10.0.0.1:{port}: connect: refused"
+            )
+        forwarded = urllib.request.Request(
+            f"{self.pod_backend.rstrip('/')}/{path}",
+            data=json.dumps(request.body).encode() if request.body is not None else None,
+            headers={"Content-Type": request.content_type or "application/json"},
+            method=request.method,
+        )
+        try:
+            with urllib.request.urlopen(forwarded, timeout=5) as answer:
+                return answer.status, _Raw(answer.headers.get("Content-Type", ""), answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, _Raw(exc.headers.get("Content-Type", ""), exc.read())
 
     def _create_secret(
         self, request: RecordedRequest, namespace: str
@@ -546,12 +694,14 @@ class KubeStandIn:
     def _secret_request(
         self, request: RecordedRequest, namespace: str, name: str
     ) -> tuple[int, dict[str, Any]]:
-        self._allow(request, "GET", "PUT")
+        self._allow(request, "GET", "PUT", "DELETE")
         current = self.secrets.get((namespace, name))
         if current is None:
             raise _not_found("secrets", name)
         if request.method == "GET":
             return 200, current
+        if request.method == "DELETE":
+            return 200, self.secrets.pop((namespace, name))
         secret = self._checked_secret(request.body, namespace, name)
         sent_version = secret["metadata"].get("resourceVersion")
         if sent_version and sent_version != current["metadata"]["resourceVersion"]:
@@ -617,9 +767,12 @@ class KubeStandIn:
         return secret
 
     @staticmethod
-    def _roll_out(deployment: dict[str, Any], outcome: RolloutOutcome) -> None:
-        """The deployment controller, reduced to its verdict on the new pod template."""
-        replicas = deployment["spec"]["replicas"]
+    def _roll_out(
+        deployment: dict[str, Any], outcome: RolloutOutcome, *, first: bool = False
+    ) -> None:
+        """The deployment controller, reduced to its verdict on the new pod template (``first``:
+        of a new Deployment, which has no old replicas to keep serving)."""
+        replicas = deployment["spec"].get("replicas", 1)
         done = outcome == "complete"
         progressing = (
             {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
@@ -636,6 +789,14 @@ class KubeStandIn:
             "availableReplicas": replicas,
             "conditions": [progressing],
         }
+        if first and not done:
+            deployment["status"].update(
+                replicas=replicas,
+                updatedReplicas=replicas,
+                readyReplicas=0,
+                availableReplicas=0,
+                unavailableReplicas=replicas,
+            )
 
     @staticmethod
     def _patch_body(request: RecordedRequest) -> Any:
@@ -689,11 +850,16 @@ class KubeStandIn:
                                 415, f"a {self.command} body must be application/json here"
                             )
                         status, answer = standin._answer(request)
-                        payload = json.dumps(answer).encode()
+                        content_type = "application/json"
+                        if isinstance(answer, _Raw):
+                            content_type, payload = answer.content_type, answer.body
+                        else:
+                            payload = json.dumps(answer).encode()
                     except ApiStatus as error:
                         status, payload = error.code, json.dumps(error.body).encode()
+                        content_type = "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

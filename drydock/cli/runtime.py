@@ -134,6 +134,10 @@ def add_target(
     accelerator: list[str] = typer.Option([], "--accelerator", help="Accelerator asset names."),
     priority: int = typer.Option(100, "--priority", help="Lower is tried first."),
     docker_host: str | None = typer.Option(None, "--docker-host", help="Its Docker engine."),
+    namespace: str | None = typer.Option(None, "--namespace", help="Kubernetes: its namespace."),
+    kubeconfig: str | None = typer.Option(
+        None, "--kubeconfig", help="Kubernetes: its kubeconfig file (else DRYDOCK_KUBECONFIG)."
+    ),
     disabled: bool = typer.Option(False, "--disabled"),
     by: str | None = typer.Option(None, "--by"),
 ) -> None:
@@ -149,7 +153,15 @@ def add_target(
         confidential=confidential,
         accelerators=accelerator,
         priority=priority,
-        connection={"docker_host": docker_host} if docker_host else {},
+        connection={
+            key: value
+            for key, value in (
+                ("docker_host", docker_host),
+                ("namespace", namespace),
+                ("kubeconfig", kubeconfig),
+            )
+            if value
+        },
         enabled=not disabled,
         actor=_operator(by),
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from adapters.docker_engine import DockerEngineUnavailableError
 from adapters.image_pull import RegistryUnavailableError
+from adapters.kubernetes import KubernetesUnavailableError
 from catalog.runtime import LaunchPayload, StopPayload
 from kernel.context import JobContext
 from tasks.runtime import lifecycle
@@ -20,10 +21,10 @@ def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
     return lifecycle.stop(payload, ctx)
 
 
-# Retried with backoff while the engine or the registry cannot answer (the instance stays
-# starting, or draining, and the next attempt picks up from its saved handle); a launch that
-# ran to a failed instance is dead-lettered with it.
-_TRANSIENT = (DockerEngineUnavailableError, RegistryUnavailableError)
+# Retried with backoff while the engine, the registry or the Kubernetes API cannot answer (the
+# instance stays starting, or draining, and the next attempt picks up from its saved handle); a
+# launch that ran to a failed instance is dead-lettered with it.
+_TRANSIENT = (DockerEngineUnavailableError, RegistryUnavailableError, KubernetesUnavailableError)
 
 LAUNCH: DrydockTask = drydock_task("runtime.launch", transient=_TRANSIENT)(launch)
 STOP: DrydockTask = drydock_task("runtime.stop", transient=_TRANSIENT)(stop)

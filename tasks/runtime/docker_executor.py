@@ -22,6 +22,7 @@ from adapters.container_run import cap_text
 from kernel.redaction import scrub_text
 from kernel.settings import get_settings
 from models.runtime import Backend
+from tasks.runtime import probes
 from tasks.runtime.executors import LOG_TAIL_BYTES, LOG_TAIL_LINES, LaunchFailedError, LaunchSpec
 
 LABEL_PREFIX = "io.drydock.runtime."
@@ -82,6 +83,11 @@ class DockerExecutor:
             finally:
                 client.close()
         return f"http://127.0.0.1:{port}"
+
+    def probe(
+        self, spec: LaunchSpec, handle: Mapping[str, Any], endpoint: str
+    ) -> probes.ProbeResult:
+        return probes.probe(endpoint, spec.probe_kind, spec.probe_path)
 
     def exited(self, spec: LaunchSpec, handle: Mapping[str, Any]) -> str | None:
         address = self._address(spec)

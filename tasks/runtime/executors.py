@@ -2,10 +2,10 @@
 
 A launch goes: ``prepare`` (names and a port, saved on the instance before anything is made, so
 a redelivered launch finds what the first attempt made instead of making another), ``start``
-(pull, create, run: returns the endpoint the probe calls), then ``exited`` between probes (a
-server that died is failed at once, not waited for), and in the end ``stop`` (drain and remove,
-returning the end of its output, capped and redacted). Every method may be called again with the
-same handle: each does what is left to do.
+(pull, create, run: returns the endpoint the probe calls), then ``probe`` until it serves, with
+``exited`` between probes (a server that died is failed at once, not waited for), and in the end
+``stop`` (drain and remove, returning the end of its output, capped and redacted). Every method
+may be called again with the same handle: each does what is left to do.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from adapters.credentials import RegistryCredential
 from kernel.errors import DrydockError
-from models.runtime import Backend
+from models.runtime import Backend, ProbeKind
+from tasks.runtime.probes import ProbeResult
 
 # The end of a server's output kept with its instance.
 LOG_TAIL_BYTES = 16 * 1024
@@ -42,6 +43,9 @@ class LaunchSpec:
     memory_mb: int
     cpus: float
     pids: int
+    # How its server is asked whether it serves (the path on its port).
+    probe_kind: ProbeKind = ProbeKind.MCP
+    probe_path: str = "/mcp"
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -54,6 +58,10 @@ class Executor(Protocol):
 
     def start(self, spec: LaunchSpec, handle: Mapping[str, Any]) -> str:
         """Make it run (or find it running); the endpoint base URL the probe calls."""
+        ...
+
+    def probe(self, spec: LaunchSpec, handle: Mapping[str, Any], endpoint: str) -> ProbeResult:
+        """Is it serving? One probe of its server at ``endpoint`` (failed: try again later)."""
         ...
 
     def exited(self, spec: LaunchSpec, handle: Mapping[str, Any]) -> str | None:
@@ -71,4 +79,8 @@ def executor_for(backend: Backend) -> Executor:
         from tasks.runtime.docker_executor import DockerExecutor
 
         return DockerExecutor()
+    if backend is Backend.KUBERNETES:
+        from tasks.runtime.kubernetes_executor import KubernetesExecutor
+
+        return KubernetesExecutor()
     raise LaunchFailedError(f"the {backend.value} backend has no executor on this worker yet")

@@ -44,7 +44,7 @@ from models.runtime import (
 )
 from policy.runtime_placement import ServerNeeds, place_release
 from tasks.runtime import probes
-from tasks.runtime.executors import LaunchFailedError, LaunchSpec, executor_for
+from tasks.runtime.executors import Executor, LaunchFailedError, LaunchSpec, executor_for
 
 PROBE_INTERVAL_SECONDS = 0.2
 
@@ -73,13 +73,13 @@ def launch(payload: LaunchPayload, ctx: JobContext) -> dict[str, Any]:
     if decided.state != InstanceState.STARTING.value or decided.launched_by_other:
         return decided.view
     instance_id = decided.instance_id
-    spec, backend, handle, probe_kind, probe_path = _launch_inputs(instance_id)
+    spec, backend, handle = _launch_inputs(instance_id)
     executor = executor_for(backend)
     ctx.progress(20, f"starting on {decided.target} ({backend.value})")
     try:
         endpoint = executor.start(spec, handle)
         ctx.progress(50, f"started; probing {endpoint}")
-        result = _await_probe(executor, spec, handle, endpoint, probe_kind, probe_path)
+        result = _await_probe(executor, spec, handle, endpoint)
     except LaunchFailedError as exc:
         _fail(instance_id, executor, spec, handle, str(exc), "launch_failed", actor, ctx)
     if not result.ok:
@@ -204,12 +204,12 @@ def _spec(
         memory_mb=settings.runtime_memory_mb,
         cpus=settings.runtime_cpus,
         pids=settings.runtime_pids,
+        probe_kind=ProbeKind(server.probe_kind),
+        probe_path=server.probe_path,
     )
 
 
-def _launch_inputs(
-    instance_id: uuid.UUID,
-) -> tuple[LaunchSpec, Backend, dict[str, Any], ProbeKind, str]:
+def _launch_inputs(instance_id: uuid.UUID) -> tuple[LaunchSpec, Backend, dict[str, Any]]:
     with session_scope() as session:
         instance = session.get(RuntimeInstance, instance_id)
         assert instance is not None
@@ -221,26 +221,15 @@ def _launch_inputs(
         assert release is not None
         connection = target.connection if target is not None else {}
         spec = _spec(instance, server, release.digest, connection)
-        return (
-            spec,
-            Backend(instance.backend),
-            dict(instance.handle),
-            ProbeKind(server.probe_kind),
-            server.probe_path,
-        )
+        return spec, Backend(instance.backend), dict(instance.handle)
 
 
 def _await_probe(
-    executor: Any,
-    spec: LaunchSpec,
-    handle: dict[str, Any],
-    endpoint: str,
-    kind: ProbeKind,
-    path: str,
+    executor: Executor, spec: LaunchSpec, handle: dict[str, Any], endpoint: str
 ) -> probes.ProbeResult:
     deadline = time.monotonic() + get_settings().runtime_probe_timeout_seconds
     while True:
-        result = probes.probe(endpoint, kind, path)
+        result = executor.probe(spec, handle, endpoint)
         if result.ok:
             return result
         gone = executor.exited(spec, handle)
@@ -305,7 +294,7 @@ def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
                 actor=actor,
                 job_id=ctx.job_id,
             )
-    spec, backend, handle, _, _ = _launch_inputs(payload.instance_id)
+    spec, backend, handle = _launch_inputs(payload.instance_id)
     log_tail = executor_for(backend).stop(spec, handle)
     with session_scope() as session:
         instance = _locked(session, payload.instance_id)

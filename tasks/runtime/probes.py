@@ -61,36 +61,49 @@ def _http(url: str) -> tuple[bool, str]:
         return True, f"GET {url}: HTTP {response.status}"
 
 
+def initialize_request() -> dict[str, Any]:
+    """The MCP ``initialize`` request the probe sends."""
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": MCP_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "drydock-probe", "version": "1"},
+        },
+    }
+
+
+# The headers a streamable HTTP client sends with it.
+INITIALIZE_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/event-stream",
+}
+
+
+def judge_initialize(content_type: str, body: str, where: str) -> tuple[bool, str]:
+    """Whether the answer to ``initialize_request`` (``where``: who answered, for the
+    detail) is an MCP server's."""
+    message = _sse_message(body) if content_type == "text/event-stream" else body
+    try:
+        answer = json.loads(message)
+    except ValueError:
+        return False, f"initialize at {where}: the answer is not JSON ({message[:100]!r})"
+    return _judge(answer, where)
+
+
 def _mcp(url: str) -> tuple[bool, str]:
     request = urllib.request.Request(
         url,
-        data=json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": MCP_PROTOCOL_VERSION,
-                    "capabilities": {},
-                    "clientInfo": {"name": "drydock-probe", "version": "1"},
-                },
-            }
-        ).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json, text/event-stream",
-        },
+        data=json.dumps(initialize_request()).encode(),
+        headers=INITIALIZE_HEADERS,
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
         content_type = response.headers.get_content_type()
         body = response.read(MAX_RESPONSE_BYTES).decode("utf-8", "replace")
-    message = _sse_message(body) if content_type == "text/event-stream" else body
-    try:
-        answer = json.loads(message)
-    except ValueError:
-        return False, f"initialize at {url}: the answer is not JSON ({message[:100]!r})"
-    return _judge(answer, url)
+    return judge_initialize(content_type, body, url)
 
 
 def _sse_message(body: str) -> str:

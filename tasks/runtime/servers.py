@@ -149,6 +149,7 @@ def put_target(
     bad = [p for p in platforms if not PLATFORM.fullmatch(p)]
     if not platforms or bad:
         problems.append(f"platforms: os/arch pairs such as linux/amd64 (not {bad or 'none'})")
+    problems += connection_problems(backend, connection or {})
     if problems:
         raise RuntimeInputError(problems)
     with session_scope() as session:
@@ -172,6 +173,36 @@ def put_target(
         target.updated_by = actor
         session.flush()
         return target_json(target)
+
+
+# What each backend's executor reads of a target's connection.
+CONNECTION_KEYS = {
+    Backend.DOCKER.value: ("docker_host",),
+    Backend.KUBERNETES.value: ("namespace", "kubeconfig"),
+    Backend.LIBVIRT.value: ("libvirt_uri",),
+}
+NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def connection_problems(backend: str, connection: dict[str, Any]) -> list[str]:
+    """What is wrong with a target's connection for its backend ([] when nothing)."""
+    known = CONNECTION_KEYS.get(backend)
+    if known is None:
+        return []
+    problems = [
+        f"connection {key!r}: a {backend} target takes {', '.join(known)}"
+        for key in connection
+        if key not in known
+    ]
+    problems += [
+        f"connection {key!r}: a string of at most 400 characters"
+        for key, value in connection.items()
+        if key in known and (not isinstance(value, str) or not value or len(value) > 400)
+    ]
+    namespace = connection.get("namespace")
+    if isinstance(namespace, str) and namespace and not NAMESPACE.fullmatch(namespace):
+        problems.append(f"namespace {namespace!r}: a Kubernetes namespace name (a DNS label)")
+    return problems
 
 
 def instance_detail(instance_id: uuid.UUID, tenant: str | None) -> dict[str, Any]:
@@ -247,6 +278,7 @@ def target_json(target: RuntimeTarget) -> dict[str, Any]:
         "confidential": target.confidential,
         "accelerators": target.accelerators,
         "priority": target.priority,
+        "connection": target.connection,
         "enabled": target.enabled,
     }
 
