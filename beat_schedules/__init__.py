@@ -18,6 +18,23 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         **evaluation_upkeep(settings),
         **credential_upkeep(settings),
         **workflow_upkeep(settings),
+        **runtime_upkeep(settings),
+    }
+
+
+def runtime_upkeep(settings: Settings) -> dict[str, dict[str, Any]]:
+    interval = settings.runtime_trust_sweep_seconds
+    if not interval:
+        return {}
+    # A quarantine of a host or of a VM stops what runs there, whatever moved the asset (a
+    # failed quote, an operator, expiry): the sweep reads the registry, so no move is missed.
+    return {
+        "runtime-enforce-trust": {
+            "task": "runtime.enforce_trust",
+            "schedule": float(interval),
+            "kwargs": {},
+            "options": {"queue": "runtime", "expires": float(interval)},
+        }
     }
 
 

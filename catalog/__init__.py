@@ -29,7 +29,7 @@ from catalog.pushes import (
     RotateCredentialsPayload,
 )
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
-from catalog.runtime import LaunchPayload, StopPayload
+from catalog.runtime import EnforceTrustPayload, LaunchPayload, StopPayload
 from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRunsPayload
 from kernel.errors import UnknownTaskError
 from kernel.payload import Payload
@@ -207,6 +207,14 @@ def _specs() -> list[TaskSpec]:
             name="runtime.stop",
             payload=StopPayload,
             summary="Drain and stop an instance, keeping the end of its output (redacted).",
+        ),
+        TaskSpec(
+            name="runtime.enforce_trust",
+            payload=EnforceTrustPayload,
+            summary=(
+                "Stop every running instance whose host asset or VM asset is quarantined "
+                "(Beat runs it)."
+            ),
         ),
     ]
     return specs

@@ -34,3 +34,7 @@ class LaunchPayload(Payload):
 class StopPayload(Payload):
     instance_id: uuid.UUID = Field(description="The instance to stop.")
     reason: str = Field("", max_length=2000, description="Why: kept in the instance's history.")
+
+
+class EnforceTrustPayload(Payload):
+    limit: int = Field(200, ge=1, le=10_000, description="Instances stopped per sweep, at most.")

@@ -431,6 +431,20 @@ class Settings(BaseSettings):
             "or an HTTP GET) before the launch fails it."
         ),
     )
+    runtime_attestation_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        300.0,
+        description=(
+            "How long a VM the runtime launched has to attest (its evidence verified, its trust "
+            "asset trusted) before the launch fails it."
+        ),
+    )
+    runtime_trust_sweep_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        15.0,
+        description=(
+            "How often Beat runs `runtime.enforce_trust`, which stops running instances whose "
+            "host or VM asset is quarantined; 0: never."
+        ),
+    )
     runtime_memory_mb: Annotated[int, Field(ge=16, le=262_144)] = Field(
         512, description="Memory limit of each server container the runtime launches (MiB)."
     )

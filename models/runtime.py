@@ -478,3 +478,35 @@ def ledger_platforms(session: Session, digest: str) -> list[str] | None:
     ).scalars()
     found = sorted(str(p) for p in platforms)
     return found or None
+
+
+@dataclass(frozen=True)
+class QuarantinedInstance:
+    instance_id: uuid.UUID
+    # tenant/name of the quarantined asset, and whether it is the instance's own VM.
+    asset: str
+    own_vm: bool
+
+
+def quarantined_instances(session: Session, limit: int) -> list[QuarantinedInstance]:
+    """Running instances on a quarantined host asset, or whose own VM asset (``handle``'s
+    ``vm_asset``, in the instance's tenant) is quarantined; oldest first."""
+    rows = session.execute(
+        text(
+            """
+            SELECT i.id, a.tenant || '/' || a.name AS asset, a.id <> i.asset_id AS own_vm
+              FROM runtime_instances i
+              JOIN trust_assets a
+                ON a.id = i.asset_id
+                OR (a.tenant = i.tenant AND a.name = i.handle ->> 'vm_asset')
+             WHERE i.state = 'running' AND a.state = 'quarantined'
+             ORDER BY i.created_at
+             LIMIT :limit
+            """
+        ),
+        {"limit": limit},
+    ).all()
+    seen: dict[uuid.UUID, QuarantinedInstance] = {}
+    for instance_id, asset, own_vm in rows:
+        seen.setdefault(instance_id, QuarantinedInstance(instance_id, asset, bool(own_vm)))
+    return list(seen.values())

@@ -59,6 +59,11 @@ from models.base import Base, sql_in_list
 from models.db import session_scope
 from models.notices import pg_listen, pg_notify, publish
 
+# Published (Redis) when Drydock wants fresh evidence from an asset: its agent should send it,
+# carrying the message's ``nonce``. What asks also records the nonce (a remediation run, a VM
+# instance), so a missed message is not a lost request.
+EVIDENCE_REQUEST_CHANNEL = "drydock:attestation:evidence-requests"
+
 
 class TrustState(StrEnum):
     """Where an asset stands. Moves only along ``models.trust.ALLOWED_TRANSITIONS``."""

@@ -96,6 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
                     **dict.fromkeys(WORK_QUEUES, TEST_TIME_LIMIT),
                     "builds": TEST_BUILD_TIME_LIMIT,
                     "pushes": TEST_BUILD_TIME_LIMIT,
+                    # A VM launch waits for its agent's evidence.
+                    "runtime": TEST_BUILD_TIME_LIMIT,
                 }
             ),
             "DRYDOCK_RESTORE_SWEEP_SECONDS": "1",
@@ -131,6 +133,10 @@ def pytest_configure(config: pytest.Config) -> None:
             "DRYDOCK_EVALUATION_HOST_ASSET": "fleet/evaluation-host",
             # Runtime: a launched server has 4 s to answer its probe (inside the 8 s limit).
             "DRYDOCK_RUNTIME_PROBE_TIMEOUT_SECONDS": "4",
+            # ... and a VM 20 s to attest (inside the runtime queue's 30 s); Beat's trust sweep
+            # off (tests run runtime.enforce_trust themselves).
+            "DRYDOCK_RUNTIME_ATTESTATION_TIMEOUT_SECONDS": "20",
+            "DRYDOCK_RUNTIME_TRUST_SWEEP_SECONDS": "0",
         }
     )
 

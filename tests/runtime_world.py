@@ -34,6 +34,8 @@ from models.trust import TrustState
 from tasks.builds.backends import DockerBackend
 from tasks.runtime import servers
 from testkit.docker_engine import DockerEngine
+from testkit.libvirt_daemon import LibvirtDaemon
+from testkit.libvirt_daemon import missing as libvirt_missing
 from testkit.registry import RegistryServer
 from tests.conftest import WorkerProcess, _missing, wait_for_job
 from tests.image_builders import BUSYBOX
@@ -293,3 +295,15 @@ def mcp_pod() -> Iterator[McpPod]:
     pod = McpPod()
     yield pod
     pod.close()
+
+
+@pytest.fixture(scope="session")
+def libvirt_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtDaemon]:
+    """A libvirtd serving the test driver: the worker and the test see the same domains."""
+    missing = libvirt_missing()
+    if missing:
+        _missing(missing)
+    daemon = LibvirtDaemon(tmp_path_factory.mktemp("libvirtd"))
+    daemon.start()
+    yield daemon
+    daemon.stop()

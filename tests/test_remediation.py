@@ -14,12 +14,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -513,29 +512,6 @@ def test_a_run_held_by_a_live_execution_is_not_run_beside_it(clean_state: None) 
 
 
 # ---- closing the loop ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def evidence_requests(redis_server: str) -> Iterator[list[dict[str, Any]]]:
-    received: list[dict[str, Any]] = []
-    client = redis.Redis.from_url(redis_server)
-    pubsub = client.pubsub()
-    pubsub.subscribe(domain.EVIDENCE_REQUEST_CHANNEL)
-    stop = threading.Event()
-
-    def listen() -> None:
-        while not stop.is_set():
-            message = pubsub.get_message(timeout=0.2)
-            if message and message["type"] == "message":
-                received.append(json.loads(message["data"]))
-
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    yield received
-    stop.set()
-    thread.join(5)
-    pubsub.close()
-    client.close()
 
 
 def test_a_replayed_quote_is_remediated_and_fresh_evidence_trusts_the_asset_again(

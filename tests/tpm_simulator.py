@@ -8,10 +8,15 @@ swtpm or tpm2-tools the tests skip locally and fail in CI (``CI`` set).
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
 
+from models.trust import EVIDENCE_REQUEST_CHANNEL
 from testkit.tpm import SoftwareTpm, missing_tools
 
 
@@ -34,3 +39,28 @@ def tpm_simulator(software_tpm: SoftwareTpm) -> SoftwareTpm:
     resetCount one higher than any earlier test saw."""
     software_tpm.reset()
     return software_tpm
+
+
+@pytest.fixture
+def evidence_requests(redis_server: str) -> Iterator[list[dict[str, Any]]]:
+    """Every message on the evidence request channel while the test runs, as an agent gets
+    them."""
+    received: list[dict[str, Any]] = []
+    client = redis.Redis.from_url(redis_server)
+    pubsub = client.pubsub()
+    pubsub.subscribe(EVIDENCE_REQUEST_CHANNEL)
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "message":
+                received.append(json.loads(message["data"]))
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    yield received
+    stop.set()
+    thread.join(5)
+    pubsub.close()
+    client.close()

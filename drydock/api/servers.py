@@ -186,6 +186,55 @@ def create_release(
         raise _input_problems(exc) from None
 
 
+class VmAssetBody(BaseModel):
+    id: uuid.UUID
+    name: str
+    state: str
+    class_: str | None = Field(alias="class")
+    last_verified_at: str | None
+    evidence_expires_at: str | None
+
+
+class VmVerdictBody(BaseModel):
+    id: int
+    kind: str
+    verified: bool
+    summary: str
+    judged_at: str | None
+    answers_request: bool = Field(description="A quote of the nonce this instance sent.")
+
+
+class VmBody(BaseModel):
+    instance_id: uuid.UUID
+    state: str
+    reason: str
+    target: str | None
+    domain: str | None
+    libvirt_uri: str | None
+    evidence_nonce: str | None = Field(description="The nonce its agent must quote.")
+    host: VmAssetBody | None
+    vm: VmAssetBody | None
+    last_verdict: VmVerdictBody | None
+
+
+class VmPostureBody(BaseModel):
+    server_id: uuid.UUID
+    server: str
+    vms: list[VmBody]
+
+
+@router.get("/v1/servers/{server}/vm", response_model=VmPostureBody, responses=_ERRORS)
+def show_vm_posture(
+    server: ServerRef, caller: Caller, tenant: TenantQuery = None
+) -> dict[str, Any]:
+    """The server's VMs (newest first) and their attestation posture: the domain, the host's
+    and the VM's trust state, the nonce asked for and the newest verdict."""
+    from tasks.runtime.vm_posture import vm_posture
+
+    require_scope(caller, "runtime.read")
+    return vm_posture(server, tenant_to_read(caller, tenant))
+
+
 @router.get("/v1/instances/{instance_id}", response_model=InstanceDetailBody, responses=_ERRORS)
 def show_instance(instance_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
     """An instance with its history, move by move."""

@@ -138,6 +138,12 @@ def add_target(
     kubeconfig: str | None = typer.Option(
         None, "--kubeconfig", help="Kubernetes: its kubeconfig file (else DRYDOCK_KUBECONFIG)."
     ),
+    libvirt_uri: str | None = typer.Option(
+        None, "--libvirt-uri", help="libvirt: its connection URI (else DRYDOCK_LIBVIRT_URI)."
+    ),
+    vm_class: str | None = typer.Option(
+        None, "--vm-class", help="libvirt: the trust class its VMs' evidence is judged by."
+    ),
     disabled: bool = typer.Option(False, "--disabled"),
     by: str | None = typer.Option(None, "--by"),
 ) -> None:
@@ -159,6 +165,8 @@ def add_target(
                 ("docker_host", docker_host),
                 ("namespace", namespace),
                 ("kubeconfig", kubeconfig),
+                ("libvirt_uri", libvirt_uri),
+                ("asset_class", vm_class),
             )
             if value
         },
@@ -264,6 +272,44 @@ def show_instance(
         moved = f"{move['from_state'] or '(new)'} -> {move['to_state']}"
         why = f"{move['cause']}: {move['detail']}" if move["detail"] else move["cause"]
         say(f"  {move['at'][:19]}Z {moved} ({why}) by {move['actor']}")
+
+
+@runtime_app.command("vm")
+def vm(
+    server: str = typer.Argument(..., help="The server: its id, or its name."),
+    tenant: str | None = typer.Option(None, "--tenant"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The server's VMs and their attestation posture (newest first)."""
+    from tasks.runtime.vm_posture import vm_posture
+
+    posture = vm_posture(server, tenant)
+    if as_json:
+        say(json.dumps(posture, indent=2))
+        return
+    if not posture["vms"]:
+        say(f"server {posture['server']} has no VM instances")
+    for row in posture["vms"]:
+        where = f"on {row['target']}: domain {row['domain']}"
+        say(f"instance {row['instance_id']} {row['state']} {where}")
+        for role in ("host", "vm"):
+            asset = row[role]
+            if asset is None:
+                say(f"  {role}: not registered")
+                continue
+            verified = asset["last_verified_at"] or "never"
+            expires = asset["evidence_expires_at"] or "-"
+            times = f"verified {verified}, expires {expires}"
+            say(f"  {role} {asset['name']}: {asset['state']} ({times})")
+        verdict = row["last_verdict"]
+        if verdict is None:
+            say(f"  evidence: none yet (its agent must quote nonce {row['evidence_nonce']})")
+        else:
+            outcome = "verified" if verdict["verified"] else "failed"
+            asked = "" if verdict["answers_request"] else " (not this instance's nonce)"
+            say(f"  evidence: {verdict['kind']} {outcome}{asked}: {verdict['summary']}")
+        if row["reason"]:
+            say(f"  {row['reason']}")
 
 
 def instance_line(row: dict[str, Any]) -> str:

@@ -68,7 +68,7 @@ from tasks.remediation.run_records import A, actor_of, expire_run, finish_run, r
 
 # Published (Redis) when a run succeeded: the asset's agent should send fresh evidence
 # carrying ``nonce``. The asset's move to pending_attestation is also on the trust channels.
-EVIDENCE_REQUEST_CHANNEL = "drydock:attestation:evidence-requests"
+EVIDENCE_REQUEST_CHANNEL = trust.EVIDENCE_REQUEST_CHANNEL
 # Worker variables a playbook's secret_env may name: nothing else of the worker's environment
 # (its database URL, say) can be pulled into a step.
 SECRET_ENV_PREFIX = "DRYDOCK_REMEDIATION_SECRET_"

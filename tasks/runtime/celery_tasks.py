@@ -7,9 +7,10 @@ from typing import Any
 from adapters.docker_engine import DockerEngineUnavailableError
 from adapters.image_pull import RegistryUnavailableError
 from adapters.kubernetes import KubernetesUnavailableError
-from catalog.runtime import LaunchPayload, StopPayload
+from catalog.runtime import EnforceTrustPayload, LaunchPayload, StopPayload
 from kernel.context import JobContext
-from tasks.runtime import lifecycle
+from tasks.runtime import lifecycle, trust_enforcement
+from tasks.runtime.vm_executor import LibvirtUnavailableError
 from workers.base_task import DrydockTask, drydock_task
 
 
@@ -21,10 +22,22 @@ def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
     return lifecycle.stop(payload, ctx)
 
 
+def enforce_trust(payload: EnforceTrustPayload, ctx: JobContext) -> dict[str, Any]:
+    return trust_enforcement.enforce_trust(payload, ctx)
+
+
 # Retried with backoff while the engine, the registry or the Kubernetes API cannot answer (the
 # instance stays starting, or draining, and the next attempt picks up from its saved handle); a
 # launch that ran to a failed instance is dead-lettered with it.
-_TRANSIENT = (DockerEngineUnavailableError, RegistryUnavailableError, KubernetesUnavailableError)
+_TRANSIENT = (
+    DockerEngineUnavailableError,
+    RegistryUnavailableError,
+    KubernetesUnavailableError,
+    LibvirtUnavailableError,
+)
 
 LAUNCH: DrydockTask = drydock_task("runtime.launch", transient=_TRANSIENT)(launch)
 STOP: DrydockTask = drydock_task("runtime.stop", transient=_TRANSIENT)(stop)
+ENFORCE_TRUST: DrydockTask = drydock_task("runtime.enforce_trust", transient=_TRANSIENT)(
+    enforce_trust
+)

@@ -32,6 +32,9 @@ STOP_TIMEOUT_SECONDS = 10
 class DockerExecutor:
     backend = Backend.DOCKER
 
+    def probe_seconds(self) -> float:
+        return get_settings().runtime_probe_timeout_seconds
+
     def prepare(self, spec: LaunchSpec, handle: Mapping[str, Any]) -> dict[str, Any]:
         if handle.get("container_name") and handle.get("port"):
             return dict(handle)

@@ -60,6 +60,10 @@ class Executor(Protocol):
         """Make it run (or find it running); the endpoint base URL the probe calls."""
         ...
 
+    def probe_seconds(self) -> float:
+        """How long a launch waits for a passing probe."""
+        ...
+
     def probe(self, spec: LaunchSpec, handle: Mapping[str, Any], endpoint: str) -> ProbeResult:
         """Is it serving? One probe of its server at ``endpoint`` (failed: try again later)."""
         ...
@@ -83,4 +87,8 @@ def executor_for(backend: Backend) -> Executor:
         from tasks.runtime.kubernetes_executor import KubernetesExecutor
 
         return KubernetesExecutor()
+    if backend is Backend.LIBVIRT:
+        from tasks.runtime.vm_executor import VmExecutor
+
+        return VmExecutor()
     raise LaunchFailedError(f"the {backend.value} backend has no executor on this worker yet")

@@ -54,6 +54,9 @@ NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 class KubernetesExecutor:
     backend = Backend.KUBERNETES
 
+    def probe_seconds(self) -> float:
+        return get_settings().runtime_probe_timeout_seconds
+
     def prepare(self, spec: LaunchSpec, handle: Mapping[str, Any]) -> dict[str, Any]:
         if handle.get("deployment") and handle.get("namespace"):
             return dict(handle)

@@ -227,7 +227,8 @@ def _launch_inputs(instance_id: uuid.UUID) -> tuple[LaunchSpec, Backend, dict[st
 def _await_probe(
     executor: Executor, spec: LaunchSpec, handle: dict[str, Any], endpoint: str
 ) -> probes.ProbeResult:
-    deadline = time.monotonic() + get_settings().runtime_probe_timeout_seconds
+    seconds = executor.probe_seconds()
+    deadline = time.monotonic() + seconds
     while True:
         result = executor.probe(spec, handle, endpoint)
         if result.ok:
@@ -236,7 +237,6 @@ def _await_probe(
         if gone is not None:
             return probes.ProbeResult(False, f"{gone} before answering ({result.detail})", 0)
         if time.monotonic() >= deadline:
-            seconds = get_settings().runtime_probe_timeout_seconds
             return probes.ProbeResult(
                 False, f"no passing answer in {seconds:g}s (last: {result.detail})", result.ms
             )
@@ -270,10 +270,16 @@ def _fail(
 
 def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
     """Drain and stop an instance (nothing to do when it already ended)."""
+    return stop_instance(payload.instance_id, payload.reason or "stop requested", ctx)
+
+
+def stop_instance(
+    instance_id: uuid.UUID, detail: str, ctx: JobContext, cause: str = "stop_requested"
+) -> dict[str, Any]:
+    """Drain and stop ``instance_id``, ``cause`` and ``detail`` kept in its history."""
     actor = actor_of(ctx)
-    detail = payload.reason or "stop requested"
     with session_scope() as session:
-        instance = _locked(session, payload.instance_id)
+        instance = _locked(session, instance_id)
         state = InstanceState(instance.state)
         if state in runtime.FINISHED_STATES:
             return _view(instance)
@@ -290,14 +296,14 @@ def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
             runtime.move_instance(
                 session,
                 instance,
-                Move(InstanceState.DRAINING, "stop_requested", detail),
+                Move(InstanceState.DRAINING, cause, detail),
                 actor=actor,
                 job_id=ctx.job_id,
             )
-    spec, backend, handle = _launch_inputs(payload.instance_id)
+    spec, backend, handle = _launch_inputs(instance_id)
     log_tail = executor_for(backend).stop(spec, handle)
     with session_scope() as session:
-        instance = _locked(session, payload.instance_id)
+        instance = _locked(session, instance_id)
         if instance.state == InstanceState.DRAINING.value:
             instance.log_tail = log_tail
             runtime.move_instance(

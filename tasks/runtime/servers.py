@@ -179,7 +179,7 @@ def put_target(
 CONNECTION_KEYS = {
     Backend.DOCKER.value: ("docker_host",),
     Backend.KUBERNETES.value: ("namespace", "kubeconfig"),
-    Backend.LIBVIRT.value: ("libvirt_uri",),
+    Backend.LIBVIRT.value: ("libvirt_uri", "asset_class"),
 }
 NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -199,6 +199,11 @@ def connection_problems(backend: str, connection: dict[str, Any]) -> list[str]:
         for key, value in connection.items()
         if key in known and (not isinstance(value, str) or not value or len(value) > 400)
     ]
+    if backend == Backend.LIBVIRT.value and not connection.get("asset_class"):
+        problems.append(
+            "connection 'asset_class': a libvirt target names the trust class its VMs' "
+            "evidence is judged by"
+        )
     namespace = connection.get("namespace")
     if isinstance(namespace, str) and namespace and not NAMESPACE.fullmatch(namespace):
         problems.append(f"namespace {namespace!r}: a Kubernetes namespace name (a DNS label)")
