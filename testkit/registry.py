@@ -18,10 +18,8 @@ import contextlib
 import hashlib
 import http.server
 import json
-import os
 import re
 import secrets
-import signal
 import subprocess
 import threading
 import time
@@ -41,6 +39,7 @@ from cryptography.x509.oid import NameOID
 
 from adapters.credentials import RegistryCredential, set_htpasswd_password
 from drydock import localservers
+from testkit.processes import stop_process_group
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 # The registry checks the bcrypt hash on every request: a low cost keeps the tests fast.
@@ -157,16 +156,7 @@ class RegistryServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc)
 
     @contextlib.contextmanager
     def stopped(self) -> Iterator[None]:
