@@ -1,4 +1,5 @@
-"""``/v1/servers`` and ``/v1/instances``: MCP servers, their releases and instances over HTTP.
+"""``/v1/servers``, ``/v1/instances`` and ``/v1/catalog``: MCP servers, their releases and
+instances over HTTP.
 
 Launching and stopping are jobs like any other: ``POST /v1/jobs/runtime.launch`` and
 ``POST /v1/jobs/runtime.stop`` (the enqueue routes, with admission). Tenancy as everywhere: a
@@ -12,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, StringConstraints
 
 from catalog.runtime import (
@@ -26,6 +27,7 @@ from drydock.api.auth import Caller, actor_of, require_scope, tenant_to_read, te
 from drydock.api.errors import ErrorBody, InputProblem, problem
 from drydock.api.inputs import JSONBody, TenantName, TenantQuery
 from tasks.runtime import servers
+from tasks.runtime.server_catalog import MAX_PAGE, Health, catalog_page
 from tasks.runtime.servers import RuntimeInputError
 
 router = APIRouter(tags=["runtime"])
@@ -240,3 +242,68 @@ def show_instance(instance_id: uuid.UUID, caller: Caller) -> dict[str, Any]:
     """An instance with its history, move by move."""
     require_scope(caller, "runtime.read")
     return servers.instance_detail(instance_id, tenant_to_read(caller, None))
+
+
+# ---- the catalog ---------------------------------------------------------------------------
+
+
+class CatalogCertificationBody(BaseModel):
+    status: str
+    expires_at: str | None
+    evaluated_at: str | None
+
+
+class CatalogInstanceBody(BaseModel):
+    id: uuid.UUID
+    state: str
+    target: str | None
+    health: dict[str, Any] | None
+    host_trust: str | None = Field(description="The trust state of the host it runs on.")
+
+
+class CatalogScoreBody(BaseModel):
+    metric: str
+    value: float
+    flagged: bool
+
+
+class CatalogTierBody(BaseModel):
+    digest: str
+    platforms: list[str]
+    released_at: str | None
+    certification: CatalogCertificationBody | None
+    instance: CatalogInstanceBody | None = Field(description="The release's newest instance.")
+    anomaly_scores: list[CatalogScoreBody]
+
+
+class CatalogServerBody(BaseModel):
+    id: uuid.UUID
+    tenant: str
+    name: str
+    repository: str
+    isolation: str
+    confidential: bool
+    health: Health
+    tiers: dict[str, CatalogTierBody] = Field(description="Per tier, its newest release.")
+
+
+class CatalogPageBody(BaseModel):
+    items: list[CatalogServerBody]
+    next_after: str | None = Field(description="Pass as `after` for the next page.")
+
+
+@router.get("/v1/catalog", response_model=CatalogPageBody, responses=_ERRORS)
+def catalog(
+    caller: Caller,
+    tenant: TenantQuery = None,
+    tier: Annotated[str | None, Query(pattern=TIER_PATTERN)] = None,
+    health: Health | None = None,
+    after: Annotated[str | None, Query(max_length=301, description="tenant/name")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+) -> dict[str, Any]:
+    """Servers with their release per tier, certification, instance health, host trust and
+    anomaly scores, computed from the ledger and the instances (at most six queries a page)."""
+    require_scope(caller, "runtime.read")
+    return catalog_page(
+        tenant=tenant_to_read(caller, tenant), tier=tier, health=health, after=after, limit=limit
+    )

@@ -70,6 +70,7 @@ app.add_typer(projects.remotes_app, name="remotes")
 app.add_typer(runtime.servers_app, name="servers")
 app.add_typer(runtime.releases_app, name="releases")
 app.add_typer(runtime.runtime_app, name="runtime")
+app.command("catalog")(runtime.catalog)
 
 err = Console(stderr=True)
 

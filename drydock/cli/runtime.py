@@ -312,6 +312,50 @@ def vm(
             say(f"  {row['reason']}")
 
 
+def catalog(
+    tenant: str | None = typer.Option(None, "--tenant"),
+    tier: str | None = typer.Option(None, "--tier", help="Only servers released at this tier."),
+    health: str | None = typer.Option(
+        None, "--health", help="healthy, degraded, down or none (never launched)."
+    ),
+    after: str | None = typer.Option(None, "--after", help="tenant/name: the page after it."),
+    limit: int = typer.Option(50, "--limit", min=1, max=200),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The live catalog: servers with their release per tier, certification, instance health,
+    host trust and anomaly scores."""
+    from tasks.runtime.server_catalog import Health, catalog_page
+
+    try:
+        wanted = Health(health) if health else None
+    except ValueError:
+        choices = ", ".join(h.value for h in Health)
+        raise DrydockError(f"--health {health!r}: one of {choices}") from None
+    page = catalog_page(tenant=tenant, tier=tier, health=wanted, after=after, limit=limit)
+    if as_json:
+        say(json.dumps(page, indent=2))
+        return
+    for item in page["items"]:
+        say(f"{item['tenant']}/{item['name']} {item['health']} ({item['repository']})")
+        for tier_name, release in item["tiers"].items():
+            cert = release["certification"]
+            certified = (
+                f"{cert['status']} until {cert['expires_at'] or '-'}" if cert else "uncertified"
+            )
+            instance = release["instance"]
+            running = (
+                f"instance {instance['state']} on {instance['target']} "
+                f"(host {instance['host_trust'] or '-'})"
+                if instance
+                else "no instance"
+            )
+            flagged = [s["metric"] for s in release["anomaly_scores"] if s["flagged"]]
+            anomalies = f"; flagged: {', '.join(flagged)}" if flagged else ""
+            say(f"  {tier_name}: {release['digest'][:19]}… {certified}; {running}{anomalies}")
+    if page["next_after"]:
+        say(f"more: --after {page['next_after']}")
+
+
 def instance_line(row: dict[str, Any]) -> str:
     ident = row.get("id") or row.get("instance_id")
     where = f" on {row['target']}" if row.get("target") else ""
