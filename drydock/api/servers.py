@@ -25,7 +25,7 @@ from catalog.runtime import (
 )
 from drydock.api.auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
 from drydock.api.errors import ErrorBody, InputProblem, problem
-from drydock.api.inputs import JSONBody, TenantName, TenantQuery
+from drydock.api.inputs import NUL_CLASS, JSONBody, TenantName, TenantQuery
 from tasks.runtime import servers
 from tasks.runtime.server_catalog import MAX_PAGE, Health, catalog_page
 from tasks.runtime.servers import RuntimeInputError
@@ -298,7 +298,10 @@ def catalog(
     tenant: TenantQuery = None,
     tier: Annotated[str | None, Query(pattern=TIER_PATTERN)] = None,
     health: Health | None = None,
-    after: Annotated[str | None, Query(max_length=301, description="tenant/name")] = None,
+    after: Annotated[
+        str | None,
+        Query(max_length=301, pattern=f"^[^{NUL_CLASS}]+$", description="tenant/name"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
 ) -> dict[str, Any]:
     """Servers with their release per tier, certification, instance health, host trust and
