@@ -229,19 +229,31 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
     made up (or stopped) would make the fleet unhealthy."""
     import redis
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
     from models.db import get_engine
 
-    with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
-                "trust_asset_classes, remediation_playbooks, tenant_policies, "
-                "evaluation_tiers, evaluation_certifications, policy_decisions, "
-                "capability_scores, credential_events, registry_credentials, stream_events, "
-                "workflow_definitions, projects, project_remotes, runtime_servers CASCADE"
+    # A worker still finishing an earlier test's job (a sweep) may hold locks on these tables
+    # taken in another order: PostgreSQL then aborts the TRUNCATE as a deadlock (CI saw it).
+    # The TRUNCATE is all or nothing, so trying again is safe.
+    def deadlocked(exc: BaseException) -> bool:
+        return isinstance(exc, OperationalError) and "deadlock detected" in str(exc)
+
+    for attempt in Retrying(
+        retry=retry_if_exception(deadlocked), stop=stop_after_attempt(5), wait=wait_fixed(0.2),
+        reraise=True,
+    ):  # fmt: skip
+        with attempt, get_engine().begin() as conn:
+            conn.execute(
+                text(
+                    "TRUNCATE jobs, job_events, dead_letters, api_tokens, trust_assets, "
+                    "trust_asset_classes, remediation_playbooks, tenant_policies, "
+                    "evaluation_tiers, evaluation_certifications, policy_decisions, "
+                    "capability_scores, credential_events, registry_credentials, stream_events, "
+                    "workflow_definitions, projects, project_remotes, runtime_servers CASCADE"
+                )
             )
-        )
     client = redis.Redis.from_url(redis_server)
     client.delete(*QUEUE_KEYS)
     # Heartbeats of workers earlier tests killed (the live ones' stay), and Beat's last tick.
