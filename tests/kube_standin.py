@@ -167,6 +167,16 @@ class _Raw:
     body: bytes
 
 
+def _claim_namespace(metadata: dict[str, Any], namespace: str) -> None:
+    """An object's namespace is the URL's: another is refused, none is set to it."""
+    if metadata.get("namespace", namespace) != namespace:
+        raise ApiStatus(
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
+    metadata["namespace"] = namespace
+
+
 def _schema_problems(manifest: dict[str, Any]) -> list[str]:
     """Where ``manifest`` breaks the Kubernetes OpenAPI schema, as kube-apiserver's strict
     field validation refuses it ([] when it is valid)."""
@@ -583,13 +593,7 @@ class KubeStandIn:
         """A create of a Deployment or Service: validated, 409 when the name is taken."""
         made: dict[str, Any] = copy.deepcopy(request.body)
         metadata = made.setdefault("metadata", {})
-        if metadata.get("namespace", namespace) != namespace:
-            raise ApiStatus(
-                400,
-                "the namespace of the provided object does not match the namespace sent on "
-                "the request",
-            )
-        metadata["namespace"] = namespace
+        _claim_namespace(metadata, namespace)
         problems = _schema_problems(made)
         kind = str(made.get("kind"))
         name = str(metadata.get("name") or "")
@@ -600,8 +604,25 @@ class KubeStandIn:
                 {"name": name, "kind": kind, "causes": [{"message": p} for p in problems]},
                 reason="Invalid",
             )
-        resource = f"{plural}.{group}" if group else plural
+        if kind == "Deployment":
+            metadata["generation"] = 1
+            self._roll_out(made, self.rollout_outcome, first=True)
+        return self._store_new(store, namespace, made, plural, group)
+
+    def _store_new(
+        self,
+        store: dict[tuple[str, str], dict[str, Any]],
+        namespace: str,
+        made: dict[str, Any],
+        plural: str,
+        group: str = "",
+    ) -> tuple[int, dict[str, Any]]:
+        """Keep a created object under its name, stamped as the API server stamps one (409
+        when the name is taken)."""
+        metadata = made["metadata"]
+        name = str(metadata.get("name") or "")
         if (namespace, name) in store:
+            resource = f"{plural}.{group}" if group else plural
             raise ApiStatus(
                 409,
                 f'{resource} "{name}" already exists',
@@ -613,9 +634,6 @@ class KubeStandIn:
             resourceVersion=self._next_version(),
             creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
-        if kind == "Deployment":
-            metadata["generation"] = 1
-            self._roll_out(made, self.rollout_outcome, first=True)
         store[(namespace, name)] = made
         return 201, made
 
@@ -675,21 +693,7 @@ class KubeStandIn:
         self, request: RecordedRequest, namespace: str
     ) -> tuple[int, dict[str, Any]]:
         secret = self._checked_secret(request.body, namespace)
-        name = secret["metadata"]["name"]
-        if (namespace, name) in self.secrets:
-            raise ApiStatus(
-                409,
-                f'secrets "{name}" already exists',
-                {"name": name, "kind": "secrets"},
-                reason="AlreadyExists",
-            )
-        secret["metadata"].update(
-            uid=str(uuid.uuid4()),
-            resourceVersion=self._next_version(),
-            creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        )
-        self.secrets[(namespace, name)] = secret
-        return 201, secret
+        return self._store_new(self.secrets, namespace, secret, "secrets")
 
     def _secret_request(
         self, request: RecordedRequest, namespace: str, name: str
@@ -735,13 +739,7 @@ class KubeStandIn:
             raise ApiStatus(400, "the stand-in does not implement stringData")
         secret: dict[str, Any] = copy.deepcopy(body)
         metadata = secret.setdefault("metadata", {})
-        if metadata.get("namespace", namespace) != namespace:
-            raise ApiStatus(
-                400,
-                "the namespace of the provided object does not match the namespace sent on "
-                "the request",
-            )
-        metadata["namespace"] = namespace
+        _claim_namespace(metadata, namespace)
         if name is not None and metadata.get("name") != name:
             raise ApiStatus(400, "the name of the object does not match the name on the URL")
         if not metadata.get("name"):
