@@ -29,7 +29,7 @@ from catalog.pushes import (
     RotateCredentialsPayload,
 )
 from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
-from catalog.runtime import EnforceTrustPayload, LaunchPayload, StopPayload
+from catalog.runtime import EnforceTrustPayload, LaunchPayload, RolloutPayload, StopPayload
 from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRunsPayload
 from kernel.errors import UnknownTaskError
 from kernel.payload import Payload
@@ -201,6 +201,15 @@ def _specs() -> list[TaskSpec]:
                 "and judged by the placement gates (one recorded decision), the image pulled "
                 "by digest and run locked down, running once its probe answers; blocked with "
                 "the failing gates when denied."
+            ),
+        ),
+        TaskSpec(
+            name="runtime.rollout",
+            payload=RolloutPayload,
+            summary=(
+                "Roll a release out at its tier: start it beside the instance serving the tier, "
+                "probe it through the analysis window, shift to it and drain the old one; a "
+                "failed probe rolls back to the previous release (one recorded decision)."
             ),
         ),
         TaskSpec(

@@ -31,6 +31,22 @@ class LaunchPayload(Payload):
     reason: str = Field("", max_length=2000, description="Why: kept in the instance's history.")
 
 
+class RolloutPayload(Payload):
+    tenant: str = Field(min_length=1, max_length=100, description="The server's tenant.")
+    server: str = Field(
+        min_length=1, max_length=200, description="The server: its id, or its name."
+    )
+    digest: str = Field(pattern=DIGEST_PATTERN, description="The release rolled out.")
+    tier: str = Field(pattern=TIER_PATTERN, description="The tier it is rolled out at.")
+    analysis_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="How long the new instance is probed before the shift; none: the tier's rule.",
+    )
+    reason: str = Field("", max_length=2000, description="Why: kept in the release history.")
+
+
 class StopPayload(Payload):
     instance_id: uuid.UUID = Field(description="The instance to stop.")
     reason: str = Field("", max_length=2000, description="Why: kept in the instance's history.")

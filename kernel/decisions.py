@@ -25,6 +25,12 @@ class GateName(StrEnum):
     PROTECTED_TARGET = "protected_target"
     HOST_TRUST = "host_trust"
     BACKEND_CAPABILITY = "backend_capability"
+    # Promotions and rollouts of runtime releases.
+    CERTIFICATION = "certification"
+    APPROVAL = "approval"
+    PROBE_ANALYSIS = "probe_analysis"
+    # A rollout's new instance could not be placed (its instance's reason names the gates).
+    PLACEMENT = "placement"
 
 
 @dataclass(frozen=True)

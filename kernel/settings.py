@@ -445,6 +445,25 @@ class Settings(BaseSettings):
             "host or VM asset is quarantined; 0: never."
         ),
     )
+    runtime_anomaly_threshold: Annotated[float, Field(ge=0, le=1_000_000)] = Field(
+        3.5,
+        description=(
+            "The anomaly score (each metric of the digest's repository) a promotion to a tier "
+            "without its own rule (`drydock releases rules put`) must not exceed."
+        ),
+    )
+    runtime_analysis_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description=(
+            "How long a rollout to a tier without its own rule probes the new instance before "
+            "shifting to it; a failed probe in that window rolls back. Keep the runtime queue's "
+            "time limit above it and the probe timeout."
+        ),
+    )
+    runtime_promotion_approval_ttl_seconds: Annotated[int, Field(ge=60, le=30 * 86400)] = Field(
+        3600,
+        description="How long an approval token for a promotion to a protected tier is valid.",
+    )
     runtime_memory_mb: Annotated[int, Field(ge=16, le=262_144)] = Field(
         512, description="Memory limit of each server container the runtime launches (MiB)."
     )

@@ -16,6 +16,7 @@ from models import (  # noqa: F401
     projects,
     remediation,
     runtime,
+    runtime_releases,
     stream,
     tokens,
     trust,

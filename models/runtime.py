@@ -153,6 +153,9 @@ class RuntimeRelease(Base):
     platforms: Mapped[list[str]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     created_by: Mapped[str | None] = mapped_column(String(200))
+    # A rollout of it failed and the tier went back to the release before it; a promotion of
+    # the digest again clears it. The catalog shows a tier's newest release not rolled back.
+    rolled_back_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (UniqueConstraint("server_id", "digest", "tier"),)
 

@@ -50,6 +50,7 @@ class StreamEventKind(StrEnum):
     REMEDIATION_UPDATE = "remediation.update"
     WORKFLOW_EVENT = "workflow.event"
     RUNTIME_INSTANCE = "runtime.instance"
+    RUNTIME_RELEASE = "runtime.release"
 
 
 class StreamEvent(Base):

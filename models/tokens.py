@@ -83,7 +83,9 @@ PERMISSIONS: dict[str, str] = {
     "workflows.define": "create workflow definitions (new versions)",
     "workflows.read": "read workflow definitions",
     "runtime.servers": "add MCP servers and their releases",
-    "runtime.read": "read MCP servers, their releases and instances",
+    "runtime.read": "read MCP servers, their releases, instances and release history",
+    "runtime.promote": "promote releases to tiers; set each tier's promotion rules",
+    "runtime.approve": "issue approval tokens for promotions to protected tiers",
 }
 
 

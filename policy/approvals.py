@@ -23,8 +23,10 @@ from kernel.errors import DrydockError
 from kernel.settings import Settings, get_settings
 
 ALGORITHM = "HS256"
-# Tokens of other JWT issuers (or of other Drydock purposes) are refused by this audience.
+# Tokens of other JWT issuers (or of other Drydock purposes) are refused by the audience: a
+# remediation run's approval cannot pass for a promotion's, nor the other way round.
 AUDIENCE = "drydock:remediation-approval"
+PROMOTION_AUDIENCE = "drydock:runtime-promotion"
 _KEY_INFO = b"drydock remediation approval tokens v1"
 
 
@@ -93,7 +95,7 @@ def new_grant(
     )
 
 
-def mint(grant: ApprovalGrant, key: bytes) -> str:
+def mint(grant: ApprovalGrant, key: bytes, audience: str = AUDIENCE) -> str:
     """The token of a grant. Deterministic: the same grant and key give the same token, so a
     run whose job could not be sent is sent later with the token its approver was given."""
     claims = {
@@ -103,12 +105,14 @@ def mint(grant: ApprovalGrant, key: bytes) -> str:
         "jti": grant.token_id,
         "iat": int(grant.issued_at.timestamp()),
         "exp": int(grant.expires_at.timestamp()),
-        "aud": AUDIENCE,
+        "aud": audience,
     }
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def verify(token: str, *, run_id: uuid.UUID, tenant: str, key: bytes) -> ApprovalGrant:
+def verify(
+    token: str, *, run_id: uuid.UUID, tenant: str, key: bytes, audience: str = AUDIENCE
+) -> ApprovalGrant:
     """The grant a token carries, if it is genuine, unexpired, and for this run and tenant;
     otherwise ApprovalTokenError saying which of those it is not."""
     try:
@@ -116,7 +120,7 @@ def verify(token: str, *, run_id: uuid.UUID, tenant: str, key: bytes) -> Approva
             token,
             key,
             algorithms=[ALGORITHM],
-            audience=AUDIENCE,
+            audience=audience,
             options={"require": ["sub", "ten", "apr", "jti", "iat", "exp", "aud"]},
         )
     except jwt.ExpiredSignatureError:

@@ -4,9 +4,11 @@ rows, and helpers to launch and read instances back (a pytest plugin: ``tests/co
 The server image is built ``FROM scratch`` here: busybox's httpd serving a CGI script that
 answers the MCP ``initialize`` call over streamable HTTP (JSON-RPC in, JSON-RPC out), listening
 on 127.0.0.1 at the ``PORT`` the runtime gives it. A second image of the same server answers
-with a JSON-RPC error instead: a digest that fails its probe. Both are pushed to the tests'
-registry (htpasswd) and removed from the engine, so a launch pulls by digest with the stored
-credential. The artifact ledger is seeded with their digests, as a build would leave them.
+with a JSON-RPC error instead: a digest that fails its probe; a third is version 2.0 of the good
+one, and a fourth answers for six seconds and then exits (a rollout's analysis catches it). All
+are pushed to the tests' registry (htpasswd) and removed from the engine, so a launch pulls by
+digest with the stored credential. The artifact ledger is seeded with their digests, as a build
+would leave them.
 """
 
 from __future__ import annotations
@@ -67,14 +69,30 @@ COPY answer /etc/mcp-answer
 RUN ["/bin/chmod", "755", "/www/cgi-bin/mcp"]
 ENV PATH=/bin
 USER 65534:65534
-CMD ["/bin/sh", "-c", "echo serving on $PORT; exec httpd -f -v -p 127.0.0.1:$PORT -h /www"]
+CMD ["/bin/sh", "-c", "{command}"]
 """
+SERVE = "echo serving on $PORT; exec httpd -f -v -p 127.0.0.1:$PORT -h /www"
+# Serves for a few seconds (its launch probe passes), then exits: a rollout's analysis fails.
+SERVE_THEN_DIE = (
+    "echo serving on $PORT; httpd -f -v -p 127.0.0.1:$PORT -h /www & sleep 6; "
+    "echo giving up; exit 3"
+)
+# name: (its initialize answer, its command)
+VARIANTS = {
+    "good": (GOOD_ANSWER, SERVE),
+    "broken": (BROKEN_ANSWER, SERVE),
+    "v2": (GOOD_ANSWER.replace('"version":"1.0"', '"version":"2.0"'), SERVE),
+    "dying": (GOOD_ANSWER, SERVE_THEN_DIE),
+}
 
 
 class McpImages(NamedTuple):
     host: str
     good: str
     broken: str
+    # A second good version, and one that stops answering seconds after it starts.
+    v2: str
+    dying: str
 
     @property
     def repository(self) -> str:
@@ -92,12 +110,12 @@ def mcp_images(
     digests = {}
     client: Any = docker.DockerClient(base_url=docker_engine.url)
     try:
-        for variant, answer in (("good", GOOD_ANSWER), ("broken", BROKEN_ANSWER)):
+        for variant, (answer, command) in VARIANTS.items():
             context = tmp_path_factory.mktemp(f"mcp-{variant}")
             shutil.copy2(BUSYBOX, context / "busybox")
             (context / "mcp").write_text(MCP_CGI)
             (context / "answer").write_text(answer)
-            (context / "Dockerfile").write_text(DOCKERFILE)
+            (context / "Dockerfile").write_text(DOCKERFILE.replace("{command}", command))
             tag = f"{registry_server.host}/{MCP_REPOSITORY}:{variant}-{uuid.uuid4().hex[:8]}"
             client.images.build(path=str(context), tag=tag, rm=True, network_mode="none")
             pushed = DockerBackend(docker_engine.url).push(
@@ -107,7 +125,9 @@ def mcp_images(
             digests[variant] = pushed.digest
     finally:
         client.close()
-    return McpImages(registry_server.host, digests["good"], digests["broken"])
+    return McpImages(
+        registry_server.host, digests["good"], digests["broken"], digests["v2"], digests["dying"]
+    )
 
 
 @pytest.fixture

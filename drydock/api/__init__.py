@@ -22,6 +22,7 @@ from drydock.api import (
     jobs,
     openapi,
     policy,
+    releases,
     remediation,
     remotes,
     servers,
@@ -74,6 +75,7 @@ def create_app() -> FastAPI:
     app.include_router(remotes.router)
     app.include_router(workflow_health.router)
     app.include_router(servers.router)
+    app.include_router(releases.router)
 
     # OpenAPI: exact, with every task's payload schema (drydock.api.openapi).
     def exact_openapi() -> dict[str, Any]:

@@ -41,6 +41,8 @@ KIND_SCOPES: dict[StreamEventKind, str] = {
     StreamEventKind.POLICY_DECISION: "policy.decide",
     StreamEventKind.REMEDIATION_UPDATE: "remediation.run_playbook",
     StreamEventKind.WORKFLOW_EVENT: "workflows.read",
+    StreamEventKind.RUNTIME_INSTANCE: "runtime.read",
+    StreamEventKind.RUNTIME_RELEASE: "runtime.read",
 }
 # Events read per query: a client far behind catches up in pages of this many.
 PAGE = 200
@@ -60,7 +62,8 @@ class StreamEventBody(BaseModel):
     at: str = Field(description="When it was recorded (ISO 8601, UTC).")
     data: dict[str, Any] = Field(
         description="trust.transition: the transition; policy.decision: the decision with its "
-        "gates; remediation.update: the run's action, state and actor."
+        "gates; remediation.update: the run's action, state and actor; runtime.instance: an "
+        "instance's move; runtime.release: a promotion, rollout or rollback."
     )
 
 

@@ -21,6 +21,7 @@ from drydock.cli import (
     jobs,
     probes,
     projects,
+    releases,  # noqa: F401 (imported for its commands, on releases_app)
     remediation,
     runtime,
     tokens,

@@ -35,7 +35,7 @@ def say(text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _operator(by: str | None) -> str:
+def operator_actor(by: str | None) -> str:
     return by or f"operator:{current_operator()}"
 
 
@@ -67,7 +67,7 @@ def add_server(
         isolation=isolation,
         confidential=confidential,
         accelerator=accelerator,
-        actor=_operator(by),
+        actor=operator_actor(by),
     )
     say(f"server {tenant}/{name} added ({server['id']})")
 
@@ -118,7 +118,7 @@ def add_release(
     from tasks.runtime import servers
 
     release = servers.add_release(
-        tenant=tenant, server=server, digest=digest, tier=tier, actor=_operator(by)
+        tenant=tenant, server=server, digest=digest, tier=tier, actor=operator_actor(by)
     )
     say(f"release {release['id']}: {digest} at {tier}, platforms {', '.join(release['platforms'])}")
 
@@ -171,7 +171,7 @@ def add_target(
             if value
         },
         enabled=not disabled,
-        actor=_operator(by),
+        actor=operator_actor(by),
     )
     say(f"target {name} ({backend}) saved")
 
@@ -210,7 +210,7 @@ def launch(
     job = enqueue("runtime.launch", payload, enqueued_by="cli", tenant=tenant)
     say(f"launch job {job.id} enqueued")
     if wait:
-        result = _wait(job.id)
+        result = wait_for_result(job.id)
         say(instance_line(result))
         if result.get("state") != "running":
             raise typer.Exit(1)
@@ -232,7 +232,7 @@ def stop(
     )
     say(f"stop job {job.id} enqueued")
     if wait:
-        result = _wait(job.id)
+        result = wait_for_result(job.id)
         say(instance_line(result))
         if result.get("state") != "stopped":
             raise typer.Exit(1)
@@ -371,7 +371,7 @@ def _instance_id(text: str) -> uuid.UUID:
         raise DrydockError(f"{text!r} is not an instance id") from None
 
 
-def _wait(job_id: uuid.UUID) -> dict[str, Any]:
+def wait_for_result(job_id: uuid.UUID) -> dict[str, Any]:
     from models.db import session_scope
     from models.jobs import Job
 

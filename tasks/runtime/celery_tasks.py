@@ -7,15 +7,19 @@ from typing import Any
 from adapters.docker_engine import DockerEngineUnavailableError
 from adapters.image_pull import RegistryUnavailableError
 from adapters.kubernetes import KubernetesUnavailableError
-from catalog.runtime import EnforceTrustPayload, LaunchPayload, StopPayload
+from catalog.runtime import EnforceTrustPayload, LaunchPayload, RolloutPayload, StopPayload
 from kernel.context import JobContext
-from tasks.runtime import lifecycle, trust_enforcement
+from tasks.runtime import lifecycle, rollouts, trust_enforcement
 from tasks.runtime.vm_executor import LibvirtUnavailableError
 from workers.base_task import DrydockTask, drydock_task
 
 
 def launch(payload: LaunchPayload, ctx: JobContext) -> dict[str, Any]:
     return lifecycle.launch(payload, ctx)
+
+
+def rollout(payload: RolloutPayload, ctx: JobContext) -> dict[str, Any]:
+    return rollouts.rollout(payload, ctx)
 
 
 def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
@@ -37,6 +41,7 @@ _TRANSIENT = (
 )
 
 LAUNCH: DrydockTask = drydock_task("runtime.launch", transient=_TRANSIENT)(launch)
+ROLLOUT: DrydockTask = drydock_task("runtime.rollout", transient=_TRANSIENT)(rollout)
 STOP: DrydockTask = drydock_task("runtime.stop", transient=_TRANSIENT)(stop)
 ENFORCE_TRUST: DrydockTask = drydock_task("runtime.enforce_trust", transient=_TRANSIENT)(
     enforce_trust

@@ -52,6 +52,11 @@ PROBE_INTERVAL_SECONDS = 0.2
 class InstanceFailedError(DrydockError):
     """The launch ran to its end and the instance failed (its reason says why)."""
 
+    def __init__(self, instance_id: uuid.UUID, why: str) -> None:
+        super().__init__(f"instance {instance_id} failed: {why}")
+        self.instance_id = instance_id
+        self.why = why
+
 
 @dataclass(frozen=True)
 class Decided:
@@ -73,7 +78,7 @@ def launch(payload: LaunchPayload, ctx: JobContext) -> dict[str, Any]:
     if decided.state != InstanceState.STARTING.value or decided.launched_by_other:
         return decided.view
     instance_id = decided.instance_id
-    spec, backend, handle = _launch_inputs(instance_id)
+    spec, backend, handle = launch_inputs(instance_id)
     executor = executor_for(backend)
     ctx.progress(20, f"starting on {decided.target} ({backend.value})")
     try:
@@ -138,7 +143,7 @@ def _decide(payload: LaunchPayload, ctx: JobContext, actor: str) -> Decided:
             tenant=server.tenant,
             digest=release.digest,
             tier=release.tier,
-            needs=_needs(server, release.platforms, payload.target),
+            needs=needs_of(server, release.platforms, payload.target),
             targets=runtime.enabled_targets(session),
             actor=actor,
         )
@@ -180,7 +185,7 @@ def _decide(payload: LaunchPayload, ctx: JobContext, actor: str) -> Decided:
         )
 
 
-def _needs(server: RuntimeServer, platforms: list[str], target: str | None) -> ServerNeeds:
+def needs_of(server: RuntimeServer, platforms: list[str], target: str | None) -> ServerNeeds:
     return ServerNeeds(
         platforms=tuple(platforms),
         isolation=Isolation(server.isolation),
@@ -209,7 +214,7 @@ def _spec(
     )
 
 
-def _launch_inputs(instance_id: uuid.UUID) -> tuple[LaunchSpec, Backend, dict[str, Any]]:
+def launch_inputs(instance_id: uuid.UUID) -> tuple[LaunchSpec, Backend, dict[str, Any]]:
     with session_scope() as session:
         instance = session.get(RuntimeInstance, instance_id)
         assert instance is not None
@@ -265,7 +270,7 @@ def _fail(
                 actor=actor,
                 job_id=ctx.job_id,
             )
-    raise InstanceFailedError(f"instance {instance_id} failed: {why}")
+    raise InstanceFailedError(instance_id, why)
 
 
 def stop(payload: StopPayload, ctx: JobContext) -> dict[str, Any]:
@@ -300,7 +305,7 @@ def stop_instance(
                 actor=actor,
                 job_id=ctx.job_id,
             )
-    spec, backend, handle = _launch_inputs(instance_id)
+    spec, backend, handle = launch_inputs(instance_id)
     log_tail = executor_for(backend).stop(spec, handle)
     with session_scope() as session:
         instance = _locked(session, instance_id)

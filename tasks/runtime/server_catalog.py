@@ -93,7 +93,12 @@ def catalog_page(
             select(RuntimeRelease)
             .where(RuntimeRelease.server_id.in_(server_ids))
             .where(RuntimeRelease.tier == tier if tier is not None else text("true"))
-            .order_by(RuntimeRelease.tier, RuntimeRelease.created_at.desc())
+            # A tier shows its newest release that no rollout rolled back.
+            .order_by(
+                RuntimeRelease.tier,
+                RuntimeRelease.rolled_back_at.asc().nulls_first(),
+                RuntimeRelease.created_at.desc(),
+            )
         ).all()
         pairs = {(r.digest, r.tier) for r in releases}
         certifications = _newest_certifications(session, pairs)
@@ -127,15 +132,25 @@ def _tiers(
     hosts: dict[Any, TrustAsset],
     scores: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
-    """Per tier, its newest release (the one shown) with what is known of it."""
-    tiers: dict[str, Any] = {}
+    """Per tier, the release shown, with what is known of it: the newest release running there
+    that no rollout rolled back, else its newest not rolled back, else its newest."""
+    by_tier: dict[str, list[RuntimeRelease]] = defaultdict(list)
     for release in releases:
-        if release.tier in tiers:
-            continue
+        by_tier[release.tier].append(release)
+    tiers: dict[str, Any] = {}
+    for tier, candidates in by_tier.items():
+        serving = [
+            r
+            for r in candidates
+            if r.rolled_back_at is None
+            and r.id in instances
+            and instances[r.id].state == InstanceState.RUNNING.value
+        ]
+        release = serving[0] if serving else candidates[0]
         certification = certifications.get((release.digest, release.tier))
         instance = instances.get(release.id)
         host = hosts.get(instance.asset_id) if instance is not None and instance.asset_id else None
-        tiers[release.tier] = {
+        tiers[tier] = {
             "digest": release.digest,
             "platforms": release.platforms,
             "released_at": _iso(release.created_at),
