@@ -1,5 +1,5 @@
 # Thin wrappers; the scripts are the source of truth (a fresh Debian may not have make).
-.PHONY: up test bench bench-builds bench-attestation bench-beat bench-stream
+.PHONY: up test bench bench-builds bench-attestation bench-beat bench-stream bench-runtime
 
 up:
 	scripts/up
@@ -21,3 +21,6 @@ bench-beat:
 
 bench-stream:
 	.venv/bin/python -m bench.stream
+
+bench-runtime:
+	.venv/bin/python -m bench.runtime

@@ -103,6 +103,9 @@ class PolicyDecision(Base):
     actor: Mapped[str] = mapped_column(String(200))
     decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
+    # The INSERT returns decided_at (and the id) itself: no second round trip per decision.
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 (SQLAlchemy reads a dict)
+
     __table_args__ = (
         CheckConstraint(sql_in_list("kind", tuple(PolicyDecisionKind)), name="kind"),
         Index(None, "decided_at"),
@@ -255,7 +258,6 @@ def record_decision(
     )
     session.add(row)
     session.flush()
-    session.refresh(row, ["decided_at"])
     notices.pg_notify(session, PG_CHANNEL, decision_message(row))
     stream.stage(session, stream.StreamEventKind.POLICY_DECISION, tenant, decision_json(row))
     return row
