@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -41,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drydock import localservers  # noqa: E402
+from bench.postgres import migrated_postgres  # noqa: E402
 
 TENANT = "bench"
 DIGEST = "sha256:" + "ab" * 32
@@ -236,23 +233,10 @@ def main() -> int:
     parser.add_argument("--pages", type=int, default=200)
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="drydock-bench-runtime-"))
-    server = localservers.start_postgres(workdir / "postgres")
-    try:
-        os.environ["DRYDOCK_DATABASE_URL"] = server.url
-        from kernel.settings import get_settings
-        from models.db import dispose_engines
-        from models.migrate import upgrade
-
-        get_settings.cache_clear()
-        dispose_engines()
-        upgrade("head", server.url)
+    with migrated_postgres("runtime"):
         ok = bench_placement(args.decisions)
         ok &= bench_catalog(args.servers, args.pages)
         return 0 if ok else 1
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

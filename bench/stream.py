@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert, text  # noqa: E402
 
+from bench.postgres import migrated_postgres  # noqa: E402
 from drydock import localservers  # noqa: E402
 
 APPEND_RATIO_TARGET = 0.5
@@ -184,24 +182,11 @@ def main() -> int:
     parser.add_argument("--live", type=int, default=200)
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="drydock-bench-stream-"))
-    server = localservers.start_postgres(workdir / "postgres")
-    try:
-        os.environ["DRYDOCK_DATABASE_URL"] = server.url
-        from kernel.settings import get_settings
-        from models.db import dispose_engines
-        from models.migrate import upgrade
-
-        get_settings.cache_clear()
-        dispose_engines()
-        upgrade("head", server.url)
+    with migrated_postgres("stream"):
         ok = bench_append(args.writers, args.commits)
         ok &= bench_catch_up(args.history)
         ok &= bench_live(args.live)
         return 0 if ok else 1
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
