@@ -6,19 +6,24 @@ changes."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from threading import Lock
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kernel.settings import get_settings
 
 _lock = Lock()
 _engines: dict[tuple[int, str], Engine] = {}
+# One factory per engine: a sessionmaker defines a Session subclass, and every new subclass
+# has the Session event listeners copied onto it, which a short transaction notices.
+_factories: dict[Engine, sessionmaker[Session]] = {}
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -30,12 +35,37 @@ def get_engine(url: str | None = None) -> Engine:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                # Pre-ping: a pooled connection that died with a database restart is replaced
-                # before use instead of failing the caller. The per-job statements do not come
-                # through here, so the extra round trip stays off the hot path.
-                engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+                engine = create_engine(url, pool_size=5, max_overflow=5)
+                _ping_idle_connections(engine)
                 _engines[key] = engine
     return engine
+
+
+# A pooled connection back from use this recently is taken to be alive, unpinged.
+IDLE_PING_SECONDS = 1.0
+_CHECKED_IN = "drydock.checked_in"
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Pre-ping, for connections that sat idle: one that died with a database restart is
+    replaced before use instead of failing the caller. One used within the last second is not
+    pinged: a transaction that follows another (a launch's, a decision's) pays no extra round
+    trip, and a restart in between fails it as it would fail a transaction already begun."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_CHECKED_IN, 0.0) < IDLE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except psycopg.Error as exc:
+            # The pool discards this connection and checks out a fresh one.
+            raise DisconnectionError(str(exc)) from exc
 
 
 def dispose_engines() -> None:
@@ -45,6 +75,7 @@ def dispose_engines() -> None:
             if pid == os.getpid():
                 hot.close()
         _hot.clear()
+        _factories.clear()
         for (pid, _), engine in list(_engines.items()):
             # A child must not close its parent's sockets: close=False just forgets them.
             engine.dispose(close=pid == os.getpid())
@@ -54,7 +85,10 @@ def dispose_engines() -> None:
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session in a transaction: committed on success, rolled back on error."""
-    factory = sessionmaker(get_engine(url), expire_on_commit=False)
+    engine = get_engine(url)
+    factory = _factories.get(engine)
+    if factory is None:
+        factory = _factories.setdefault(engine, sessionmaker(engine, expire_on_commit=False))
     with factory.begin() as session:
         yield session
 

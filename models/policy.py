@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -25,13 +25,16 @@ from sqlalchemy import (
     Identity,
     Index,
     String,
+    Table,
     Text,
     Uuid,
+    bindparam,
     func,
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import insert as insert_row
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.decisions import (
@@ -45,9 +48,9 @@ from kernel.decisions import (
     TenantRules,
 )
 from kernel.errors import NotFoundError
-from models import anomaly, evaluation, notices, stream, trust, workflow_events
+from models import anomaly, notices, stream, trust, workflow_events
 from models.base import Base, sql_in_list
-from models.remediation import ACTIVE_RUN_STATES, RemediationRun
+from models.remediation import ACTIVE_RUN_STATES
 from models.trust import TrustAsset
 
 
@@ -179,8 +182,46 @@ class PlacementRequest:
         }
 
 
+# Every fact a placement gate judges, of one asset (by id), digest, tier and tenant, in one
+# statement: a launch decides in as few round trips as it can (bench/runtime.py).
+_PLACEMENT_FACTS = text(
+    f"""
+    SELECT asset.id AS asset_id, asset.tenant AS asset_tenant, asset.name AS asset_name,
+           asset.kind AS asset_kind, asset.state AS asset_state,
+           asset.evidence_expires_at AS asset_evidence_expires_at,
+           asset.protected AS asset_protected,
+           cert.id AS cert_id, cert.status AS cert_status, cert.expires_at AS cert_expires_at,
+           cert.evaluated_at AS cert_evaluated_at, cert.summary AS cert_summary,
+           repository.repository,
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(score.metric, score.value, score.flagged)
+                                      ORDER BY score.metric), '[]'::jsonb)
+              FROM capability_scores AS score
+             WHERE score.repository = repository.repository) AS scores,
+           (SELECT coalesce(array_agg(run.id ORDER BY run.requested_at), '{{}}')
+              FROM remediation_runs AS run
+             WHERE run.asset_id = asset.id AND run.state = ANY(:active_states)) AS runs,
+           rules.tenant IS NOT NULL AS has_rules, rules.allowed_tasks, rules.allowed_tiers
+      FROM (SELECT 1) AS one
+      LEFT JOIN trust_assets AS asset ON asset.id = :asset_id
+      LEFT JOIN LATERAL (
+            SELECT id, status, expires_at, evaluated_at, summary
+              FROM evaluation_certifications
+             WHERE digest = :digest AND tier = :tier
+             ORDER BY evaluated_at DESC
+             LIMIT 1) AS cert ON true
+      LEFT JOIN LATERAL ({anomaly.REPOSITORY_FOR_DIGEST_SQL}) AS repository ON true
+      LEFT JOIN tenant_policies AS rules ON rules.tenant = :tenant
+    """
+).bindparams(bindparam("asset_id", type_=Uuid), bindparam("active_states", type_=ARRAY(Text)))
+_ACTIVE_RUN_STATES = [s.value for s in ACTIVE_RUN_STATES]
+
+
 def placement_facts(session: Session, request: PlacementRequest, now: datetime) -> PlacementFacts:
-    asset = _maybe_asset(session, request.asset, request.tenant)
+    try:
+        asset_id: uuid.UUID | None = uuid.UUID(request.asset)
+    except ValueError:
+        by_name = _maybe_asset(session, request.asset, request.tenant)
+        asset_id = by_name.id if by_name is not None else None
     accelerators: list[AssetFacts] = []
     unknown: list[str] = []
     for ref in request.accelerators:
@@ -189,43 +230,65 @@ def placement_facts(session: Session, request: PlacementRequest, now: datetime) 
             unknown.append(ref)
         else:
             accelerators.append(asset_facts(found))
-    cert = evaluation.latest_certification(session, request.digest, request.tier)
-    repository = anomaly.repository_for_digest(session, request.digest)
-    scores = anomaly.scores_for(session, repository) if repository is not None else []
-    runs: list[uuid.UUID] = []
-    if asset is not None:
-        runs = list(
-            session.scalars(
-                select(RemediationRun.id).where(
-                    RemediationRun.asset_id == asset.id,
-                    RemediationRun.state.in_([s.value for s in ACTIVE_RUN_STATES]),
-                )
-            )
-        )
+    row = session.execute(
+        _PLACEMENT_FACTS,
+        {
+            "asset_id": asset_id,
+            "digest": request.digest,
+            "tier": request.tier,
+            "tenant": request.tenant,
+            "active_states": _ACTIVE_RUN_STATES,
+        },
+    ).one()
     return PlacementFacts(
         now=now,
         digest=request.digest,
         tier=request.tier,
         tenant=request.tenant,
-        asset=asset_facts(asset) if asset is not None else None,
+        asset=(
+            AssetFacts(
+                id=row.asset_id,
+                tenant=row.asset_tenant,
+                name=row.asset_name,
+                kind=row.asset_kind,
+                state=row.asset_state,
+                evidence_expires_at=row.asset_evidence_expires_at,
+                protected=row.asset_protected,
+            )
+            if row.asset_id is not None
+            else None
+        ),
         accelerators=tuple(accelerators),
         unknown_accelerators=tuple(unknown),
         certification=(
             CertificationFacts(
-                id=cert.id,
-                status=cert.status,
-                expires_at=cert.expires_at,
-                evaluated_at=cert.evaluated_at,
-                summary=cert.summary,
+                id=row.cert_id,
+                status=row.cert_status,
+                expires_at=row.cert_expires_at,
+                evaluated_at=row.cert_evaluated_at,
+                summary=row.cert_summary,
             )
-            if cert is not None
+            if row.cert_id is not None
             else None
         ),
-        active_remediations=tuple(runs),
-        repository=repository,
-        scores=tuple(ScoreFacts(s.metric, s.value, s.flagged) for s in scores),
-        rules=tenant_rules(session, request.tenant),
+        active_remediations=tuple(row.runs),
+        repository=row.repository,
+        scores=tuple(
+            ScoreFacts(metric, float(value), flagged) for metric, value, flagged in row.scores
+        ),
+        rules=(
+            TenantRules(
+                allowed_tasks=_optional_tuple(row.allowed_tasks),
+                allowed_tiers=_optional_tuple(row.allowed_tiers),
+            )
+            if row.has_rules
+            else TenantRules()
+        ),
     )
+
+
+def _optional_tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def _maybe_asset(session: Session, ref: str, tenant: str | None) -> TrustAsset | None:
@@ -233,6 +296,11 @@ def _maybe_asset(session: Session, ref: str, tenant: str | None) -> TrustAsset |
         return trust.find_asset(session, ref, tenant)
     except NotFoundError:
         return None
+
+
+# Core, not the unit of work: one INSERT returning what the row's defaults gave it.
+_DECISIONS = cast(Table, PolicyDecision.__table__)
+_INSERT_DECISION = insert_row(_DECISIONS).returning(_DECISIONS.c.id, _DECISIONS.c.decided_at)
 
 
 def record_decision(
@@ -245,20 +313,21 @@ def record_decision(
     actor: str,
     job_id: uuid.UUID | None = None,
 ) -> PolicyDecision:
-    """Persist a decision and announce it (``pg_notify``, delivered on commit)."""
-    row = PolicyDecision(
-        kind=kind.value,
-        allowed=decision.allowed,
-        tenant=tenant,
-        request=request,
-        gates=decision.gates_json(),
-        summary=decision.summary,
-        job_id=job_id,
-        actor=actor,
-    )
-    session.add(row)
-    session.flush()
-    notices.pg_notify(session, PG_CHANNEL, decision_message(row))
+    """Persist a decision and announce it (``pg_notify`` and the stream, both on commit). The
+    row returned is a detached copy of what was inserted."""
+    values: dict[str, Any] = {
+        "kind": kind.value,
+        "allowed": decision.allowed,
+        "tenant": tenant,
+        "request": request,
+        "gates": decision.gates_json(),
+        "summary": decision.summary,
+        "job_id": job_id,
+        "actor": actor,
+    }
+    inserted = session.execute(_INSERT_DECISION, values).one()
+    row = PolicyDecision(id=inserted.id, decided_at=inserted.decided_at, **values)
+    stream.stage_notice(session, PG_CHANNEL, decision_message(row))
     stream.stage(session, stream.StreamEventKind.POLICY_DECISION, tenant, decision_json(row))
     return row
 

@@ -456,12 +456,16 @@ def instance_history(session: Session, instance_id: uuid.UUID) -> Sequence[Runti
     ).all()
 
 
+# Built once: every launch reads it.
+_ENABLED_TARGETS = (
+    select(RuntimeTarget)
+    .where(RuntimeTarget.enabled.is_(True))
+    .order_by(RuntimeTarget.priority, RuntimeTarget.name)
+)
+
+
 def enabled_targets(session: Session) -> Sequence[RuntimeTarget]:
-    return session.scalars(
-        select(RuntimeTarget)
-        .where(RuntimeTarget.enabled.is_(True))
-        .order_by(RuntimeTarget.priority, RuntimeTarget.name)
-    ).all()
+    return session.scalars(_ENABLED_TARGETS).all()
 
 
 def ledger_platforms(session: Session, digest: str) -> list[str] | None:

@@ -30,9 +30,9 @@ from sqlalchemy import (
     Identity,
     Index,
     String,
+    bindparam,
     event,
     func,
-    insert,
     select,
     text,
 )
@@ -41,7 +41,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from kernel.redaction import redact
 from models.base import Base, sql_in_list
-from models.notices import pg_notify
 
 
 class StreamEventKind(StrEnum):
@@ -72,9 +71,8 @@ class StreamEvent(Base):
 
 
 PG_CHANNEL = "drydock_stream"
-# Any 64-bit key no other advisory lock of Drydock's uses (those are derived from uuids).
-_APPEND_LOCK = 0x44_72_79_64_6F_63_6B_01  # "Drydock" + 1
 _STAGED = "drydock.stream.staged"
+_NOTICES = "drydock.stream.notices"
 
 # The data of an event, or a function giving it once the transaction is about to commit (when
 # what it describes, such as a run's state set after the audit row, is final).
@@ -86,25 +84,38 @@ def stage(session: Session, kind: StreamEventKind, tenant: str | None, data: Eve
     session.info.setdefault(_STAGED, []).append((kind, tenant, data))
 
 
+def stage_notice(session: Session, channel: str, payload: str) -> None:
+    """``pg_notify`` on commit, sent in the same round trip as the staged events (a NOTIFY is
+    delivered on commit wherever in the transaction it is sent). Under 8000 bytes."""
+    session.info.setdefault(_NOTICES, []).append((channel, payload))
+
+
+# The staged events and notices in one round trip (the function is migration 0018's): the
+# notices, then the append lock (a 64-bit key no other advisory lock of Drydock's uses; those
+# are derived from uuids), the rows in their staged order and the NOTIFY of the newest id.
+_APPEND = text("SELECT drydock_stream_append(:events, :notices)").bindparams(
+    bindparam("events", type_=JSONB), bindparam("notices", type_=JSONB)
+)
+
+
 @event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
     staged = session.info.pop(_STAGED, None)
-    if not staged:
+    notices = session.info.pop(_NOTICES, None)
+    if not staged and not notices:
         return
     # Everything else first: from the lock on, this transaction waits on nothing.
     session.flush()
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK})
-    rows = [
+    events = [
         {
             "kind": kind.value,
             "tenant": tenant,
             # Secrets never reach the stream: what the rows hold is redacted again here.
             "data": redact(data() if callable(data) else data),
         }
-        for kind, tenant, data in staged
+        for kind, tenant, data in staged or ()
     ]
-    last = session.execute(insert(StreamEvent).returning(StreamEvent.id), rows).scalars().all()
-    pg_notify(session, PG_CHANNEL, str(max(last)))
+    session.execute(_APPEND, {"events": events, "notices": notices or []})
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -112,6 +123,7 @@ def _drop_staged(session: Session, previous_transaction: Any) -> None:
     # A rolled-back transaction's events never happened.
     if previous_transaction.parent is None:
         session.info.pop(_STAGED, None)
+        session.info.pop(_NOTICES, None)
 
 
 @dataclass(frozen=True)
