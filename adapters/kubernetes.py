@@ -203,6 +203,8 @@ class KubernetesAdapter:
         self._api_client = api_client
         self.deadline = deadline
         self.request_timeout = request_timeout
+        # Every write sent as a server-side dry run (``dryRun=All``): checked, not persisted.
+        self.dry_run = False
 
     @classmethod
     def from_config(
@@ -317,6 +319,8 @@ class KubernetesAdapter:
         from kubernetes.client.exceptions import ApiException
 
         what = f"{method} {path}"
+        if self.dry_run and method in _WRITES:
+            query = {**(query or {}), "dryRun": "All"}
         timeout = self.request_timeout
         if self.deadline is not None:
             timeout = min(timeout, self.deadline - time.monotonic())
@@ -515,6 +519,9 @@ class KubernetesAdapter:
         return KubernetesApiError(
             404, f"deployment {name!r} not found in namespace {namespace!r} at {self.server}"
         )
+
+
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _segment(name: str) -> str:

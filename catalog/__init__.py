@@ -28,7 +28,12 @@ from catalog.pushes import (
     PushImagePayload,
     RotateCredentialsPayload,
 )
-from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from catalog.remediation import (
+    RefreshWorkspaceRunsPayload,
+    RunPlaybookPayload,
+    SimulateWorkspacePayload,
+    SweepRunsPayload,
+)
 from catalog.runtime import EnforceTrustPayload, LaunchPayload, RolloutPayload, StopPayload
 from catalog.workflows import RunStepPayload, StartRunPayload, SweepWorkflowRunsPayload
 from kernel.errors import UnknownTaskError
@@ -133,6 +138,24 @@ def _specs() -> list[TaskSpec]:
                 "Run a remediation run's playbook against its quarantined asset (with the run's "
                 "approval token when it needs one), keep every step's artifacts, and send the "
                 "asset to pending_attestation on success or back to quarantined on failure."
+            ),
+        ),
+        TaskSpec(
+            name="remediation.simulate_workspace",
+            payload=SimulateWorkspacePayload,
+            summary=(
+                "Run a workspace's draft playbook against a sandbox replica only (sandboxed steps, "
+                "ansible in check mode with diff, Kubernetes dry runs, a private libvirt test "
+                "driver) and keep each step; the workspace is simulated_passed or _failed."
+            ),
+        ),
+        TaskSpec(
+            name="remediation.refresh_workspace_runs",
+            payload=RefreshWorkspaceRunsPayload,
+            summary=(
+                "After a workspace's promotion: one run of the promoted version for every "
+                "quarantined asset in its scope; runs not yet started re-linked or left as the "
+                "workspace says; each created, refreshed or skipped run recorded."
             ),
         ),
         TaskSpec(

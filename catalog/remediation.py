@@ -31,3 +31,22 @@ class RunPlaybookPayload(Payload):
 
 class SweepRunsPayload(Payload):
     limit: int = Field(500, ge=1, le=10_000, description="Most runs handled in one sweep.")
+
+
+class SimulateWorkspacePayload(Payload):
+    workspace_id: uuid.UUID = Field(description="The workspace whose draft to simulate.")
+    tenant: str = Field(
+        min_length=1, max_length=100, description="The workspace's tenant; another's is refused."
+    )
+    simulation: int = Field(
+        ge=1,
+        le=1_000_000,
+        description="The simulation this job runs: a job of an older one does nothing.",
+    )
+
+
+class RefreshWorkspaceRunsPayload(Payload):
+    workspace_id: uuid.UUID = Field(description="The promoted workspace whose runs to refresh.")
+    tenant: str = Field(
+        min_length=1, max_length=100, description="The workspace's tenant; another's is refused."
+    )

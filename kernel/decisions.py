@@ -31,6 +31,9 @@ class GateName(StrEnum):
     PROBE_ANALYSIS = "probe_analysis"
     # A rollout's new instance could not be placed (its instance's reason names the gates).
     PLACEMENT = "placement"
+    # Promotions of remediation workspaces.
+    SIMULATION = "simulation"
+    FREEZE = "freeze"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from models import (  # noqa: F401
     policy,
     projects,
     remediation,
+    remediation_workspaces,
     runtime,
     runtime_releases,
     stream,

@@ -77,6 +77,9 @@ class RemediationPlaybook(TenantVersioned, Base):
     requires_approval: Mapped[bool] = mapped_column(default=False)
     # Asset kinds (vm, host, accelerator) it may run against.
     asset_kinds: Mapped[list[str]] = mapped_column(JSONB)
+    # Made by a workspace promotion: it runs only where an activation names it (the scope it
+    # was promoted for), never as the playbook's newest version elsewhere.
+    scoped: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
 
     __table_args__ = (
         UniqueConstraint("tenant", "name", "version"),
@@ -189,6 +192,8 @@ class RemediationAuditAction(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     STARTED = "started"
+    # A workspace promotion moved the run, not yet started, to the version it promoted.
+    RELINKED = "relinked"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -289,6 +294,12 @@ def get_playbook(
     if playbook is None:
         raise PlaybookNotFoundError(tenant, name, version)
     return playbook
+
+
+def get_playbook_or_none(
+    session: Session, tenant: str, name: str, version: int | None = None
+) -> RemediationPlaybook | None:
+    return versioned.find_version(session, RemediationPlaybook, tenant, name, version)
 
 
 def list_playbooks(session: Session, tenant: str | None) -> list[RemediationPlaybook]:

@@ -47,6 +47,7 @@ class StreamEventKind(StrEnum):
     TRUST_TRANSITION = "trust.transition"
     POLICY_DECISION = "policy.decision"
     REMEDIATION_UPDATE = "remediation.update"
+    REMEDIATION_WORKSPACE = "remediation.workspace"
     WORKFLOW_EVENT = "workflow.event"
     RUNTIME_INSTANCE = "runtime.instance"
     RUNTIME_RELEASE = "runtime.release"

@@ -74,8 +74,10 @@ _SCOPE = re.compile(r"[a-z0-9_.*?\[\]-]{1,200}")
 
 # Scopes that are not task names: what else a token may do.
 PERMISSIONS: dict[str, str] = {
-    "remediation.approve": "approve or reject remediation runs",
-    "remediation.playbooks": "create remediation playbooks",
+    "remediation.approve": (
+        "approve or reject remediation runs, approve workspaces, set lanes and freezes"
+    ),
+    "remediation.playbooks": "create remediation playbooks; draft, simulate and promote workspaces",
     "policy.decide": "ask for placement decisions and read recorded decisions",
     "admission.approve": "issue approval tokens for jobs on protected assets",
     "trust.read": "read trust assets, their history and posture; stream their transitions",

@@ -153,6 +153,8 @@ class TrustAsset(Base):
     inventory_missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Remediation on a protected asset always needs an approval.
     protected: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # The remediation lane (stage) it is in: which workspace promotions cover it.
+    lane: Mapped[str | None] = mapped_column(String(100))
     # How playbooks reach it: ansible host vars (ansible_host, ansible_user, ...),
     # kubernetes_node, libvirt_domain. Not secret: credentials live with the workers.
     connection: Mapped[dict[str, Any]] = mapped_column(

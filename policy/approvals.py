@@ -27,6 +27,7 @@ ALGORITHM = "HS256"
 # remediation run's approval cannot pass for a promotion's, nor the other way round.
 AUDIENCE = "drydock:remediation-approval"
 PROMOTION_AUDIENCE = "drydock:runtime-promotion"
+WORKSPACE_AUDIENCE = "drydock:remediation-workspace-promotion"
 _KEY_INFO = b"drydock remediation approval tokens v1"
 
 

@@ -251,7 +251,8 @@ def clean_state(migrated_db: str, redis_server: str) -> Iterator[None]:
                     "trust_asset_classes, remediation_playbooks, tenant_policies, "
                     "evaluation_tiers, evaluation_certifications, policy_decisions, "
                     "capability_scores, credential_events, registry_credentials, stream_events, "
-                    "workflow_definitions, projects, project_remotes, runtime_servers CASCADE"
+                    "workflow_definitions, projects, project_remotes, runtime_servers, "
+                    "remediation_lanes, remediation_freezes CASCADE"
                 )
             )
     client = redis.Redis.from_url(redis_server)

@@ -450,6 +450,18 @@ class KubeStandIn:
             ):
                 injected.times -= 1
                 raise ApiStatus(injected.status, injected.message)
+        if request.query.get("dryRun") == "All" and request.method != "GET":
+            # kube-apiserver's server-side dry run: answered as if done, nothing persisted.
+            kept = copy.deepcopy(
+                (self.nodes, self.pods, self.deployments, self.secrets, self.services)
+            )
+            try:
+                return self._route(request)
+            finally:
+                self.nodes, self.pods, self.deployments, self.secrets, self.services = kept
+        return self._route(request)
+
+    def _route(self, request: RecordedRequest) -> tuple[int, Any]:
         parts = request.path.strip("/").split("/")
         match parts:
             case ["api", "v1", "nodes", name]:

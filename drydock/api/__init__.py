@@ -27,6 +27,7 @@ from drydock.api import (
     policy,
     releases,
     remediation,
+    remediation_workspaces,
     remotes,
     servers,
     stream,
@@ -74,6 +75,7 @@ def create_app() -> FastAPI:
         },
     )
     app.include_router(remediation.router)
+    app.include_router(remediation_workspaces.router)
     app.include_router(policy.router)
     app.include_router(trust.router)
     app.include_router(builds.router)

@@ -40,6 +40,7 @@ KIND_SCOPES: dict[StreamEventKind, str] = {
     StreamEventKind.TRUST_TRANSITION: "trust.read",
     StreamEventKind.POLICY_DECISION: "policy.decide",
     StreamEventKind.REMEDIATION_UPDATE: "remediation.run_playbook",
+    StreamEventKind.REMEDIATION_WORKSPACE: "remediation.run_playbook",
     StreamEventKind.WORKFLOW_EVENT: "workflows.read",
     StreamEventKind.RUNTIME_INSTANCE: "runtime.read",
     StreamEventKind.RUNTIME_RELEASE: "runtime.read",
@@ -62,7 +63,9 @@ class StreamEventBody(BaseModel):
     at: str = Field(description="When it was recorded (ISO 8601, UTC).")
     data: dict[str, Any] = Field(
         description="trust.transition: the transition; policy.decision: the decision with its "
-        "gates; remediation.update: the run's action, state and actor; runtime.instance: an "
+        "gates; remediation.update: the run's action, state and actor; remediation.workspace: a "
+        "workspace's edit, simulation, promotion or a run its promotion created, refreshed or "
+        "skipped; runtime.instance: an "
         "instance's move; runtime.release: a promotion, rollout or rollback."
     )
 

@@ -23,6 +23,7 @@ from drydock.cli import (
     projects,
     releases,  # noqa: F401 (imported for its commands, on releases_app)
     remediation,
+    remediation_workspaces,
     runtime,
     tokens,
     trust,
@@ -64,6 +65,10 @@ app.add_typer(evaluation.evaluation_app, name="evaluation")
 app.add_typer(evaluation.policy_app, name="policy")
 app.add_typer(evaluation.admission_app, name="admission")
 app.add_typer(remediation.remediation_app, name="remediation")
+remediation.remediation_app.add_typer(remediation_workspaces.workspaces_app, name="workspaces")
+remediation.remediation_app.add_typer(remediation_workspaces.lanes_app, name="lanes")
+remediation.remediation_app.add_typer(remediation_workspaces.freezes_app, name="freezes")
+remediation.remediation_app.command("lane")(remediation_workspaces.set_lane)
 app.add_typer(probes.probe_app, name="probe")
 app.add_typer(workflows.workflows_app, name="workflows")
 app.add_typer(projects.projects_app, name="projects")

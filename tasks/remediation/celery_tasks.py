@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalog.remediation import RunPlaybookPayload, SweepRunsPayload
+from catalog.remediation import (
+    RefreshWorkspaceRunsPayload,
+    RunPlaybookPayload,
+    SimulateWorkspacePayload,
+    SweepRunsPayload,
+)
 from kernel.context import JobContext
 from models.trust import TransitionConflictError
-from tasks.remediation import domain, sweep
+from tasks.remediation import domain, promotion, simulation, sweep
 from tasks.remediation.executors.base import ExecutorUnavailableError
+from tasks.remediation.run_records import actor_of
 from workers.base_task import DrydockTask, drydock_task
 
 # Retried with backoff: the engine, daemon or API unreachable; another playbook running on the
@@ -33,3 +39,24 @@ RUN_PLAYBOOK: DrydockTask = drydock_task(
 SWEEP_RUNS: DrydockTask = drydock_task(
     "remediation.sweep_runs", transient=(TransitionConflictError,)
 )(sweep_runs)
+
+
+def simulate_workspace(payload: SimulateWorkspacePayload, ctx: JobContext) -> dict[str, Any]:
+    return simulation.run_simulation(payload, ctx)
+
+
+def refresh_workspace_runs(payload: RefreshWorkspaceRunsPayload, ctx: JobContext) -> dict[str, Any]:
+    return promotion.refresh_runs(payload.workspace_id, payload.tenant, actor_of(ctx))
+
+
+SIMULATE_WORKSPACE: DrydockTask = drydock_task(
+    "remediation.simulate_workspace",
+    transient=(ExecutorUnavailableError,),
+    on_dead_lettered=simulation.gave_up,
+)(simulate_workspace)
+
+# Retried: writers racing for an asset's trust row, a transient store error; an asset's own
+# refusal is a recorded skip, not an error.
+REFRESH_WORKSPACE_RUNS: DrydockTask = drydock_task(
+    "remediation.refresh_workspace_runs", transient=(TransitionConflictError,)
+)(refresh_workspace_runs)

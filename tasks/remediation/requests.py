@@ -20,6 +20,7 @@ from kernel.redaction import is_secret_name
 from kernel.settings import get_settings
 from models import policy as policy_store
 from models import remediation as store
+from models import remediation_workspaces as spaces
 from models import trust
 from models.db import session_scope
 from models.remediation import (
@@ -64,7 +65,8 @@ def request_run(
     for _ in range(5):
         with session_scope() as session:
             target = trust.find_asset(session, asset, tenant)
-            book = store.get_playbook(session, tenant, playbook)
+            # The scope's promoted version where a workspace promotion covers the asset.
+            book = spaces.playbook_for_asset(session, tenant, playbook, target)
             existing = store.active_run(session, tenant, target.id, book.name)
             if existing is None:
                 _check_requestable(target, book)

@@ -24,6 +24,7 @@ from models.remediation import (
     RunState,
 )
 from tasks.remediation.domain import fail_orphaned_run
+from tasks.remediation.promotion import finish_unfinished_loops
 from tasks.remediation.requests import request_run, send_run
 from tasks.remediation.run_records import actor_of, expire_run
 
@@ -37,7 +38,8 @@ AUTO_REQUESTER = "auto:quarantine"
 def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
     """Expire runs whose approval wait or approval ran out; send queued runs whose job never
     reached the broker; fail started runs whose job was dead-lettered without concluding
-    them (the hard time limit kills a task before it can)."""
+    them (the hard time limit kills a task before it can); finish the promotion loops of
+    workspaces whose loop job was lost."""
     now = datetime.now(UTC)
     actor = actor_of(ctx)
     expired: list[str] = []
@@ -71,7 +73,14 @@ def sweep_runs(payload: SweepRunsPayload, ctx: JobContext) -> dict[str, Any]:
         for run_id in orphaned
         if fail_orphaned_run(run_id, "its job was dead-lettered before it concluded", actor)
     ]
-    return {"expired": expired, "sent": sent, "failed": failed, "requested": requested}
+    loops = finish_unfinished_loops(now, payload.limit, actor)
+    return {
+        "expired": expired,
+        "sent": sent,
+        "failed": failed,
+        "requested": requested,
+        "promotion_loops": loops,
+    }
 
 
 def _request_for(item: store.AwaitingRemediation) -> uuid.UUID | None:

@@ -32,6 +32,7 @@ they start run in sessions of their own, out of reach of ansible-runner's proces
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import queue
@@ -105,6 +106,8 @@ SUMMARY_SKIPPED_KEYS = frozenset(
 CANCEL_POLL_SECONDS = 0.25
 RUNNER_STOP_SECONDS = 30.0
 RUN_STEP_NAME = "ansible-playbook"
+# The most of a step's diff kept in its outputs.
+MAX_DIFF_CHARS = 64 * 1024
 
 
 class AnsibleExecutor:
@@ -124,7 +127,9 @@ class AnsibleExecutor:
 
     def execute(self, spec: AnsibleSpec, target: Target, run: RunContext) -> Iterator[StepResult]:
         connection = str(target.connection.get("ansible_connection", ""))
-        if connection in LOCAL_CONNECTIONS and not self.allow_local:
+        # A simulation's replica is the worker itself, in check mode (tasks cannot turn check
+        # mode off: check_mode is a refused keyword), so the real host is never contacted.
+        if connection in LOCAL_CONNECTIONS and not (self.allow_local or run.simulation):
             now = utcnow()
             yield StepResult(
                 name=RUN_STEP_NAME,
@@ -182,7 +187,9 @@ class _PlaybookSession:
             playbook=playbook.name,
             inventory=str(inventory),
             extravars={**spec.extra_vars, **_drydock_vars(target, run)},
-            cmdline="--check" if spec.check_mode else None,
+            cmdline="--check --diff"
+            if run.simulation
+            else ("--check" if spec.check_mode else None),
             envvars={
                 "PATH": path,
                 "ANSIBLE_CONFIG": str(config),
@@ -352,6 +359,9 @@ def _step_from_result(
         else:
             error = msg or "task failed"
     outputs = {**parse_outputs(stdout), **_summary(res)}
+    diff = _diff_text(res.get("diff"))
+    if diff:
+        outputs["diff"] = diff
     if kind == "runner_on_failed" and ignored:
         outputs.update(failed=True, ignored=True)
     started_at = _timestamp(data.get("start")) or (current[1] if current else utcnow())
@@ -381,6 +391,32 @@ def _summary(res: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(results, list):
         summary["items"] = len(results)
     return summary
+
+
+def _diff_text(diff: Any) -> str:
+    """What a task would change (``--diff``), as unified diffs; capped at MAX_DIFF_CHARS."""
+    parts = diff if isinstance(diff, list) else [diff] if isinstance(diff, Mapping) else []
+    texts: list[str] = []
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        if isinstance(part.get("prepared"), str):
+            texts.append(part["prepared"])
+        before, after = part.get("before"), part.get("after")
+        if isinstance(before, str) and isinstance(after, str):
+            texts.extend(
+                difflib.unified_diff(
+                    before.splitlines(keepends=True),
+                    after.splitlines(keepends=True),
+                    fromfile=str(part.get("before_header") or "before"),
+                    tofile=str(part.get("after_header") or "after"),
+                )
+            )
+        elif before is not None or after is not None:
+            texts.append(
+                f"- {json.dumps(before, default=str)}\n+ {json.dumps(after, default=str)}\n"
+            )
+    return "".join(texts)[:MAX_DIFF_CHARS]
 
 
 def _is_scalar(value: Any) -> bool:

@@ -127,6 +127,10 @@ class RunContext:
     deadline: float
     # Resolved secret environment (SecretEnvSpec.secret_env), name in step -> value.
     secret_env: Mapping[str, str] = field(default_factory=dict)
+    # A workspace's simulation against a sandbox replica: nothing real may change. Sandboxed
+    # steps are told so; ansible runs in check mode with diff on the replica; Kubernetes calls
+    # are server-side dry runs; libvirt acts on a replica domain in a private test driver.
+    simulation: bool = False
 
     @classmethod
     def starting_now(
@@ -135,6 +139,8 @@ class RunContext:
         attempt: int,
         timeout_seconds: float,
         secret_env: Mapping[str, str] | None = None,
+        *,
+        simulation: bool = False,
     ) -> RunContext:
         return cls(
             run_id=run_id,
@@ -142,6 +148,7 @@ class RunContext:
             timeout_seconds=timeout_seconds,
             deadline=time.monotonic() + timeout_seconds,
             secret_env=dict(secret_env or {}),
+            simulation=simulation,
         )
 
     def remaining(self) -> float:

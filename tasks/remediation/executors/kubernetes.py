@@ -202,6 +202,9 @@ class KubernetesExecutor:
             adapter = KubernetesAdapter.from_config(
                 self._kubeconfig or get_settings().kubeconfig, deadline=run.deadline
             )
+        # A simulation's every write is a server-side dry run: the API checks and answers it
+        # (admission, validation, budgets) and persists nothing.
+        adapter.dry_run = run.simulation
         try:
             for action in spec.actions:
                 with unavailable_as_executor_error(KubernetesUnavailableError):
@@ -293,6 +296,9 @@ class KubernetesExecutor:
             raise _StepFailed(f"cannot drain node {node}: pods {problems}")
 
         evicted_pods = self._evict_all(adapter, to_evict, action.grace_seconds, step, run)
+        if adapter.dry_run:
+            step.say(f"node/{node} would be drained (dry run: nothing was evicted)")
+            return
         self._wait_until_gone(adapter, node, evicted_pods, step, run)
 
     def _evict_all(
@@ -382,7 +388,7 @@ class KubernetesExecutor:
             namespace=action.namespace, deployment=action.name, restarted_at=restarted_at
         )
         step.say(f"{subject} restarted ({RESTARTED_AT_ANNOTATION}={restarted_at})")
-        if not action.wait:
+        if not action.wait or adapter.dry_run:
             return
         last_said = None
         while True:

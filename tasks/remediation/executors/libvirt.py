@@ -23,12 +23,15 @@ so the time limit is checked between calls and while waiting.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -233,6 +236,13 @@ class LibvirtExecutor:
         self.poll_seconds = poll_seconds
 
     def execute(self, spec: LibvirtSpec, target: Target, run: RunContext) -> Iterator[StepResult]:
+        if run.simulation:
+            # A replica of the domain in a test driver of its own (a file-backed test:// URI is
+            # private to the connection that opens it): the real hypervisor is never opened.
+            with tempfile.TemporaryDirectory(prefix="drydock-libvirt-replica-") as directory:
+                replica = LibvirtExecutor(_replica_uri(Path(directory), target), self.poll_seconds)
+                yield from replica.execute(spec, target, dataclasses.replace(run, simulation=False))
+            return
         import libvirt
 
         try:
@@ -391,6 +401,20 @@ class LibvirtExecutor:
             alive = False
         if not alive:
             raise ExecutorUnavailableError(f"lost the libvirt connection to {self.uri}: {exc}")
+
+
+def _replica_uri(directory: Path, target: Target) -> str:
+    """A test-driver node holding one running domain named as the target's."""
+    name = str(target.connection.get("libvirt_domain") or target.name)
+    node = ET.Element("node")
+    domain = ET.SubElement(node, "domain", type="test")
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory").text = "65536"
+    ET.SubElement(domain, "vcpu").text = "1"
+    ET.SubElement(ET.SubElement(domain, "os"), "type").text = "hvm"
+    path = directory / "replica.xml"
+    ET.ElementTree(node).write(path)
+    return f"test://{path}"
 
 
 def _state_names(code: int, reason_code: int) -> DomainState:

@@ -213,6 +213,8 @@ class _DockerSandboxExecutor:
             "DRYDOCK_RUN_ID": str(run.run_id),
             **spec.env,
             **run.secret_env,
+            # Last, so that no spec can hide from its steps that this is a simulation.
+            "DRYDOCK_SIMULATION": "1" if run.simulation else "0",
         }
 
 
