@@ -221,19 +221,11 @@ class RemediationAudit(Base):
     )
 
 
-class RemediationArtifact(Base):
-    """What one step of one attempt left: its output (capped, secrets redacted), exit code,
-    structured outputs and timings. One row per (run, attempt, step)."""
+class KeptStepColumns:
+    """The columns of one step as kept (a run's artifact, a workspace's simulated step): its
+    output capped with secrets redacted, exit code, structured outputs and timings (a mixin;
+    ``tasks.remediation.artifacts.kept_step`` fills them)."""
 
-    __tablename__ = "remediation_artifacts"
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    run_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("remediation_runs.id", ondelete="RESTRICT")
-    )
-    tenant: Mapped[str] = mapped_column(String(100))
-    attempt: Mapped[int] = mapped_column(Integer)
-    step_index: Mapped[int] = mapped_column(Integer)
     step_name: Mapped[str] = mapped_column(String(200))
     ok: Mapped[bool]
     timed_out: Mapped[bool] = mapped_column(default=False)
@@ -249,6 +241,20 @@ class RemediationArtifact(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     duration_ms: Mapped[float]
+
+
+class RemediationArtifact(KeptStepColumns, Base):
+    """What one step of one attempt left. One row per (run, attempt, step)."""
+
+    __tablename__ = "remediation_artifacts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("remediation_runs.id", ondelete="RESTRICT")
+    )
+    tenant: Mapped[str] = mapped_column(String(100))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step_index: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (UniqueConstraint("run_id", "attempt", "step_index"),)
 

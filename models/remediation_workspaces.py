@@ -22,7 +22,6 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -41,7 +40,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from kernel.errors import DrydockError, NotFoundError
 from models import stream
 from models.base import Base, sql_in_list
-from models.remediation import PlaybookNotFoundError, RemediationPlaybook
+from models.remediation import KeptStepColumns, PlaybookNotFoundError, RemediationPlaybook
 from models.trust import TrustAsset
 
 
@@ -238,8 +237,8 @@ class RemediationWorkspaceEvent(Base):
     )
 
 
-class RemediationSimulationStep(Base):
-    """One step of one simulation: output (capped, secrets redacted), diff, outputs, timing."""
+class RemediationSimulationStep(KeptStepColumns, Base):
+    """One step of one simulation, kept as a run's step is (its diff among its outputs)."""
 
     __tablename__ = "remediation_simulation_steps"
 
@@ -249,20 +248,6 @@ class RemediationSimulationStep(Base):
     )
     simulation: Mapped[int] = mapped_column(Integer)
     step_index: Mapped[int] = mapped_column(Integer)
-    step_name: Mapped[str] = mapped_column(String(200))
-    ok: Mapped[bool]
-    timed_out: Mapped[bool] = mapped_column(default=False)
-    exit_code: Mapped[int | None] = mapped_column(Integer)
-    error: Mapped[str | None] = mapped_column(Text)
-    stdout: Mapped[str] = mapped_column(Text, default="")
-    stderr: Mapped[str] = mapped_column(Text, default="")
-    stdout_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    truncated: Mapped[bool] = mapped_column(default=False)
-    outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    duration_ms: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (UniqueConstraint("workspace_id", "simulation", "step_index"),)
 

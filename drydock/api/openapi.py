@@ -176,6 +176,36 @@ def _publish_playbooks(schema: dict[str, Any], components: dict[str, Any]) -> No
         "oneOf": alternatives,
         "discriminator": {"propertyName": "executor", "mapping": mapping},
     }
+    _publish_drafts(components)
+
+
+def _publish_drafts(components: dict[str, Any]) -> None:
+    """A workspace's draft is a playbook definition without its name (the workspace's
+    playbook names it): each variant again, less ``name``, in place of the free object the
+    workspace bodies declare (tasks.remediation.workspaces checks it with the same models)."""
+    alternatives = []
+    mapping = {}
+    for kind in ExecutorKind:
+        draft = copy.deepcopy(components[f"PlaybookDefinition.{kind.value}"])
+        draft["title"] = f"PlaybookDraft ({kind.value})"
+        draft["properties"].pop("name")
+        draft["required"] = [field for field in draft.get("required", []) if field != "name"]
+        name = f"PlaybookDraft.{kind.value}"
+        components[name] = draft
+        alternatives.append(_ref(name))
+        mapping[kind.value] = REF.format(model=name)
+    components["PlaybookDraft"] = {
+        "title": "PlaybookDraft",
+        "oneOf": alternatives,
+        "discriminator": {"propertyName": "executor", "mapping": mapping},
+    }
+    for body in ("WorkspaceCreateBody", "WorkspaceEditBody"):
+        draft_property = components[body]["properties"]["draft"]
+        description = draft_property.get("description", "")
+        components[body]["properties"]["draft"] = {
+            "anyOf": [_ref("PlaybookDraft"), {"type": "null"}],
+            "description": description,
+        }
 
 
 def _not_null(schema: dict[str, Any]) -> None:

@@ -16,14 +16,21 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from drydock.api.auth import Caller, actor_of, require_scope, tenant_to_read, tenant_to_write
+from drydock.api.bodies import UTCDateTime
 from drydock.api.errors import ErrorBody, InputProblem, problem
 from drydock.api.inputs import AssetRef, JSONBody, PlaybookName, ReasonText, TenantQuery
 from models.remediation_workspaces import WorkspaceState
 from tasks.remediation import governance, promotion, workspaces
 from tasks.remediation.workspaces import WorkspaceCreate, WorkspaceEdit, WorkspaceInvalidError
+
+# Said in words: at least one character that is not white space.
+FreezeReason = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"\S")]
+
+# A moment as RFC 3339 text: not strict, which would accept only a datetime object.
+FreezeMoment = Annotated[UTCDateTime, Field(strict=False)]
 
 router = APIRouter(prefix="/v1/remediation", tags=["remediation workspaces"])
 
@@ -173,9 +180,9 @@ class FreezeAddBody(JSONBody):
     asset_class: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
         None, description="The asset class it covers (default: every)."
     )
-    reason: ReasonText = Field(description="Why promotions stop.")
-    starts_at: datetime | None = Field(None, description="Default: now.")
-    ends_at: datetime | None = Field(None, description="Default: until lifted.")
+    reason: FreezeReason = Field(description="Why promotions stop.")
+    starts_at: FreezeMoment | None = Field(None, description="Default: now.")
+    ends_at: FreezeMoment | None = Field(None, description="Default: until lifted.")
 
 
 class AssetLaneBody(JSONBody):
@@ -185,6 +192,14 @@ class AssetLaneBody(JSONBody):
 class AssetLaneSetBody(BaseModel):
     asset: str
     lane: str | None
+
+
+class WorkspaceCreateBody(WorkspaceCreate, JSONBody):
+    """WorkspaceCreate as a body: its integral numbers (``3.0``) read as the ints they are."""
+
+
+class WorkspaceEditBody(WorkspaceEdit, JSONBody):
+    """WorkspaceEdit as a body: its integral numbers (``3.0``) read as the ints they are."""
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -211,7 +226,7 @@ def _placed() -> Iterator[None]:
     "/workspaces", status_code=201, response_model=WorkspaceBody, responses=_ERRORS
 )  # fmt: skip
 def create_workspace(
-    body: WorkspaceCreate, caller: Caller, tenant: TenantQuery = None
+    body: WorkspaceCreateBody, caller: Caller, tenant: TenantQuery = None
 ) -> dict[str, Any]:
     """Open a workspace: a draft of a playbook (a copy of its base version unless a draft is
     given), the scope it is for, in state draft. Every problem of the draft is named (422)."""
@@ -248,7 +263,7 @@ def show_workspace(
 
 @router.patch("/workspaces/{name}", response_model=WorkspaceBody, responses=_ERRORS)
 def edit_workspace(
-    name: PlaybookName, body: WorkspaceEdit, caller: Caller, tenant: TenantQuery = None
+    name: PlaybookName, body: WorkspaceEditBody, caller: Caller, tenant: TenantQuery = None
 ) -> dict[str, Any]:
     """A new revision of the draft, scope or run policy; the workspace is a draft again."""
     require_scope(caller, "remediation.playbooks")

@@ -40,7 +40,7 @@ BY_HELP = "Who is acting, for the audit trail (default: operator:<your user>)."
 TENANT_HELP = "Only this tenant's runs and playbooks."
 
 
-def _by(by: str | None) -> str:
+def acting(by: str | None) -> str:
     return by or f"operator:{current_operator()}"
 
 
@@ -56,8 +56,25 @@ def say(text: str) -> None:
     out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _print_json(document: Any) -> None:
+def print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def read_mapping(file: str, expected: str) -> dict[str, Any]:
+    """A YAML or JSON mapping from ``file`` (``-``: stdin); ``expected`` names its keys."""
+    import yaml
+
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as exc:
+        raise DrydockError(f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DrydockError(f"{file}: not YAML or JSON: {' '.join(str(exc).split())}") from None
+    if not isinstance(document, dict):
+        raise DrydockError(f"{file}: expected a mapping ({expected})")
+    return document
 
 
 # ---- playbooks -------------------------------------------------------------------------------
@@ -72,28 +89,18 @@ def create_playbook(
     by: str | None = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Create a playbook, or the next version of one with the same name."""
-    import yaml
     from pydantic import ValidationError
 
     from tasks.remediation import playbook_store
     from tasks.remediation.playbooks import PlaybookDefinition
 
-    try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text()
-    except OSError as exc:
-        raise DrydockError(f"cannot read {file}: {exc.strerror or exc}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DrydockError(f"{file}: not YAML or JSON: {' '.join(str(exc).split())}") from None
-    if not isinstance(document, dict):
-        raise DrydockError(f"{file}: expected a mapping (name, executor, spec, ...)")
+    document = read_mapping(file, "name, executor, spec, ...")
     try:
         definition = PlaybookDefinition.model_validate(document)
     except ValidationError as exc:
         problems = list_problems(field_problems(exc, whole="(definition)"))
         raise DrydockError(f"{file}: invalid playbook: {problems}") from None
-    summary = playbook_store.create_playbook(definition, tenant=tenant, actor=_by(by))
+    summary = playbook_store.create_playbook(definition, tenant=tenant, actor=acting(by))
     out.print(
         f"playbook {summary['tenant']}/{summary['name']} version {summary['version']} "
         f"({summary['executor']}) {summary['id']}",
@@ -133,7 +140,7 @@ def show_playbook(
 
     summary = playbook_store.describe_playbook(tenant, name, version)
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     out.print(f"[bold]{tenant}/{name}[/] version {summary['version']}", highlight=False)
     out.print(f"  versions   {', '.join(str(v) for v in summary['versions'])}", highlight=False)
@@ -164,7 +171,7 @@ def request(
     from tasks.remediation import requests
 
     outcome = requests.request_run(
-        tenant=tenant, asset=asset, playbook=playbook, requested_by=_by(by), reason=reason
+        tenant=tenant, asset=asset, playbook=playbook, requested_by=acting(by), reason=reason
     )
     verb = "requested" if outcome.created else "joined active"
     out.print(f"{verb} run {outcome.run_id}: {outcome.state}", highlight=False)
@@ -184,7 +191,7 @@ def approve(
     """Approve a pending run: it is queued with a signed, expiring approval token."""
     from tasks.remediation import requests
 
-    approved = requests.approve_run(_run_id(run), tenant=tenant, approver=_by(by), reason=reason)
+    approved = requests.approve_run(_run_id(run), tenant=tenant, approver=acting(by), reason=reason)
     out.print(
         f"approved run {approved.run_id}; the approval expires {when(approved.expires_at)} UTC",
         highlight=False,
@@ -207,7 +214,7 @@ def reject(
     """Refuse a pending run (it becomes cancelled)."""
     from tasks.remediation import requests
 
-    state = requests.reject_run(_run_id(run), tenant=tenant, actor=_by(by), reason=reason)
+    state = requests.reject_run(_run_id(run), tenant=tenant, actor=acting(by), reason=reason)
     out.print(f"rejected run {run}: {state}", highlight=False)
 
 
@@ -221,7 +228,7 @@ def cancel(
     """Cancel a run that has not started."""
     from tasks.remediation import requests
 
-    state = requests.cancel_run(_run_id(run), tenant=tenant, actor=_by(by), reason=reason)
+    state = requests.cancel_run(_run_id(run), tenant=tenant, actor=acting(by), reason=reason)
     out.print(f"cancelled run {run}: {state}", highlight=False)
 
 
@@ -266,7 +273,7 @@ def show(
 
     view = views.describe_run(_run_id(run), tenant=tenant)
     if as_json:
-        _print_json(view)
+        print_json(view)
         return
     asset = view["asset"] or {}
     say(f"run {view['id']} ({view['tenant']})")
@@ -327,7 +334,7 @@ def protect(
     """Require an approval for every remediation of an asset, or of a tenant's assets."""
     from tasks.remediation import requests
 
-    what = requests.set_protection(tenant=tenant, asset=asset, protected=not off, actor=_by(by))
+    what = requests.set_protection(tenant=tenant, asset=asset, protected=not off, actor=acting(by))
     out.print(f"{what}: remediation {'no longer requires' if off else 'requires'} approval")
 
 
@@ -352,7 +359,7 @@ def connect(
         if not sep or not name.strip():
             raise DrydockError(f"--var {item!r}: expected NAME=VALUE")
         connection[name.strip()] = value
-    requests.set_connection(tenant=tenant, asset=asset, connection=connection, actor=_by(by))
+    requests.set_connection(tenant=tenant, asset=asset, connection=connection, actor=acting(by))
     out.print(f"{tenant}/{asset}: {len(connection)} connection variable(s) set")
 
 

@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -20,7 +19,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from drydock.cli.text import current_operator, when
+from drydock.cli.remediation import acting, print_json, read_mapping
+from drydock.cli.text import when
 from kernel.errors import DrydockError, field_problems, list_problems
 
 workspaces_app = typer.Typer(
@@ -35,31 +35,7 @@ freezes_app = typer.Typer(help="Freezes on promotion: add, list, lift.", no_args
 
 out = Console()
 BY_HELP = "Who is acting, for the history (default: operator:<your user>)."
-
-
-def _by(by: str | None) -> str:
-    return by or f"operator:{current_operator()}"
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
-
-
-def _read_draft(file: str) -> dict[str, Any]:
-    """A draft from a YAML or JSON file (``-``: stdin): a playbook definition without name."""
-    import yaml
-
-    try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text()
-    except OSError as exc:
-        raise DrydockError(f"cannot read {file}: {exc.strerror or exc}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DrydockError(f"{file}: not YAML or JSON: {' '.join(str(exc).split())}") from None
-    if not isinstance(document, dict):
-        raise DrydockError(f"{file}: expected a mapping (executor, spec, timeout_seconds, ...)")
-    return document
+DRAFT_KEYS = "executor, spec, timeout_seconds, ..."
 
 
 def _model(model: Any, fields: dict[str, Any]) -> Any:
@@ -102,13 +78,13 @@ def create(
             "name": name,
             "playbook": playbook,
             "base_version": base_version,
-            "draft": _read_draft(draft) if draft is not None else None,
+            "draft": read_mapping(draft, DRAFT_KEYS) if draft is not None else None,
             "scope": _scope(asset_class, lane, names),
             "active_runs": active_runs,
             "reason": reason,
         },
     )
-    shown = workspaces.create(request, tenant=tenant, actor=_by(by))
+    shown = workspaces.create(request, tenant=tenant, actor=acting(by))
     out.print(
         f"workspace {tenant}/{name}: {playbook} revision {shown['revision']} ({shown['state']}), "
         f"{shown['assets_in_scope']} asset(s) in scope",
@@ -137,14 +113,14 @@ def edit(
     change = _model(
         workspaces.WorkspaceEdit,
         {
-            "draft": _read_draft(draft) if draft is not None else None,
+            "draft": read_mapping(draft, DRAFT_KEYS) if draft is not None else None,
             "scope": _scope(asset_class, lane, names),
             "active_runs": active_runs,
             "expected_revision": expected_revision,
             "reason": reason,
         },
     )
-    shown = workspaces.edit(name, change, tenant=tenant, actor=_by(by))
+    shown = workspaces.edit(name, change, tenant=tenant, actor=acting(by))
     out.print(f"workspace {tenant}/{name}: revision {shown['revision']} (draft)", highlight=False)
 
 
@@ -159,7 +135,7 @@ def show(
 
     shown = workspaces.describe(name, tenant=tenant)
     if as_json:
-        _print_json(shown)
+        print_json(shown)
         return
     scope = shown["scope"]
     lines = [
@@ -247,7 +223,7 @@ def abandon(
     """Give a workspace up: nothing it drafted goes live."""
     from tasks.remediation import workspaces
 
-    workspaces.abandon(name, tenant=tenant, actor=_by(by), reason=reason)
+    workspaces.abandon(name, tenant=tenant, actor=acting(by), reason=reason)
     out.print(f"workspace {tenant}/{name}: abandoned", highlight=False)
 
 
@@ -261,7 +237,7 @@ def simulate(
     """Simulate the current revision against a sandbox replica (never the real target)."""
     from tasks.remediation import promotion, workspaces
 
-    started = promotion.simulate(name, tenant=tenant, actor=_by(by))
+    started = promotion.simulate(name, tenant=tenant, actor=acting(by))
     out.print(
         f"workspace {tenant}/{name}: simulation {started['simulation']} job {started['job_id']}",
         highlight=False,
@@ -289,7 +265,7 @@ def approve(
     """Approve the simulated revision; prints the token a protected lane's promotion needs."""
     from tasks.remediation import promotion
 
-    approved = promotion.approve(name, tenant=tenant, approver=_by(by), reason=reason)
+    approved = promotion.approve(name, tenant=tenant, approver=acting(by), reason=reason)
     out.print(
         f"workspace {tenant}/{name} revision {approved.revision} approved by {approved.approver} "
         f"until {approved.expires_at.isoformat()}",
@@ -310,7 +286,7 @@ def promote(
     from tasks.remediation import promotion
 
     done = promotion.promote(
-        name, tenant=tenant, actor=_by(by), approval_token=token, reason=reason
+        name, tenant=tenant, actor=acting(by), approval_token=token, reason=reason
     )
     was = f"v{done['previous_version']}" if done["previous_version"] else "none"
     out.print(
@@ -335,7 +311,7 @@ def put_lane(
     from tasks.remediation import governance
 
     lane = governance.put_lane(
-        tenant=tenant, name=name, protected=protected, description=description, actor=_by(by)
+        tenant=tenant, name=name, protected=protected, description=description, actor=acting(by)
     )
     out.print(
         f"lane {tenant}/{name}: {'protected' if lane['protected'] else 'unprotected'}",
@@ -371,7 +347,7 @@ def add_freeze(
     ends = until.replace(tzinfo=until.tzinfo or UTC) if until else None
     freeze = governance.add_freeze(
         tenant=tenant, lane=lane, asset_class=asset_class, reason=reason, starts_at=None,
-        ends_at=ends, actor=_by(by),
+        ends_at=ends, actor=acting(by),
     )  # fmt: skip
     out.print(f"freeze {freeze['id']}", highlight=False)
 
@@ -405,7 +381,7 @@ def lift_freeze(
         parsed = uuid.UUID(freeze_id)
     except ValueError:
         raise DrydockError(f"{freeze_id!r} is not a freeze id (a UUID)") from None
-    governance.lift_freeze(parsed, tenant=tenant, actor=_by(by))
+    governance.lift_freeze(parsed, tenant=tenant, actor=acting(by))
     out.print(f"freeze {freeze_id} lifted", highlight=False)
 
 
@@ -418,5 +394,5 @@ def set_lane(
     """Put an asset in a lane: workspace promotions scoped to it cover it."""
     from tasks.remediation import governance
 
-    name = governance.set_asset_lane(tenant=tenant, asset=asset, lane=lane, actor=_by(by))
+    name = governance.set_asset_lane(tenant=tenant, asset=asset, lane=lane, actor=acting(by))
     out.print(f"asset {name}: lane {lane or '(none)'}", highlight=False)

@@ -99,17 +99,20 @@ def add_freeze(
 ) -> dict[str, Any]:
     """Stop promotions into a lane, an asset class, both, or (neither named) the tenant."""
     check_tenant(tenant)
-    problems = []
     if not reason.strip() or len(reason) > MAX_REASON:
-        problems.append(FieldProblem("reason", f"say why, in 1 to {MAX_REASON} characters"))
+        raise WorkspaceInvalidError(
+            [FieldProblem("reason", f"say why, in 1 to {MAX_REASON} characters")]
+        )
     start = (starts_at or datetime.now(UTC)).astimezone(UTC)
+    # Refused as conflicts (409): well formed, but a window that covers nothing, or a lane that
+    # does not exist.
     if ends_at is not None and ends_at.astimezone(UTC) <= start:
-        problems.append(FieldProblem("ends_at", "must be after starts_at"))
+        raise WorkspaceConflictError(
+            f"a freeze ending at {ends_at.isoformat()} ends before it starts: it covers nothing"
+        )
     with session_scope() as session:
         if lane is not None and spaces.get_lane(session, tenant, lane) is None:
-            problems.append(FieldProblem("lane", f"tenant {tenant} has no lane {lane!r}"))
-        if problems:
-            raise WorkspaceInvalidError(problems)
+            raise WorkspaceConflictError(f"tenant {tenant} has no lane {lane!r}")
         freeze = RemediationFreeze(
             tenant=tenant,
             lane=lane,
@@ -155,9 +158,7 @@ def set_asset_lane(*, tenant: str, asset: str, lane: str | None, actor: str) -> 
     check_tenant(tenant)
     with session_scope() as session:
         if lane is not None and spaces.get_lane(session, tenant, lane) is None:
-            raise WorkspaceInvalidError(
-                [FieldProblem("lane", f"tenant {tenant} has no lane {lane!r}")]
-            )
+            raise WorkspaceConflictError(f"tenant {tenant} has no lane {lane!r}")
         target = trust.find_asset(session, asset, tenant)
         asset_id, name = target.id, f"{target.tenant}/{target.name}"
 

@@ -160,52 +160,43 @@ def _draft_of(book: store.RemediationPlaybook) -> dict[str, Any]:
     }
 
 
-def _scope_problems(session: Session, tenant: str, scope: WorkspaceScope) -> list[FieldProblem]:
-    problems = []
+def _missing_in_scope(session: Session, tenant: str, scope: WorkspaceScope) -> list[str]:
+    """What the scope names that the store does not hold (refused as a conflict, 409: the
+    request is well formed; the asset class or lane is what is missing)."""
+    missing = []
     if session.get(TrustAssetClass, scope.asset_class) is None:
-        problems.append(FieldProblem("scope.asset_class", f"no asset class {scope.asset_class!r}"))
+        missing.append(f"no asset class {scope.asset_class!r}")
     if spaces.get_lane(session, tenant, scope.lane) is None:
-        problems.append(
-            FieldProblem(
-                "scope.lane",
-                f"tenant {tenant} has no lane {scope.lane!r} "
-                "(`drydock remediation lanes put` makes one)",
-            )
+        missing.append(
+            f"tenant {tenant} has no lane {scope.lane!r} "
+            "(`drydock remediation lanes put` makes one)"
         )
-    return problems
+    return missing
+
+
+def _refuse_missing(missing: list[str]) -> None:
+    if missing:
+        raise WorkspaceConflictError("; ".join(missing))
 
 
 def create(request: WorkspaceCreate, *, tenant: str, actor: str) -> dict[str, Any]:
     """A new workspace, in draft, from the base version (or the draft given)."""
     check_tenant(tenant)
+    # The draft's own problems first (422), then what it names that does not exist (409).
+    draft = checked_draft(request.playbook, request.draft) if request.draft is not None else None
     with session_scope() as session:
-        problems = _scope_problems(session, tenant, request.scope)
+        missing = _missing_in_scope(session, tenant, request.scope)
         base = store.get_playbook_or_none(session, tenant, request.playbook, request.base_version)
         if request.base_version is not None and base is None:
-            problems.append(
-                FieldProblem(
-                    "base_version",
-                    f"playbook {request.playbook} has no version {request.base_version}",
-                )
+            missing.append(f"playbook {request.playbook} has no version {request.base_version}")
+        elif base is None and draft is None:
+            missing.append(
+                f"tenant {tenant} has no playbook {request.playbook} to start from: give the draft"
             )
-        draft: dict[str, Any] | None = None
-        if request.draft is not None:
-            try:
-                draft = checked_draft(request.playbook, request.draft)
-            except WorkspaceInvalidError as exc:
-                problems += exc.problems
-        elif base is not None:
+        _refuse_missing(missing)
+        if draft is None:
+            assert base is not None
             draft = _draft_of(base)
-        elif request.base_version is None:
-            problems.append(
-                FieldProblem(
-                    "draft",
-                    f"tenant {tenant} has no playbook {request.playbook} to start from: "
-                    "give the draft",
-                )
-            )
-        if problems:
-            raise WorkspaceInvalidError(problems)
         assert draft is not None
         workspace = RemediationWorkspace(
             tenant=tenant,
@@ -244,24 +235,16 @@ def create(request: WorkspaceCreate, *, tenant: str, actor: str) -> dict[str, An
 def edit(name: str, change: WorkspaceEdit, *, tenant: str, actor: str) -> dict[str, Any]:
     """A new revision of the draft, scope or run policy; the workspace is a draft again."""
     if change.draft is None and change.scope is None and change.active_runs is None:
-        raise WorkspaceInvalidError(
-            [FieldProblem("(body)", "nothing to change: give draft, scope or active_runs")]
-        )
+        raise WorkspaceConflictError("nothing to change: give draft, scope or active_runs")
     try:
         with session_scope() as session:
             workspace = spaces.get_workspace(session, tenant, name, lock=True)
             _check_editable(workspace, change.expected_revision)
-            problems: list[FieldProblem] = []
             draft = None
             if change.draft is not None:
-                try:
-                    draft = checked_draft(workspace.playbook_name, change.draft)
-                except WorkspaceInvalidError as exc:
-                    problems += exc.problems
+                draft = checked_draft(workspace.playbook_name, change.draft)
             if change.scope is not None:
-                problems += _scope_problems(session, tenant, change.scope)
-            if problems:
-                raise WorkspaceInvalidError(problems)
+                _refuse_missing(_missing_in_scope(session, tenant, change.scope))
             changed = []
             if draft is not None:
                 workspace.draft = draft
@@ -422,4 +405,3 @@ def describe_row(session: Session, workspace: RemediationWorkspace) -> dict[str,
             for event in spaces.history(session, workspace.id)
         ],
     }
-
