@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from drydock.cli.remediation import acting, print_json, read_mapping
 from drydock.cli.text import when
@@ -199,7 +199,11 @@ def list_workspaces(
     except ValueError:
         known = ", ".join(s.value for s in WorkspaceState)
         raise DrydockError(f"--state: one of {known}") from None
-    table = Table("workspace", "playbook", "revision", "state", "scope", "updated")
+    # Names and states whole: the other columns wrap on a narrow terminal.
+    table = Table(
+        Column("workspace", no_wrap=True), "playbook", "rev", Column("state", no_wrap=True),
+        "scope", "updated",
+    )  # fmt: skip
     for row in workspaces.list_summaries(tenant=tenant, states=states, limit=limit):
         scope = row["scope"]
         table.add_row(

@@ -14,7 +14,10 @@ class CliError(Exception):
     """An error the CLI reports as one line."""
 
 
-def when(moment: datetime | None) -> str:
+def when(moment: datetime | str | None) -> str:
+    """A moment (or its ISO text, as the views give it) in UTC, to the second."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
     return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 

@@ -392,11 +392,14 @@ def _refresh_one(workspace_id: uuid.UUID, asset_id: uuid.UUID, actor: str) -> st
         assert workspace is not None and asset is not None
         book = session.get(store.RemediationPlaybook, workspace.promoted_playbook_id)
         assert book is not None
+        superseded = _superseded(session, workspace, book, asset)
         active = store.active_run(session, workspace.tenant, asset_id, book.name)
-        if active is None:
-            if asset.state != TrustState.QUARANTINED.value:
-                return "unaffected"
-            tenant, playbook, name = workspace.tenant, book.name, workspace.name
+        quarantined = asset.state == TrustState.QUARANTINED.value
+        tenant, playbook, name = workspace.tenant, book.name, workspace.name
+    if superseded is not None:
+        return _note(workspace_id, asset_id, WorkspaceAction.RUN_SKIPPED, actor, superseded)
+    if active is None and not quarantined:
+        return "unaffected"
     if active is None:
         try:
             outcome = request_run(
@@ -420,6 +423,23 @@ def _refresh_one(workspace_id: uuid.UUID, asset_id: uuid.UUID, actor: str) -> st
     return _relink_or_skip(workspace_id, asset_id, actor)
 
 
+def _superseded(
+    session: Session,
+    workspace: RemediationWorkspace,
+    book: store.RemediationPlaybook,
+    asset: TrustAsset,
+) -> str | None:
+    """Why this promotion no longer decides the asset's runs (a later promotion's version is
+    the asset's active one now: its own loop handles the asset), or None."""
+    current = spaces.playbook_for_asset(session, workspace.tenant, book.name, asset)
+    if current.id == book.id:
+        return None
+    return (
+        f"v{current.version}, promoted after v{book.version}, is the asset's active version: "
+        "its promotion's loop handles the asset"
+    )
+
+
 def _relink_or_skip(workspace_id: uuid.UUID, asset_id: uuid.UUID, actor: str) -> str:
     with session_scope() as session:
         workspace = spaces.workspace_by_id(session, workspace_id)
@@ -433,18 +453,11 @@ def _relink_or_skip(workspace_id: uuid.UUID, asset_id: uuid.UUID, actor: str) ->
                 "its run ended meanwhile",
             )  # fmt: skip
         run = store.get_run(session, found.id, None, lock=True)
-        why: str | None = None
-        if run.playbook_id == book.id:
-            why = f"run {run.id} already runs v{book.version}"
-        elif run.state == RunState.RUNNING.value or run.attempts:
-            why = f"run {run.id} of v{run.playbook_version} is under way: left to finish"
-        elif workspace.active_runs == ActiveRuns.FINISH.value:
-            why = f"run {run.id} left on v{run.playbook_version} (active_runs: finish)"
-        elif book.requires_approval and not run.approval_reasons:
-            why = (
-                f"run {run.id} left on v{run.playbook_version}: v{book.version} requires "
-                "approval, which the run was not asked for"
-            )
+        # Read with the run locked: a later promotion's loop that handled the run committed
+        # its activation first, so it is seen here, and this loop leaves the run to it.
+        asset = session.get(TrustAsset, asset_id)
+        assert asset is not None
+        why = _superseded(session, workspace, book, asset) or _why_left(workspace, book, run)
         if why is not None:
             recorded = spaces.record(
                 session, workspace, WorkspaceAction.RUN_SKIPPED, actor, asset_id=asset_id,
@@ -463,6 +476,24 @@ def _relink_or_skip(workspace_id: uuid.UUID, asset_id: uuid.UUID, actor: str) ->
             reason=f"run {run.id} re-linked from v{old} to v{book.version}", run_id=str(run.id),
         )  # fmt: skip
         return "refreshed" if recorded else "unaffected"
+
+
+def _why_left(
+    workspace: RemediationWorkspace, book: store.RemediationPlaybook, run: store.RemediationRun
+) -> str | None:
+    """Why the loop leaves an active run on the version it has (None: it is re-linked)."""
+    if run.playbook_id == book.id:
+        return f"run {run.id} already runs v{book.version}"
+    if run.state == RunState.RUNNING.value or run.attempts:
+        return f"run {run.id} of v{run.playbook_version} is under way: left to finish"
+    if workspace.active_runs == ActiveRuns.FINISH.value:
+        return f"run {run.id} left on v{run.playbook_version} (active_runs: finish)"
+    if book.requires_approval and not run.approval_reasons:
+        return (
+            f"run {run.id} left on v{run.playbook_version}: v{book.version} requires "
+            "approval, which the run was not asked for"
+        )
+    return None
 
 
 def _note(
