@@ -557,6 +557,21 @@ def test_an_ansible_simulation_runs_in_check_mode_with_a_diff_and_writes_nothing
     assert "ok" in (step["diff"] or "")
     assert not marker.exists()
 
+    # A task that turns check mode off would run for real on the worker: refused, unrun.
+    plays[0]["tasks"][0]["check_mode"] = False
+    workspaces.edit(
+        "marker",
+        WorkspaceEdit.model_validate({"draft": {**draft, "spec": {"plays": plays}}}),
+        tenant=TENANT,
+        actor=AUTHOR,
+    )
+    refused = simulate_here("marker")
+    assert refused["state"] == "simulated_failed"
+    assert (
+        "plays[0].tasks[0].check_mode sets check_mode" in refused["simulation"]["result"]["failure"]
+    )
+    assert not marker.exists()
+
 
 # ---- the operator's doors --------------------------------------------------------------------
 

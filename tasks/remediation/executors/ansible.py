@@ -46,7 +46,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tasks.remediation.executors.ansible_spec import LOCAL_CONNECTIONS, AnsibleSpec
+from tasks.remediation.executors.ansible_spec import (
+    LOCAL_CONNECTIONS,
+    AnsibleSpec,
+    check_mode_overrides,
+)
 from tasks.remediation.executors.base import (
     ExecutorKind,
     ExecutorSpec,
@@ -127,8 +131,22 @@ class AnsibleExecutor:
 
     def execute(self, spec: AnsibleSpec, target: Target, run: RunContext) -> Iterator[StepResult]:
         connection = str(target.connection.get("ansible_connection", ""))
-        # A simulation's replica is the worker itself, in check mode (tasks cannot turn check
-        # mode off: check_mode is a refused keyword), so the real host is never contacted.
+        # A simulation's replica is the worker itself, in check mode, so the real host is never
+        # contacted; a play that sets check_mode itself could run a task for real there.
+        overrides = check_mode_overrides(spec.plays) if run.simulation else []
+        if overrides:
+            now = utcnow()
+            yield StepResult(
+                name=RUN_STEP_NAME,
+                ok=False,
+                started_at=now,
+                finished_at=now,
+                error=(
+                    f"a simulation runs every task in check mode, and {', '.join(overrides)} "
+                    "sets check_mode itself: remove it to simulate this playbook"
+                ),
+            )
+            return
         if connection in LOCAL_CONNECTIONS and not (self.allow_local or run.simulation):
             now = utcnow()
             yield StepResult(

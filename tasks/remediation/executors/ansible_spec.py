@@ -124,6 +124,23 @@ class AnsibleSpec(ExecutorSpec):
         return extra_vars
 
 
+def check_mode_overrides(value: Any, where: str = "plays") -> list[str]:
+    """Where the plays set ``check_mode`` themselves (a play, block, task or role, at any
+    depth). A simulation refuses them all: ``check_mode: false`` (or a template of it) runs a
+    task for real even under ``--check``."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            at = f"{where}.{key}"
+            if key == "check_mode":
+                found.append(at)
+            found += check_mode_overrides(inner, at)
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found += check_mode_overrides(inner, f"{where}[{index}]")
+    return found
+
+
 def _check_play(play: dict[str, Any], where: str, names: dict[str, str]) -> None:
     if "hosts" in play:
         raise ValueError(
