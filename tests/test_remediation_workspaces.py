@@ -537,13 +537,12 @@ def test_an_ansible_simulation_runs_in_check_mode_with_a_diff_and_writes_nothing
     scope_world()
     asset_in("db-1", kind=AssetKind.HOST)
     marker = tmp_path / "remediated"
-    plays = [
-        {
-            "gather_facts": False,
-            "tasks": [{"name": "write marker", "copy": {"dest": str(marker), "content": "ok\n"}}],
-        }
-    ]
-    draft = {
+    task: dict[str, Any] = {
+        "name": "write marker",
+        "copy": {"dest": str(marker), "content": "ok\n"},
+    }
+    plays = [{"gather_facts": False, "tasks": [task]}]
+    draft: dict[str, Any] = {
         "executor": "ansible",
         "spec": {"plays": plays},
         "timeout_seconds": 15,
@@ -558,7 +557,7 @@ def test_an_ansible_simulation_runs_in_check_mode_with_a_diff_and_writes_nothing
     assert not marker.exists()
 
     # A task that turns check mode off would run for real on the worker: refused, unrun.
-    plays[0]["tasks"][0]["check_mode"] = False
+    task["check_mode"] = False
     workspaces.edit(
         "marker",
         WorkspaceEdit.model_validate({"draft": {**draft, "spec": {"plays": plays}}}),
