@@ -186,6 +186,13 @@ class Settings(BaseSettings):
             "is forgotten."
         ),
     )
+    console_session_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = Field(
+        8 * 3600,
+        description=(
+            "How long a console login lasts (its session, kept in Redis, ends then or at "
+            "logout; a revoked token ends it at once)."
+        ),
+    )
     stuck_scan_hours: Annotated[int, Field(ge=1)] = Field(
         48,
         description=(

@@ -91,9 +91,11 @@ def list_dead_letters(
     *,
     include_replayed: bool = False,
     task_names: Sequence[str] | None = None,
+    tenant: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> Sequence[DeadLetter]:
+    """Dead letters newest first; ``tenant``: only those of that tenant's jobs."""
     query = (
         select(DeadLetter)
         .order_by(DeadLetter.dead_lettered_at.desc(), DeadLetter.id.desc())
@@ -104,7 +106,13 @@ def list_dead_letters(
         query = query.where(DeadLetter.replayed_at.is_(None))
     if task_names is not None:
         query = query.where(DeadLetter.task_name.in_(task_names))
+    if tenant is not None:
+        query = query.join(Job, Job.id == DeadLetter.job_id).where(Job.tenant == tenant)
     return session.execute(query).scalars().all()
+
+
+def tenant_of_job(session: Session, job_id: uuid.UUID) -> str | None:
+    return session.scalar(select(Job.tenant).where(Job.id == job_id))
 
 
 def get_dead_letter(

@@ -213,3 +213,22 @@ def authenticate(session: Session, plaintext: str, *, now: datetime | None = Non
     if token.last_used_at is None or moment - token.last_used_at > LAST_USED_RESOLUTION:
         token.last_used_at = moment
     return Caller(name=token.name, scopes=tuple(token.scopes), tenant=token.tenant)
+
+
+def caller_by_id(session: Session, token_id: int) -> Caller | None:
+    """The caller of a token known by its id (a console session's), or None once revoked."""
+    token = session.get(ApiToken, token_id)
+    if token is None or token.revoked_at is not None:
+        return None
+    return Caller(name=token.name, scopes=tuple(token.scopes), tenant=token.tenant)
+
+
+def token_id_of(session: Session, plaintext: str) -> int | None:
+    """The id of a presented, unrevoked token (what a console session keeps instead of it)."""
+    if not plaintext.startswith(TOKEN_PREFIX):
+        return None
+    return session.execute(
+        select(ApiToken.id).where(
+            ApiToken.token_hash == hash_token(plaintext), ApiToken.revoked_at.is_(None)
+        )
+    ).scalar_one_or_none()

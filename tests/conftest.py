@@ -13,9 +13,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -371,6 +373,27 @@ def worker_factory(clean_state: None) -> Iterator[Callable[..., WorkerProcess]]:
     yield factory
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(migrated_db: str, redis_server: str) -> Iterator[str]:
+    """The API (and its console) served by a real uvicorn over TCP, in this process."""
+    import uvicorn
+
+    from drydock.api import app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    poll(lambda: server.started, 20, "uvicorn to start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:

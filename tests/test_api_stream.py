@@ -5,7 +5,6 @@ and comes back with ``Last-Event-ID``: every event once, in order, none lost whi
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -15,9 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.conftest import WorkerProcess, poll
+from tests.conftest import WorkerProcess
 from tests.test_api import bearer, make_token
 from tests.test_api_trust import tenant_token
 from tests.test_trust_registry import move_to, new_asset
@@ -30,24 +28,6 @@ class Event:
     id: int
     kind: str
     body: dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def api_url(migrated_db: str, redis_server: str) -> Iterator[str]:
-    from drydock.api import app
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    poll(lambda: server.started, 20, "uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 class StreamReader:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from drydock import console
 from drydock.api import (
     builds,
     dead_letters,
@@ -92,6 +93,8 @@ def create_app() -> FastAPI:
     app.include_router(workflow_health.router)
     app.include_router(servers.router)
     app.include_router(releases.router)
+    # The operator console's pages (not in the OpenAPI document).
+    console.install(app)
 
     # OpenAPI: exact, with every task's payload schema (drydock.api.openapi).
     def exact_openapi() -> dict[str, Any]:

@@ -88,6 +88,8 @@ def list_dead_letters(
             session,
             include_replayed=include_replayed,
             task_names=visible_tasks(caller),
+            # A tenant token sees its tenant's dead letters only.
+            tenant=caller.tenant,
             limit=limit,
             offset=offset,
         )
@@ -97,20 +99,25 @@ def list_dead_letters(
 def get_dead_letter(job_id: uuid.UUID, caller: Caller) -> DeadLetterDetailBody:
     """One dead letter: error, traceback and payload (secret fields redacted)."""
     with session_scope() as session:
-        return DeadLetterDetailBody.model_validate(_visible_letter(session, job_id, caller))
+        return DeadLetterDetailBody.model_validate(visible_letter(session, job_id, caller))
 
 
 def replay_dead_letter(job_id: uuid.UUID, caller: Caller, response: Response) -> EnqueuedJobBody:
     """Enqueue the dead job again with its original payload; 409 if it was already replayed."""
     with session_scope() as session:
-        _visible_letter(session, job_id, caller)
+        visible_letter(session, job_id, caller)
     job = client.replay_dead_letter(job_id, by=f"api:{caller.name}")
     return enqueued_body(job, response)
 
 
-def _visible_letter(session: Session, job_id: uuid.UUID, caller: tokens.Caller) -> DeadLetter:
+def visible_letter(session: Session, job_id: uuid.UUID, caller: tokens.Caller) -> DeadLetter:
+    """The dead letter, if the caller may see it (its task in scope, its tenant's), else 404."""
     letter = job_reads.get_dead_letter(session, job_id)
     allowed = visible_tasks(caller)
-    if letter is None or (allowed is not None and letter.task_name not in allowed):
+    if (
+        letter is None
+        or (allowed is not None and letter.task_name not in allowed)
+        or (caller.tenant is not None and job_reads.tenant_of_job(session, job_id) != caller.tenant)
+    ):
         raise NotFoundError(f"no dead letter for job {job_id}")
     return letter

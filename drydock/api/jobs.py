@@ -183,14 +183,14 @@ def list_jobs(
             task_name=task,
             task_names=allowed,
             tenant=caller.tenant,
-            after=_decode_cursor(cursor) if cursor else None,
+            after=decode_cursor(cursor) if cursor else None,
             limit=limit + 1,
         )
         page = [JobSummaryBody.model_validate(job) for job in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = _encode_cursor(last.enqueued_at, last.id)
+            next_cursor = encode_cursor(last.enqueued_at, last.id)
     return JobPageBody(jobs=page, next_cursor=next_cursor)
 
 
@@ -206,12 +206,12 @@ def list_tasks(caller: Caller) -> list[TaskBody]:
 # ---- cursors -----------------------------------------------------------------------------------
 
 
-def _encode_cursor(at: datetime, job_id: uuid.UUID) -> str:
+def encode_cursor(at: datetime, job_id: uuid.UUID) -> str:
     micros = (at - _EPOCH) // _MICROSECOND
     return f"{micros}-{job_id.hex}"
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     if not _CURSOR.match(cursor):  # the parameter's own pattern: a safety net
         raise InputProblem.at(["query", "cursor"], "not a next_cursor this API returned")
     micros, job_id = cursor.split("-")

@@ -1,0 +1,232 @@
+"""The operator console in a real browser: Debian's chromium, driven by Playwright, against the
+API served by uvicorn and a real worker. Every test fails on a console error of the page, and
+writes a screenshot of each page it visits under its temporary directory."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from catalog import CATALOG
+from dispatch.enqueue import enqueue
+from models import job_reads, tokens
+from models.db import session_scope
+from tests.conftest import WorkerProcess, wait_for_job
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SECRET = "sk-console-secret-4242"
+
+
+def api_token(name: str, scopes: list[str], tenant: str | None = None) -> str:
+    with session_scope() as session:
+        _, plaintext = tokens.create_token(
+            session, name=name, scopes=scopes, known_tasks=CATALOG, created_by="test",
+            tenant=tenant,
+        )  # fmt: skip
+    return plaintext
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/install-system-deps installs chromium")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield launched
+        launched.close()
+
+
+class Console:
+    """One browser context on the console: its page, the errors it logged, its screenshots."""
+
+    def __init__(self, context: Any, base: str, shots: Path) -> None:
+        self.context = context
+        self.base = base
+        self.shots = shots
+        self.page = context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def go(self, path: str) -> Any:
+        return self.page.goto(self.base + path)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+    def log_in(self, token: str) -> None:
+        self.go("/console/login")
+        self.page.fill("input[name=token]", token)
+        self.page.click("button[type=submit]")
+
+
+@pytest.fixture
+def console(browser: Any, api_url: str, clean_state: None, tmp_path: Path) -> Iterator[Console]:
+    context = browser.new_context()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    opened = Console(context, api_url, shots)
+    yield opened
+    context.close()
+    assert not opened.errors, f"the pages logged errors: {opened.errors}"
+
+
+def test_logging_in_exchanges_a_token_for_a_strict_httponly_session(console: Console) -> None:
+    operator = api_token("ops", ["*"])
+    console.go("/console/jobs")
+    # Not logged in: the login page, which brings the page asked for after.
+    assert console.page.url.startswith(f"{console.base}/console/login?next=/console/jobs")
+    console.page.fill("input[name=token]", "ddk_not-a-token")
+    console.page.click("button[type=submit]")
+    assert "not valid" in console.page.inner_text("[role=alert]")
+    console.shot("login-refused")
+    console.page.fill("input[name=token]", operator)
+    console.page.click("button[type=submit]")
+    console.page.wait_for_url(f"{console.base}/console/jobs")
+    [cookie] = console.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    # The browser holds a session id, never the token.
+    assert operator not in cookie["value"]
+    console.go("/console/")
+    assert console.page.inner_text("#verdict").startswith("Fleet ")
+    assert "builds" in console.page.inner_text("table")
+    console.shot("overview")
+    console.page.click("header button[type=submit]")  # log out
+    console.page.wait_for_url(f"{console.base}/console/login")
+    console.go("/console/jobs")
+    assert "/console/login" in console.page.url
+
+
+def test_an_operator_enqueues_a_job_and_watches_it_succeed_on_its_page(
+    console: Console, session_worker: WorkerProcess
+) -> None:
+    console.log_in(api_token("ops", ["*"]))
+    console.go("/console/jobs")
+    console.page.select_option("select[name=task_name]", "builds.canary")
+    console.page.fill(
+        "textarea[name=payload]",
+        '{"message": "from the console", "sleep_seconds": 1, '
+        f'"data": {{"api_token": "{SECRET}"}}}}',
+    )
+    console.shot("jobs")
+    console.page.click("form.enqueue button[type=submit]")
+    console.page.wait_for_url(f"{console.base}/console/jobs/*")
+    job_id = uuid.UUID(console.page.url.rsplit("/", 1)[1])
+    # The page refreshes itself until the job is done.
+    console.page.wait_for_selector("#status.succeeded", timeout=30_000)
+    assert "from the console" in console.page.inner_text("#result")
+    timeline = console.page.inner_text("#timeline")
+    assert "enqueued" in timeline and "succeeded" in timeline
+    assert SECRET not in console.page.content()
+    console.shot("job")
+    with session_scope() as session:
+        job = job_reads.get_job(session, job_id)
+        assert job is not None and job.enqueued_by == "console:ops"
+    # A bad payload is refused on the form, with the reason, and nothing is enqueued.
+    console.go("/console/jobs")
+    console.page.select_option("select[name=task_name]", "builds.canary")
+    console.page.fill("textarea[name=payload]", '{"sleep_seconds": -3}')
+    console.page.click("form.enqueue button[type=submit]")
+    assert "sleep_seconds" in console.page.inner_text("[role=alert]")
+    assert console.page.input_value("textarea[name=payload]") == '{"sleep_seconds": -3}'
+    console.shot("enqueue-refused")
+
+
+def test_an_operator_replays_one_dead_letter_and_purges_another(
+    console: Console, session_worker: WorkerProcess
+) -> None:
+    failed = enqueue("builds.canary", {"fail_permanently": True, "message": "replay me"})
+    purged = enqueue("builds.canary", {"fail_permanently": True, "message": "purge me"})
+    for job in (failed, purged):
+        wait_for_job(job.id, ("dead_lettered",))
+    console.log_in(api_token("ops", ["*"]))
+    console.go("/console/dead-letters")
+    assert str(failed.id)[:8] in console.page.inner_text("#dead-letters")
+    console.shot("dead-letters")
+    console.page.click(f"a[href='/console/dead-letters/{failed.id}']")
+    console.shot("dead-letter")
+    console.page.click("#replay")
+    console.page.wait_for_url(f"{console.base}/console/jobs/*")
+    replay_id = uuid.UUID(console.page.url.rsplit("/", 1)[1])
+    assert replay_id != failed.id and str(failed.id) in console.page.inner_text("dl")
+    with session_scope() as session:
+        letter = job_reads.get_dead_letter(session, failed.id)
+        assert letter is not None and letter.replay_job_id == replay_id
+        assert letter.replayed_by == "console:ops"
+
+    # Purging asks for the job's id typed out; a wrong one purges nothing.
+    console.go(f"/console/dead-letters/{purged.id}")
+    console.page.fill("input[name=confirm]", "yes")
+    console.page.click("#purge")
+    assert "confirm by typing the job's id" in console.page.inner_text("[role=alert]")
+    console.page.fill("input[name=confirm]", str(purged.id))
+    console.page.click("#purge")
+    console.page.wait_for_url(f"{console.base}/console/dead-letters")
+    assert str(purged.id)[:8] not in console.page.inner_text("#dead-letters")
+    with session_scope() as session:
+        assert job_reads.get_dead_letter(session, purged.id) is None
+
+
+def test_forms_without_the_sessions_csrf_token_or_from_another_origin_are_refused(
+    api_url: str, clean_state: None, session_worker: WorkerProcess
+) -> None:
+    failed = enqueue("builds.canary", {"fail_permanently": True})
+    wait_for_job(failed.id, ("dead_lettered",))
+    with httpx.Client(base_url=api_url, follow_redirects=False) as client:
+        logged_in = client.post("/console/login", data={"token": api_token("ops", ["*"])})
+        assert logged_in.status_code == 303
+        replay = f"/console/dead-letters/{failed.id}/replay"
+        assert client.post(replay, data={"confirm": "no csrf"}).status_code == 403
+        assert client.post(replay, data={"csrf": "guess"}).status_code == 403
+        page = client.get(f"/console/dead-letters/{failed.id}").text
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        other_site = client.post(
+            replay, data={"csrf": csrf}, headers={"Origin": "http://evil.example"}
+        )
+        assert other_site.status_code == 403 and "is not the console" in other_site.text
+    with session_scope() as session:
+        letter = job_reads.get_dead_letter(session, failed.id)
+        assert letter is not None and letter.replayed_at is None
+
+
+def test_a_tenant_token_sees_only_its_tenants_jobs_and_dead_letters(
+    api_url: str, clean_state: None, session_worker: WorkerProcess
+) -> None:
+    mine = enqueue("builds.canary", {"fail_permanently": True}, tenant="acme")
+    theirs = enqueue("builds.canary", {"fail_permanently": True}, tenant="globex")
+    for job in (mine, theirs):
+        wait_for_job(job.id, ("dead_lettered",))
+    token = api_token("acme", ["builds.*"], "acme")
+    with httpx.Client(base_url=api_url, follow_redirects=False) as client:
+        # The API too: another tenant's dead letters are neither listed nor shown.
+        bearer = {"Authorization": f"Bearer {token}"}
+        listed_letters = client.get("/v1/dead-letters", headers=bearer).json()
+        assert [letter["job_id"] for letter in listed_letters] == [str(mine.id)]
+        assert client.get(f"/v1/dead-letters/{theirs.id}", headers=bearer).status_code == 404
+        client.post("/console/login", data={"token": token})
+        letters = client.get("/console/dead-letters").text
+        assert str(mine.id)[:8] in letters and str(theirs.id)[:8] not in letters
+        assert client.get(f"/console/dead-letters/{theirs.id}").status_code == 404
+        listed = client.get("/console/jobs").text
+        assert str(mine.id)[:8] in listed and str(theirs.id)[:8] not in listed
+        assert client.get(f"/console/jobs/{theirs.id}").status_code == 404
+        assert client.get(f"/console/jobs/{mine.id}").status_code == 200
+        assert client.get("/console/jobs/not-a-job").status_code == 404
+        bad_filter = client.get("/console/jobs?status=nope")
+        assert bad_filter.status_code == 422 and "status: one of" in bad_filter.text
