@@ -230,3 +230,32 @@ def test_a_tenant_token_sees_only_its_tenants_jobs_and_dead_letters(
         assert client.get("/console/jobs/not-a-job").status_code == 404
         bad_filter = client.get("/console/jobs?status=nope")
         assert bad_filter.status_code == 422 and "status: one of" in bad_filter.text
+
+
+def test_a_trust_transition_appears_on_the_registry_page_without_a_reload(
+    console: Console,
+) -> None:
+    from models import trust
+    from models.trust import AssetKind, TrustState
+    from tests.test_remediation import move_to
+
+    asset_id, _ = trust.register_asset(tenant="acme", name="vm-7", kind=AssetKind.VM, actor="t")
+    console.log_in(api_token("ops", ["*"]))
+    console.go("/console/trust")
+    row = f"tr[data-asset='{asset_id}'] .state"
+    assert console.page.inner_text(row) == "unknown"
+    # A reload would drop this mark: the page must change in place.
+    console.page.evaluate("window.drydockMark = 'unreloaded'")
+    move_to(asset_id, TrustState.PENDING_ATTESTATION, TrustState.QUARANTINED)
+    console.page.wait_for_selector(f"tr[data-asset='{asset_id}'] .state.quarantined")
+    live = console.page.inner_text("#live")
+    assert "acme/vm-7 pending_attestation -> quarantined (evidence_failed" in live
+    assert console.page.evaluate("window.drydockMark") == "unreloaded"
+    console.shot("trust")
+    console.page.click(f"a[href='/console/trust/{asset_id}']")
+    history = console.page.inner_text("#history")
+    assert (
+        "pending_attestation → quarantined" in history
+        and "unknown → pending_attestation" in history
+    )
+    console.shot("asset")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 import anyio
@@ -115,7 +115,8 @@ def _read_after(after: int, seen: StreamFilter) -> list[ServerSentEvent]:
         return [_message(row) for row in stream.events_after(session, after, seen, limit=PAGE)]
 
 
-def _start_after() -> int:
+def start_after() -> int:
+    """Where a reader starting now begins: after the newest event."""
     with session_scope() as session:
         return stream.last_event_id(session)
 
@@ -178,7 +179,16 @@ async def event_stream(
     elif last_event_id_query is not None:
         after = _event_id(last_event_id_query, ("query", "last_event_id"))
     else:
-        after = await anyio.to_thread.run_sync(_start_after)
+        after = await anyio.to_thread.run_sync(start_after)
+    return event_source(seen, after, lambda: _still_valid(token))
+
+
+def event_source(
+    seen: StreamFilter, after: int, still_valid: Callable[[], bool]
+) -> EventSourceResponse:
+    """The events ``seen`` admits after ``after``, then the live ones, for as long as
+    ``still_valid`` (asked every TOKEN_RECHECK_SECONDS, in a thread) says the reader may read.
+    The API's stream and the console's live pages both serve this."""
     settings = get_settings()
 
     async def events() -> AsyncIterator[ServerSentEvent]:
@@ -191,7 +201,7 @@ async def event_stream(
                 yield message
                 cursor = int(message.id or cursor)
             if time.monotonic() - checked > TOKEN_RECHECK_SECONDS:
-                if not await anyio.to_thread.run_sync(_still_valid, token):
+                if not await anyio.to_thread.run_sync(still_valid):
                     return
                 checked = time.monotonic()
             if len(batch) < PAGE:

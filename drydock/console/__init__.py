@@ -13,15 +13,16 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from drydock.console import jobs, login, sessions
+from drydock.console import jobs, login, sessions, trust
 from drydock.console.web import LoginRequired, PageProblem, problem_page, redirect
 
 STATIC = Path(__file__).parent / "static"
-_STATIC_FILES = {"console.css": "text/css"}
+_STATIC_FILES = {"console.css": "text/css", "console.js": "text/javascript"}
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 router.include_router(login.router)
 router.include_router(jobs.router)
+router.include_router(trust.router)
 
 
 @router.get("")
