@@ -259,3 +259,58 @@ def test_a_trust_transition_appears_on_the_registry_page_without_a_reload(
         and "unknown → pending_attestation" in history
     )
     console.shot("asset")
+
+
+def test_a_workflow_runs_dag_steps_and_verified_provenance_are_shown(
+    console: Console, session_worker: WorkerProcess, worker_factory: Any
+) -> None:
+    from tasks.workflows import run_operations, store
+    from tasks.workflows.definitions import parse_definition
+    from tests.conftest import poll
+
+    # The steps run on the shared worker's workflows queue; their children on a worker of
+    # their own (a step waits for its child, so they must not share slots).
+    worker_factory("console-children", queues="remediation", concurrency=2)
+
+    def step(name: str, *needs: str) -> dict[str, Any]:
+        return {
+            "name": name, "kind": "job", "needs": list(needs), "task": "remediation.canary",
+            "payload": {"message": name}, "timeout_seconds": 60,
+        }  # fmt: skip
+
+    steps = [
+        step("fetch"),
+        step("lint", "fetch"),
+        step("test", "fetch"),
+        step("ship", "lint", "test"),
+    ]
+    definition = parse_definition({"name": "release", "steps": steps}, tenant="acme")
+    store.create_definition(definition, tenant="acme", actor="test")
+    run_id = run_operations.request_run(
+        tenant="acme", workflow="release", version=None, reason="test", requested_by="test"
+    )
+    from models.workflow_runs import RunNotFoundError
+
+    def succeeded() -> bool:
+        try:
+            return bool(run_operations.run_view(run_id)["state"] == "succeeded")
+        except RunNotFoundError:  # its start job has not written it yet
+            return False
+
+    poll(succeeded, 90, "the run to succeed")
+    console.log_in(api_token("ops", ["*"]))
+    console.go("/console/workflows")
+    console.page.click(f"a[href='/console/workflows/{run_id}']")
+    assert console.page.inner_text("#run-state") == "succeeded"
+    # The DAG: fetch first, lint and test beside each other, ship last.
+    columns = console.page.eval_on_selector_all(
+        "#dag .dag-column",
+        "cols => cols.map(c => [...c.querySelectorAll('[data-step]')].map(s => s.dataset.step))",
+    )
+    assert columns == [["fetch"], ["lint", "test"], ["ship"]]
+    assert console.page.inner_text("#verification").startswith("Signed provenance verifies")
+    console.page.click("#step-ship .step-log summary")
+    assert str(run_id) in console.page.inner_text("#step-ship .step-log pre")
+    timeline = console.page.inner_text("#run-timeline")
+    assert "run.started" in timeline and "step.started ship" in timeline
+    console.shot("workflow-run")

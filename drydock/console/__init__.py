@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from drydock.console import jobs, login, sessions, trust
+from drydock.console import jobs, login, sessions, trust, workflows
 from drydock.console.web import LoginRequired, PageProblem, problem_page, redirect
 
 STATIC = Path(__file__).parent / "static"
@@ -23,6 +23,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 router.include_router(login.router)
 router.include_router(jobs.router)
 router.include_router(trust.router)
+router.include_router(workflows.router)
 
 
 @router.get("")
