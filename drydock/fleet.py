@@ -422,6 +422,7 @@ class LocalFleet:
             lines.append(f"  {child.spec.name:<18} {child.spec.where:<34} log {child.log_path}")
         state = self.plan.state_dir
         lines += [
+            f"  console   http://127.0.0.1:{self.plan.api_port}/console/ (log in with the token)",
             f"  API token (scope *) in {token_file}",
             "  Flower login from DRYDOCK_FLOWER_BASIC_AUTH"
             if self.environ.get("DRYDOCK_FLOWER_BASIC_AUTH")

@@ -314,3 +314,139 @@ def test_a_workflow_runs_dag_steps_and_verified_provenance_are_shown(
     timeline = console.page.inner_text("#run-timeline")
     assert "run.started" in timeline and "step.started ship" in timeline
     console.shot("workflow-run")
+
+
+# ---- policy, catalog, charts -----------------------------------------------------------------
+
+
+def test_policy_decisions_show_every_gate_and_the_catalog_each_tier(
+    api_url: str, clean_state: None
+) -> None:
+    from kernel.decisions import Decision, Gate, GateName
+    from models import policy
+    from models.policy import PolicyDecisionKind
+    from models.runtime import RuntimeRelease, RuntimeServer
+
+    with session_scope() as session:
+        policy.record_decision(
+            session,
+            PolicyDecisionKind.PLACEMENT,
+            Decision.of([
+                Gate(GateName.CERTIFICATION, True, "certified at standard until tomorrow"),
+                Gate(GateName.TARGET_TRUST, False, "host-1 is quarantined: evidence failed"),
+            ]),
+            request={"digest": "sha256:" + "ab" * 32},
+            tenant="acme",
+            actor="test",
+        )  # fmt: skip
+        server = RuntimeServer(
+            tenant="acme", name="echo", repository="registry.test/acme/echo", probe_kind="mcp",
+            probe_path="/mcp", isolation="container", confidential=False, description="",
+            created_by="test",
+        )  # fmt: skip
+        session.add(server)
+        session.flush()
+        session.add(
+            RuntimeRelease(
+                server_id=server.id, tier="standard", digest="sha256:" + "cd" * 32,
+                platforms=["linux/amd64"], created_by="test",
+            )
+        )  # fmt: skip
+    with httpx.Client(base_url=api_url, follow_redirects=False) as client:
+        client.post("/console/login", data={"token": api_token("acme", ["*"], "acme")})
+        page = client.get("/console/policy")
+        assert page.status_code == 200
+        assert "placement: denied" in page.text
+        assert "host-1 is quarantined: evidence failed" in page.text and "FAILED" in page.text
+        assert client.get("/console/policy?kind=nope").status_code == 422
+        catalog = client.get("/console/catalog").text
+        assert "acme/echo" in catalog and "standard" in catalog and "not running" in catalog
+        assert "sha256:cdcdcdcdcdcd" in catalog
+        assert "acme/echo" not in client.get("/console/catalog?tier=edge").text
+        history = client.get("/console/catalog/acme/echo")
+        assert (
+            history.status_code == 200 and "No promotion, rollout or rollback yet" in history.text
+        )
+        assert client.get("/console/catalog/globex/echo").status_code == 404
+
+
+def test_job_intervals_count_what_waited_and_how_long_jobs_took(clean_state: None) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from models.console_series import job_intervals
+    from models.jobs import Job
+
+    start = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    minute = timedelta(minutes=1)
+
+    def job(enqueued: int, started: int | None, finished: int | None, tenant: str = "acme") -> Job:
+        return Job(
+            id=uuid.uuid4(), task_name="builds.canary", queue="builds", payload={},
+            status="succeeded" if finished is not None else "queued", tenant=tenant,
+            enqueued_at=start + enqueued * minute,
+            started_at=start + started * minute if started is not None else None,
+            finished_at=start + finished * minute if finished is not None else None,
+        )  # fmt: skip
+
+    with session_scope() as session:
+        session.add_all([
+            job(0, 1, 2),  # waited through the first interval, took 2 minutes
+            job(0, 3, 4),  # waited through three intervals, took 4 minutes
+            job(1, None, None),  # still waiting
+            job(1, 2, 3, tenant="globex"),  # another tenant's
+        ])  # fmt: skip
+    with session_scope() as session:
+        intervals = job_intervals(
+            session, since=start, until=start + 4 * minute, step_seconds=60, tenant="acme",
+            task_names=None,
+        )  # fmt: skip
+    assert [i.waiting for i in intervals] == [2, 2, 2, 1]
+    assert [i.enqueued for i in intervals] == [2, 1, 0, 0]
+    assert [i.finished for i in intervals] == [0, 0, 1, 0]
+    assert intervals[2].p50_ms == 2 * 60_000
+    assert intervals[0].p50_ms is None
+
+
+def test_the_charts_page_draws_queue_depth_latency_and_build_latency_per_repository(
+    console: Console, session_worker: WorkerProcess
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from models.anomaly import CapabilityScore
+    from models.builds import BuildRun
+    from models.jobs import Job
+
+    for n in range(3):
+        wait_for_job(enqueue("builds.canary", {"message": f"chart {n}"}).id)
+    now = datetime.now(UTC)
+    repository = "https://git.example/acme/slow-builds.git"
+    with session_scope() as session:
+        for n, build_ms in enumerate((1200.0, 1300.0, 9800.0)):
+            job_id = uuid.uuid4()
+            session.add(Job(id=job_id, task_name="builds.build_image", queue="builds",
+                            payload={}, status="succeeded"))  # fmt: skip
+            session.flush()
+            session.add(
+                BuildRun(
+                    job_id=job_id, repository_url=repository, revision="main", image="acme/x",
+                    backend="docker", platforms=["linux/amd64"], status="built",
+                    created_at=now - timedelta(minutes=30 - n), build_ms=build_ms,
+                )
+            )  # fmt: skip
+        session.add(
+            CapabilityScore(
+                repository=repository, metric="build_latency", value=7.5, flagged=True,
+                detail={}, window_start=now - timedelta(days=1), computed_at=now,
+            )
+        )  # fmt: skip
+    console.log_in(api_token("ops", ["*"]))
+    console.go("/console/charts")
+    assert "3 job(s) enqueued, 3 finished" in console.page.inner_text(".windows")
+    for section in ("#queue-depth", "#job-latency", "#build-latency"):
+        assert console.page.locator(f"{section} svg.chart").count() == 1, section
+    assert console.page.locator("#build-latency polyline").count() == 1
+    row = console.page.inner_text("#repositories")
+    assert "slow-builds" in row and "7.50 · over its threshold" in row and "9800 ms" in row
+    console.shot("charts")
+    console.go("/console/charts?window=24h")
+    assert console.page.locator("#queue-depth svg.chart").count() == 1

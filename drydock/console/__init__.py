@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from drydock.console import jobs, login, sessions, trust, workflows
+from drydock.console import charts, governance, jobs, login, sessions, trust, workflows
 from drydock.console.web import LoginRequired, PageProblem, problem_page, redirect
 
 STATIC = Path(__file__).parent / "static"
@@ -24,6 +24,8 @@ router.include_router(login.router)
 router.include_router(jobs.router)
 router.include_router(trust.router)
 router.include_router(workflows.router)
+router.include_router(governance.router)
+router.include_router(charts.router)
 
 
 @router.get("")
