@@ -32,6 +32,7 @@ from tasks.remediation.promotion import PromotionRefusedError
 from tasks.remediation.workspaces import WorkspaceCreate, WorkspaceEdit, WorkspaceInvalidError
 from tests.conftest import WorkerProcess
 from tests.kube_standin import KubeStandIn
+from tests.test_auto_remediation import runs_of
 from tests.test_remediation import (
     SECRET,
     WORKER_ENV,
@@ -135,15 +136,6 @@ def wait_for_state(name: str, *states: str, timeout: float = 60) -> dict[str, An
 
 def actions(shown: dict[str, Any]) -> list[str]:
     return [event["action"] for event in shown["history"]]
-
-
-def runs_of(asset_id: uuid.UUID) -> list[RemediationRun]:
-    with session_scope() as session:
-        rows = session.scalars(
-            select(RemediationRun).where(RemediationRun.asset_id == asset_id)
-        ).all()
-        session.expunge_all()
-        return list(rows)
 
 
 def versions_of(playbook: str = "fix-agent") -> list[int]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from pydantic import AfterValidator, BaseModel, Field
+from sqlalchemy.orm import Session
 
 from catalog import CATALOG, TaskSpec
 from drydock.api.auth import Caller, visible_tasks
@@ -20,7 +21,7 @@ from drydock.api.errors import ErrorBody, InputProblem
 from drydock.api.inputs import MAX_FILTER_LENGTH, MAX_PAGE, FilterText
 from kernel.errors import NotFoundError
 from kernel.topology import WORK_QUEUES
-from models import job_reads
+from models import job_reads, tokens
 from models.db import session_scope
 from models.jobs import EventKind, Job, JobEvent, JobStatus
 
@@ -144,18 +145,24 @@ def install(app: FastAPI) -> None:
 
 def get_job(job_id: uuid.UUID, caller: Caller) -> JobBody:
     """One job: status, attempts, result or error, its latest progress and every event."""
-    allowed = visible_tasks(caller)
     with session_scope() as session:
-        job = job_reads.get_job(session, job_id)
-        if (
-            job is None
-            or (allowed is not None and job.task_name not in allowed)
-            # A tenant token sees its tenant's jobs only.
-            or (caller.tenant is not None and job.tenant != caller.tenant)
-        ):
-            raise NotFoundError(f"no job {job_id}")
+        job = visible_job(session, job_id, caller)
         events = job_reads.job_events(session, job_id)
         return job_body(job, events)
+
+
+def visible_job(session: Session, job_id: uuid.UUID, caller: tokens.Caller) -> Job:
+    """The job, if the caller may see it (its task in scope, its tenant's), else 404."""
+    allowed = visible_tasks(caller)
+    job = job_reads.get_job(session, job_id)
+    if (
+        job is None
+        or (allowed is not None and job.task_name not in allowed)
+        # A tenant token sees its tenant's jobs only.
+        or (caller.tenant is not None and job.tenant != caller.tenant)
+    ):
+        raise NotFoundError(f"no job {job_id}")
+    return job
 
 
 def list_jobs(

@@ -18,8 +18,15 @@ from catalog import CATALOG
 from dispatch import enqueue as client
 from drydock.api.auth import visible_tasks
 from drydock.api.dead_letters import visible_letter
-from drydock.api.jobs import CURSOR_PATTERN, decode_cursor, encode_cursor
-from drydock.console.web import PageProblem, checked_form, current_session, redirect, render
+from drydock.api.jobs import CURSOR_PATTERN, decode_cursor, encode_cursor, visible_job
+from drydock.console.web import (
+    PageProblem,
+    checked_form,
+    current_session,
+    redirect,
+    render,
+    uuid_or_404,
+)
 from drydock.health import assess, gather
 from kernel.errors import DrydockError, NotFoundError
 from kernel.settings import get_settings
@@ -190,15 +197,11 @@ async def enqueue_job(request: Request) -> Response:
 
 
 def _job(caller: tokens.Caller, job_id: uuid.UUID) -> dict[str, Any]:
-    allowed = visible_tasks(caller)
     with session_scope() as session:
-        job = job_reads.get_job(session, job_id)
-        if (
-            job is None
-            or (allowed is not None and job.task_name not in allowed)
-            or (caller.tenant is not None and job.tenant != caller.tenant)
-        ):
-            raise PageProblem(404, f"no job {job_id}")
+        try:
+            job = visible_job(session, job_id, caller)
+        except NotFoundError as exc:
+            raise PageProblem(404, str(exc)) from None
         events = job_reads.job_events(session, job_id)
         progress = next((e.detail for e in reversed(events) if e.kind == "progress"), None)
         letter = job_reads.get_dead_letter(session, job_id)
@@ -245,10 +248,7 @@ async def job(request: Request, job_id: str) -> Response:
 
 
 def _job_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise PageProblem(404, f"no job {text[:60]!r}: a job id is a UUID") from None
+    return uuid_or_404(text, "job")
 
 
 # ---- dead letters ----------------------------------------------------------------------------

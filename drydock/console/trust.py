@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from drydock.api.stream import event_source, start_after
 from drydock.console import sessions
-from drydock.console.web import PageProblem, current_session, render
+from drydock.console.web import PageProblem, current_session, render, uuid_or_404
 from kernel.errors import NotFoundError
 from models import tokens, trust, trust_actions
 from models.db import session_scope
@@ -113,10 +113,7 @@ def _asset(caller: tokens.Caller, asset_id: uuid.UUID) -> dict[str, Any]:
 @router.get("/trust/{asset_id}")
 async def asset(request: Request, asset_id: str) -> Response:
     session = await current_session(request)
-    try:
-        parsed = uuid.UUID(asset_id)
-    except ValueError:
-        raise PageProblem(404, f"no asset {asset_id[:60]!r}: an asset id is a UUID") from None
+    parsed = uuid_or_404(asset_id, "asset")
     shown = await run_in_threadpool(_asset, session.caller, parsed)
     return render(request, "asset.html", shown, session=session)
 

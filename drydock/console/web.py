@@ -4,6 +4,7 @@ the CSRF check of forms, and problems shown as pages (never a traceback, never J
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,3 +131,11 @@ def problem_page(request: Request, exc: PageProblem, session: ConsoleSession | N
         request, "problem.html", {"status": exc.status, "message": exc.message},
         session=session, status=exc.status,
     )  # fmt: skip
+
+
+def uuid_or_404(text: str, what: str) -> uuid.UUID:
+    """A page's id (a job, an asset, a run), or a 404 page saying what an id looks like."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise PageProblem(404, f"no {what} {text[:60]!r}: a {what} id is a UUID") from None

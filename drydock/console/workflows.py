@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from drydock.console.web import PageProblem, current_session, render
+from drydock.console.web import PageProblem, current_session, render, uuid_or_404
 from kernel.errors import NotFoundError
 from models import tokens, workflow_runs
 from models.db import session_scope
@@ -98,9 +98,6 @@ def _run(caller: tokens.Caller, run_id: uuid.UUID) -> dict[str, Any]:
 @router.get("/workflows/{run_id}")
 async def run(request: Request, run_id: str) -> Response:
     session = await current_session(request)
-    try:
-        parsed = uuid.UUID(run_id)
-    except ValueError:
-        raise PageProblem(404, f"no workflow run {run_id[:60]!r}: a run id is a UUID") from None
+    parsed = uuid_or_404(run_id, "workflow run")
     shown = await run_in_threadpool(_run, session.caller, parsed)
     return render(request, "workflow_run.html", shown, session=session)

@@ -135,30 +135,16 @@ class AnsibleExecutor:
         # contacted; a play that sets check_mode itself could run a task for real there.
         overrides = check_mode_overrides(spec.plays) if run.simulation else []
         if overrides:
-            now = utcnow()
-            yield StepResult(
-                name=RUN_STEP_NAME,
-                ok=False,
-                started_at=now,
-                finished_at=now,
-                error=(
-                    f"a simulation runs every task in check mode, and {', '.join(overrides)} "
-                    "sets check_mode itself: remove it to simulate this playbook"
-                ),
+            yield _refused(
+                f"a simulation runs every task in check mode, and {', '.join(overrides)} "
+                "sets check_mode itself: remove it to simulate this playbook"
             )
             return
         if connection in LOCAL_CONNECTIONS and not (self.allow_local or run.simulation):
-            now = utcnow()
-            yield StepResult(
-                name=RUN_STEP_NAME,
-                ok=False,
-                started_at=now,
-                finished_at=now,
-                error=(
-                    f"asset {target.name!r} has ansible_connection: {connection}, which runs the "
-                    "playbook's tasks on the worker itself; refused unless "
-                    "DRYDOCK_REMEDIATION_ALLOW_LOCAL_ANSIBLE=true"
-                ),
+            yield _refused(
+                f"asset {target.name!r} has ansible_connection: {connection}, which runs the "
+                "playbook's tasks on the worker itself; refused unless "
+                "DRYDOCK_REMEDIATION_ALLOW_LOCAL_ANSIBLE=true"
             )
             return
         path = os.pathsep.join(filter(None, [str(self.bin_dir), os.environ.get("PATH")]))
@@ -183,6 +169,12 @@ class AnsibleExecutor:
                 yield from session.steps()
             finally:
                 session.stop()
+
+
+def _refused(error: str) -> StepResult:
+    """The one step of a playbook refused before ansible starts."""
+    now = utcnow()
+    return StepResult(name=RUN_STEP_NAME, ok=False, started_at=now, finished_at=now, error=error)
 
 
 class _PlaybookSession:
