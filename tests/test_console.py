@@ -300,6 +300,7 @@ def test_a_workflow_runs_dag_steps_and_verified_provenance_are_shown(
     poll(succeeded, 90, "the run to succeed")
     console.log_in(api_token("ops", ["*"]))
     console.go("/console/workflows")
+    console.shot("workflow-runs")
     console.page.click(f"a[href='/console/workflows/{run_id}']")
     assert console.page.inner_text("#run-state") == "succeeded"
     # The DAG: fetch first, lint and test beside each other, ship last.
@@ -320,7 +321,7 @@ def test_a_workflow_runs_dag_steps_and_verified_provenance_are_shown(
 
 
 def test_policy_decisions_show_every_gate_and_the_catalog_each_tier(
-    api_url: str, clean_state: None
+    console: Console, api_url: str
 ) -> None:
     from kernel.decisions import Decision, Gate, GateName
     from models import policy
@@ -352,21 +353,25 @@ def test_policy_decisions_show_every_gate_and_the_catalog_each_tier(
                 platforms=["linux/amd64"], created_by="test",
             )
         )  # fmt: skip
+    token = api_token("acme", ["*"], "acme")
+    console.log_in(token)
+    console.go("/console/policy")
+    decisions = console.page.inner_text("#decisions")
+    assert "placement: denied" in decisions
+    assert "host-1 is quarantined: evidence failed" in decisions and "FAILED" in decisions
+    console.shot("policy")
+    console.go("/console/catalog")
+    catalog = console.page.inner_text("#catalog")
+    assert "acme/echo" in catalog and "standard" in catalog and "not running" in catalog
+    assert "sha256:cdcdcdcdcdcd" in catalog
+    console.shot("catalog")
+    console.page.click("a[href='/console/catalog/acme/echo']")
+    assert "No promotion, rollout or rollback yet" in console.page.inner_text("#history")
+    console.shot("server-history")
     with httpx.Client(base_url=api_url, follow_redirects=False) as client:
-        client.post("/console/login", data={"token": api_token("acme", ["*"], "acme")})
-        page = client.get("/console/policy")
-        assert page.status_code == 200
-        assert "placement: denied" in page.text
-        assert "host-1 is quarantined: evidence failed" in page.text and "FAILED" in page.text
+        client.post("/console/login", data={"token": token})
         assert client.get("/console/policy?kind=nope").status_code == 422
-        catalog = client.get("/console/catalog").text
-        assert "acme/echo" in catalog and "standard" in catalog and "not running" in catalog
-        assert "sha256:cdcdcdcdcdcd" in catalog
         assert "acme/echo" not in client.get("/console/catalog?tier=edge").text
-        history = client.get("/console/catalog/acme/echo")
-        assert (
-            history.status_code == 200 and "No promotion, rollout or rollback yet" in history.text
-        )
         assert client.get("/console/catalog/globex/echo").status_code == 404
 
 
@@ -423,8 +428,11 @@ def test_the_charts_page_draws_queue_depth_latency_and_build_latency_per_reposit
     with session_scope() as session:
         for n, build_ms in enumerate((1200.0, 1300.0, 9800.0)):
             job_id = uuid.uuid4()
+            # The builds' jobs, from before the window (their own counts are not the point).
+            long_ago = now - timedelta(days=2)
             session.add(Job(id=job_id, task_name="builds.build_image", queue="builds",
-                            payload={}, status="succeeded"))  # fmt: skip
+                            payload={}, status="succeeded", enqueued_at=long_ago,
+                            finished_at=long_ago))  # fmt: skip
             session.flush()
             session.add(
                 BuildRun(

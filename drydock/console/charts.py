@@ -42,6 +42,7 @@ def _charts(caller: tokens.Caller, window: str) -> dict[str, Any]:
         [Series("waiting", [(i.start, float(i.waiting)) for i in intervals])],
         unit="jobs",
         title="jobs waiting",
+        between=(since, until),
     )
     latency = line_chart(
         [
@@ -50,12 +51,14 @@ def _charts(caller: tokens.Caller, window: str) -> dict[str, Any]:
         ],
         unit="ms",
         title="job latency (enqueue to finish)",
+        between=(since, until),
     )
     shown = repositories[:MAX_REPOSITORIES]
     builds = line_chart(
         [Series(r.repository, list(r.builds)) for r in shown],
         unit="ms",
         title="build latency per repository",
+        between=(since, until),
     )
     return {
         "window": window,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 720, 200
-LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 28
+LEFT, RIGHT, TOP, BOTTOM = 70, 12, 12, 28
 COLOURS = ("#2f6fdb", "#d9822b", "#1f7a3a", "#b3261e", "#7a4bc2", "#5d6675")
 
 
@@ -28,13 +28,21 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
 
 
-def line_chart(series: Sequence[Series], *, unit: str, title: str) -> Markup:
-    """An SVG chart of ``series``; says so in words when there is nothing to draw."""
+def line_chart(
+    series: Sequence[Series],
+    *,
+    unit: str,
+    title: str,
+    between: tuple[datetime, datetime] | None = None,
+) -> Markup:
+    """An SVG chart of ``series`` over ``between`` (default: the points' own span); says so in
+    words when there is nothing to draw."""
     times = [t for s in series for t, v in s.points if v is not None]
     values = [v for s in series for _, v in s.points if v is not None]
     if not times:
         return Markup('<p class="no-data">No data for {} yet.</p>').format(title)
-    t0, t1 = min(times).timestamp(), max(times).timestamp()
+    first, last = between or (min(times), max(times))
+    t0, t1 = first.timestamp(), last.timestamp()
     top = max(values) or 1.0
     span = (t1 - t0) or 1.0
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
