@@ -66,8 +66,9 @@ def read_mapping(file: str, expected: str) -> dict[str, Any]:
 
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
-    except OSError as exc:
-        raise DrydockError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DrydockError(f"cannot read {file}: {reason}") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -16,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drydock.cli.text import current_operator
-from kernel.errors import DrydockError, field_problems
+from kernel.errors import field_problems
 
 workflows_app = typer.Typer(
     help="Workflows: definitions (create, list, show) and runs (run, runs, status, cancel, retry).",
@@ -46,24 +45,13 @@ def create_workflow(
 ) -> None:
     """Create a workflow, or the next version of one with the same name. An invalid
     definition is refused with one line per problem, each at its place."""
-    import yaml
     from pydantic import ValidationError
 
+    from drydock.cli.remediation import read_mapping
     from tasks.workflows import store
     from tasks.workflows.definitions import parse_definition
 
-    try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise DrydockError(f"cannot read {file}: {reason}") from None
-    try:
-        # JSON is YAML: one reader for both.
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DrydockError(f"{file}: not YAML or JSON: {' '.join(str(exc).split())}") from None
-    if not isinstance(document, dict):
-        raise DrydockError(f"{file}: expected a mapping (name, steps, ...)")
+    document = read_mapping(file, "name, steps, ...")
     try:
         definition = parse_definition(document, tenant=tenant)
     except ValidationError as exc:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from drydock.console.web import PageProblem, current_session, render
+from drydock.console.web import PageProblem, current_session, render, require_page_scope
 from kernel.errors import NotFoundError
 from models import policy, tokens
 from models.db import session_scope
@@ -22,13 +22,8 @@ router = APIRouter()
 PAGE = 50
 
 
-def _require(caller: tokens.Caller, scope: str) -> None:
-    if not caller.may_use(scope):
-        raise PageProblem(403, f"token {caller.name!r} lacks the {scope} scope")
-
-
 def _decisions(caller: tokens.Caller, kind: str | None) -> list[dict[str, Any]]:
-    _require(caller, "policy.decide")
+    require_page_scope(caller, "policy.decide")
     if kind is not None and kind not in {k.value for k in PolicyDecisionKind}:
         raise PageProblem(422, f"kind: one of {', '.join(k.value for k in PolicyDecisionKind)}")
     with session_scope() as session:
@@ -64,7 +59,7 @@ async def decisions(request: Request, kind: str | None = None) -> Response:
 def _catalog(
     caller: tokens.Caller, tier: str | None, health: str | None, after: str | None
 ) -> dict[str, Any]:
-    _require(caller, "runtime.read")
+    require_page_scope(caller, "runtime.read")
     if health is not None and health not in {h.value for h in Health}:
         raise PageProblem(422, f"health: one of {', '.join(h.value for h in Health)}")
     if tier is not None and len(tier) > 100:
@@ -98,7 +93,7 @@ async def catalog(
 
 
 def _history(caller: tokens.Caller, server: str) -> dict[str, Any]:
-    _require(caller, "runtime.read")
+    require_page_scope(caller, "runtime.read")
     try:
         return promotions.history_of(tenant=caller.tenant, server=server[:250], limit=PAGE)
     except NotFoundError:

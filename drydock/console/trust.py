@@ -14,7 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from drydock.api.stream import event_source, start_after
 from drydock.console import sessions
-from drydock.console.web import PageProblem, current_session, render, uuid_or_404
+from drydock.console.web import (
+    PageProblem,
+    current_session,
+    render,
+    require_page_scope,
+    uuid_or_404,
+)
 from kernel.errors import NotFoundError
 from models import tokens, trust, trust_actions
 from models.db import session_scope
@@ -26,13 +32,8 @@ PAGE = 100
 READ_SCOPE = "trust.read"
 
 
-def _require_trust(caller: tokens.Caller) -> None:
-    if not caller.may_use(READ_SCOPE):
-        raise PageProblem(403, f"token {caller.name!r} lacks the {READ_SCOPE} scope")
-
-
 def _assets(caller: tokens.Caller, state: str | None) -> list[dict[str, Any]]:
-    _require_trust(caller)
+    require_page_scope(caller, READ_SCOPE)
     if state is not None and state not in {s.value for s in TrustState}:
         raise PageProblem(422, f"state: one of {', '.join(s.value for s in TrustState)}")
     with session_scope() as session:
@@ -77,7 +78,7 @@ async def assets(request: Request, state: str | None = None) -> Response:
 
 
 def _asset(caller: tokens.Caller, asset_id: uuid.UUID) -> dict[str, Any]:
-    _require_trust(caller)
+    require_page_scope(caller, READ_SCOPE)
     with session_scope() as session:
         try:
             asset = trust_actions.visible_asset(session, asset_id, caller.tenant)
@@ -124,7 +125,7 @@ async def live(request: Request, after: str | None = None) -> Response:
     tenant only for a tenant token), from after event ``after`` (the page's) or the
     ``Last-Event-ID`` EventSource sends when it reconnects; ends when the session does."""
     session = await current_session(request)
-    _require_trust(session.caller)
+    require_page_scope(session.caller, READ_SCOPE)
     cookie = request.cookies.get(sessions.COOKIE)
     seen = StreamFilter(kinds=[StreamEventKind.TRUST_TRANSITION], tenant=session.caller.tenant)
     given = request.headers.get("last-event-id") or after or ""

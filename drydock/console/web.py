@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from drydock.console import sessions
 from drydock.console.sessions import ConsoleSession
+from models import tokens
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 # Scripts, styles and forms of the console's own origin only; no frame may hold a page.
@@ -139,3 +140,9 @@ def uuid_or_404(text: str, what: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise PageProblem(404, f"no {what} {text[:60]!r}: a {what} id is a UUID") from None
+
+
+def require_page_scope(caller: tokens.Caller, scope: str) -> None:
+    """A page the caller's token has no scope for: a 403 page naming the scope."""
+    if not caller.may_use(scope):
+        raise PageProblem(403, f"token {caller.name!r} lacks the {scope} scope")

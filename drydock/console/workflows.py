@@ -12,7 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from drydock.console.web import PageProblem, current_session, render, uuid_or_404
+from drydock.console.web import (
+    PageProblem,
+    current_session,
+    render,
+    require_page_scope,
+    uuid_or_404,
+)
 from kernel.errors import NotFoundError
 from models import tokens, workflow_runs
 from models.db import session_scope
@@ -24,13 +30,8 @@ PAGE = 50
 READ_SCOPE = "workflows.read"
 
 
-def _require(caller: tokens.Caller) -> None:
-    if not caller.may_use(READ_SCOPE):
-        raise PageProblem(403, f"token {caller.name!r} lacks the {READ_SCOPE} scope")
-
-
 def _runs(caller: tokens.Caller) -> list[dict[str, Any]]:
-    _require(caller)
+    require_page_scope(caller, READ_SCOPE)
     with session_scope() as session:
         return [
             {
@@ -73,7 +74,7 @@ def levels(steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _run(caller: tokens.Caller, run_id: uuid.UUID) -> dict[str, Any]:
-    _require(caller)
+    require_page_scope(caller, READ_SCOPE)
     try:
         run = run_operations.run_view(run_id, caller.tenant)
         timeline = run_operations.run_timeline(run_id, caller.tenant, 0)
